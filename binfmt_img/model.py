@@ -1,0 +1,204 @@
+"""The in-memory picture of a process image, shared by both on-disk versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096
+
+# Register names as GDB spells them; v1 stores them in this order.
+GP_REGISTERS = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rip", "eflags", "orig_rax", "fs_base", "gs_base",
+)
+SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
+ALL_REGISTERS = GP_REGISTERS + SEGMENT_REGISTERS
+
+# mm_struct fields, in the seed's order.
+MM_FIELDS = (
+    "flags", "def_flags", "start_code", "end_code", "start_data", "end_data",
+    "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end",
+)
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_GROWSDOWN = 0x100
+
+SPECIAL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]", "[stack]", "[heap]", "[vsyscall]")
+VSYSCALL_START = 0xFFFFFFFFFF600000
+# Highest user address with 4-level paging (47 bits) and with LA57 (56 bits).
+USER_ADDRESS_LIMIT = 0x00FFFFFFFFFFF000
+
+
+def prot_text(prot: int) -> str:
+    """Render PROT_* bits as /proc/PID/maps does: 'r-x'."""
+    return "".join(ch if prot & bit else "-" for ch, bit in
+                   (("r", PROT_READ), ("w", PROT_WRITE), ("x", PROT_EXEC)))
+
+
+@dataclass
+class FileIdentity:
+    """What identifies a mapped file, so that a changed one is noticed before restore."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+
+@dataclass
+class Vma:
+    start: int
+    end: int
+    prot: int
+    flags: int  # MAP_* flags
+    pgoff: int = 0  # in pages
+    path: str | None = None  # a mapped file
+    name: str | None = None  # a special area: "[vdso]", "[stack]", ...
+    file: FileIdentity | None = None
+    fd: int = 0  # v0 only; kept so v0 round trips byte for byte
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def is_file(self) -> bool:
+        return self.path is not None
+
+    @property
+    def is_shared(self) -> bool:
+        return bool(self.flags & MAP_SHARED) and not self.flags & MAP_PRIVATE
+
+    @property
+    def label(self) -> str:
+        return self.path or self.name or ""
+
+
+@dataclass
+class SigAction:
+    handler: int = 0
+    flags: int = 0
+    restorer: int = 0
+    mask: int = 0
+
+
+@dataclass
+class AltStack:
+    sp: int = 0
+    flags: int = 2  # SS_DISABLE
+    size: int = 0
+
+
+@dataclass
+class Xsave:
+    """The raw XSAVE area (standard, non-compacted format) and the feature mask it holds."""
+
+    features: int
+    data: bytes
+
+
+@dataclass
+class Thread:
+    tid: int = 0
+    registers: dict[str, int] = field(default_factory=dict)
+    # GDT TLS descriptors (entries 12..14) as the 8 bytes the CPU reads, little-endian u64.
+    tls: list[int] = field(default_factory=lambda: [0, 0, 0])
+    xsave: Xsave | None = None
+    sigmask: int = 0
+    altstack: AltStack = field(default_factory=AltStack)
+    clear_child_tid: int = 0
+    robust_list: int = 0
+    robust_list_len: int = 0
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """Consecutive pages stored in the image: page i sits at offset + i * stride."""
+
+    vaddr: int
+    count: int
+    offset: int
+    stride: int = PAGE_SIZE
+    checksum: int | None = None  # crc32 of the run's bytes (v1)
+
+    @property
+    def end(self) -> int:
+        return self.vaddr + self.count * PAGE_SIZE
+
+
+@dataclass
+class Image:
+    format: str = "v1"  # "v0" or "v1"
+    threads: list[Thread] = field(default_factory=lambda: [Thread()])
+    mm: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MM_FIELDS, 0))
+    exe_fd: int = 0  # v0 only
+    exe_path: str | None = None
+    auxv: list[tuple[int, int]] = field(default_factory=list)
+    vmas: list[Vma] = field(default_factory=list)
+    sigactions: list[SigAction] = field(default_factory=list)  # index = signal - 1
+    runs: list[PageRun] = field(default_factory=list)
+    # Where PageRun offsets point: the mapped image file (or bytes of a synthetic one).
+    source: memoryview | None = None
+
+    @property
+    def main(self) -> Thread:
+        return self.threads[0]
+
+    @property
+    def registers(self) -> dict[str, int]:
+        return self.main.registers
+
+    @property
+    def page_count(self) -> int:
+        return sum(run.count for run in self.runs)
+
+    def run_data(self, run: PageRun) -> Iterator[memoryview]:
+        """The bytes of a run: one view when contiguous, else one view per page."""
+        assert self.source is not None
+        if run.stride == PAGE_SIZE:
+            yield self.source[run.offset:run.offset + run.count * PAGE_SIZE]
+        else:
+            for i in range(run.count):
+                at = run.offset + i * run.stride
+                yield self.source[at:at + PAGE_SIZE]
+
+    def iter_pages(self) -> Iterator[tuple[int, memoryview]]:
+        """Every stored page as (vaddr, 4096-byte view)."""
+        for run in self.runs:
+            vaddr = run.vaddr
+            for chunk in self.run_data(run):
+                for at in range(0, len(chunk), PAGE_SIZE):
+                    yield vaddr, chunk[at:at + PAGE_SIZE]
+                    vaddr += PAGE_SIZE
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        """Bytes at a virtual address, if all of them are stored pages (zero pages in VMAs too)."""
+        out = bytearray()
+        while size > 0:
+            page = addr & ~(PAGE_SIZE - 1)
+            data = self.page_at(page)
+            if data is None:
+                return None
+            take = min(size, page + PAGE_SIZE - addr)
+            out += data[addr - page:addr - page + take]
+            addr += take
+            size -= take
+        return bytes(out)
+
+    def page_at(self, vaddr: int) -> bytes | None:
+        import bisect
+
+        starts = [run.vaddr for run in self.runs]
+        i = bisect.bisect_right(starts, vaddr) - 1
+        if i >= 0 and vaddr < self.runs[i].end:
+            run = self.runs[i]
+            at = run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride
+            assert self.source is not None
+            return bytes(self.source[at:at + PAGE_SIZE])
+        if self.format == "v1" and any(v.start <= vaddr < v.end and not v.is_file
+                                       for v in self.vmas):
+            return bytes(PAGE_SIZE)  # v1 leaves zero pages of anonymous memory out
+        return None

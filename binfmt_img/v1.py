@@ -1,0 +1,309 @@
+"""Our own layout ("v1"): typed, checksummed sections and page-aligned runs of pages.
+
+See docs/FORMAT.md for the byte layout; this module is its only implementation.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from construct import (
+    Array,
+    Const,
+    ConstructError,
+    GreedyBytes,
+    Int8ul,
+    Int32sl,
+    Int32ul,
+    Int64ul,
+    PascalString,
+    Prefixed,
+    PrefixedArray,
+    Struct,
+)
+
+from .errors import ImageError
+from .model import (
+    ALL_REGISTERS,
+    MM_FIELDS,
+    PAGE_SIZE,
+    AltStack,
+    FileIdentity,
+    Image,
+    PageRun,
+    SigAction,
+    Thread,
+    Vma,
+    Xsave,
+)
+from .v0 import MAGIC
+
+VERSION = 0x00000200
+
+SECTION_MM = 1
+SECTION_VMAS = 2
+SECTION_THREAD = 3
+SECTION_SIGNALS = 4
+SECTION_PAGE_RUNS = 5
+SECTION_PAGE_DATA = 6
+SECTION_NAMES = {SECTION_MM: "mm", SECTION_VMAS: "vmas", SECTION_THREAD: "thread",
+                 SECTION_SIGNALS: "signals", SECTION_PAGE_RUNS: "page runs",
+                 SECTION_PAGE_DATA: "page data"}
+
+Header = Struct(
+    "magic" / Const(MAGIC, Int32ul),
+    "version" / Const(VERSION, Int32ul),
+    "section_count" / Int32ul,
+    "table_crc" / Int32ul,
+)
+SectionEntry = Struct("type" / Int32ul, "crc" / Int32ul, "offset" / Int64ul, "length" / Int64ul)
+HEADER_SIZE, ENTRY_SIZE = Header.sizeof(), SectionEntry.sizeof()
+
+Text = PascalString(Int32ul, "utf8")
+
+MmSection = Struct(
+    "fields" / Array(len(MM_FIELDS), Int64ul),
+    "exe_path" / Text,
+    "auxv" / PrefixedArray(Int32ul, Struct("type" / Int64ul, "value" / Int64ul)),
+)
+VmaRecord = Struct(
+    "start" / Int64ul, "end" / Int64ul, "pgoff" / Int64ul,
+    "prot" / Int32ul, "flags" / Int32ul,
+    "has_identity" / Int8ul,
+    "size" / Int64ul, "mtime_ns" / Int64ul, "inode" / Int64ul, "device" / Int64ul,
+    "path" / Text, "name" / Text,
+)
+VmasSection = PrefixedArray(Int32ul, VmaRecord)
+ThreadSection = Struct(
+    "tid" / Int32ul,
+    "registers" / PrefixedArray(Int32ul, Int64ul),  # ALL_REGISTERS order; readers take a prefix
+    "tls" / Array(3, Int64ul),
+    "sigmask" / Int64ul,
+    "altstack_sp" / Int64ul, "altstack_flags" / Int32sl, "altstack_size" / Int64ul,
+    "clear_child_tid" / Int64ul, "robust_list" / Int64ul, "robust_list_len" / Int64ul,
+    "xsave_features" / Int64ul,
+    "xsave" / Prefixed(Int32ul, GreedyBytes),
+)
+SignalsSection = PrefixedArray(Int32ul, Struct(
+    "handler" / Int64ul, "flags" / Int64ul, "restorer" / Int64ul, "mask" / Int64ul))
+RUN_RECORD = struct.Struct("<QQQII")  # vaddr, page count, file offset, crc32, reserved
+RUN_COUNT = struct.Struct("<I")
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def _entry_checked(buf: memoryview, entry, what: str) -> memoryview:
+    end = entry.offset + entry.length
+    if end > len(buf):
+        raise ImageError(f"truncated {what} section: ends at {end:#x}, file is {len(buf):#x}",
+                         entry.offset)
+    payload = buf[entry.offset:end]
+    if entry.type != SECTION_PAGE_DATA and zlib.crc32(payload) != entry.crc:
+        raise ImageError(f"checksum mismatch in {what} section", entry.offset)
+    return payload
+
+
+def _parse(record: Struct, payload: memoryview, offset: int, what: str):
+    try:
+        return record.parse(bytes(payload))
+    except (ConstructError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0][:120]
+        raise ImageError(f"malformed {what} section: {reason}", offset) from None
+
+
+def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
+    """Parse a v1 image; returns it with the byte offset of each VMA and page run record."""
+    if len(buf) < HEADER_SIZE:
+        raise ImageError("truncated header", 0)
+    header = Header.parse(bytes(buf[:HEADER_SIZE]))
+    table_end = HEADER_SIZE + header.section_count * ENTRY_SIZE
+    if table_end > len(buf):
+        raise ImageError(f"truncated section table: {header.section_count} entries", HEADER_SIZE)
+    table = buf[HEADER_SIZE:table_end]
+    if zlib.crc32(table) != header.table_crc:
+        raise ImageError("checksum mismatch in section table", HEADER_SIZE)
+
+    image = Image(format="v1", threads=[], source=buf)
+    offsets: dict[str, list[int]] = {"vmas": [], "runs": []}
+    seen: set[int] = set()
+    for i in range(header.section_count):
+        entry = SectionEntry.parse(bytes(table[i * ENTRY_SIZE:(i + 1) * ENTRY_SIZE]))
+        if entry.type not in SECTION_NAMES:
+            continue  # a later version's section: skip it
+        what = SECTION_NAMES[entry.type]
+        if entry.type != SECTION_THREAD and entry.type in seen:
+            raise ImageError(f"second {what} section", HEADER_SIZE + i * ENTRY_SIZE)
+        seen.add(entry.type)
+        payload = _entry_checked(buf, entry, what)
+        if entry.type == SECTION_MM:
+            _read_mm(image, _parse(MmSection, payload, entry.offset, what))
+        elif entry.type == SECTION_VMAS:
+            _read_vmas(image, _parse(VmasSection, payload, entry.offset, what), entry.offset,
+                       offsets)
+        elif entry.type == SECTION_THREAD:
+            image.threads.append(_read_thread(_parse(ThreadSection, payload, entry.offset, what)))
+        elif entry.type == SECTION_SIGNALS:
+            image.sigactions = [SigAction(s.handler, s.flags, s.restorer, s.mask)
+                                for s in _parse(SignalsSection, payload, entry.offset, what)]
+        elif entry.type == SECTION_PAGE_RUNS:
+            _read_runs(image, payload, entry.offset, offsets)
+    for needed in (SECTION_MM, SECTION_VMAS, SECTION_THREAD, SECTION_PAGE_RUNS):
+        if needed not in seen:
+            raise ImageError(f"no {SECTION_NAMES[needed]} section", HEADER_SIZE)
+    return image, offsets
+
+
+def _read_mm(image: Image, mm) -> None:
+    image.mm = dict(zip(MM_FIELDS, mm.fields))
+    image.exe_path = mm.exe_path or None
+    image.auxv = [(a.type, a.value) for a in mm.auxv]
+
+
+def _read_vmas(image: Image, records, section_offset: int, offsets: dict[str, list[int]]) -> None:
+    at = section_offset + 4
+    for rec in records:
+        identity = (FileIdentity(rec.size, rec.mtime_ns, rec.inode, rec.device)
+                    if rec.has_identity else None)
+        image.vmas.append(Vma(start=rec.start, end=rec.end, prot=rec.prot, flags=rec.flags,
+                              pgoff=rec.pgoff, path=rec.path or None, name=rec.name or None,
+                              file=identity))
+        offsets["vmas"].append(at)
+        at += VmaRecord.build(rec).__len__()
+
+
+def _read_thread(rec) -> Thread:
+    registers = dict(zip(ALL_REGISTERS, rec.registers))
+    xsave = Xsave(rec.xsave_features, bytes(rec.xsave)) if rec.xsave else None
+    return Thread(tid=rec.tid, registers=registers, tls=list(rec.tls), xsave=xsave,
+                  sigmask=rec.sigmask,
+                  altstack=AltStack(rec.altstack_sp, rec.altstack_flags, rec.altstack_size),
+                  clear_child_tid=rec.clear_child_tid, robust_list=rec.robust_list,
+                  robust_list_len=rec.robust_list_len)
+
+
+def _read_runs(image: Image, payload: memoryview, section_offset: int,
+               offsets: dict[str, list[int]]) -> None:
+    if len(payload) < 4:
+        raise ImageError("truncated page runs section", section_offset)
+    (count,) = RUN_COUNT.unpack_from(payload, 0)
+    if 4 + count * RUN_RECORD.size != len(payload):
+        raise ImageError(f"page runs section holds {len(payload)} bytes for {count} runs",
+                         section_offset)
+    size = len(image.source) if image.source is not None else 0
+    runs = image.runs
+    for i, (vaddr, pages, offset, crc, _) in enumerate(RUN_RECORD.iter_unpack(payload[4:])):
+        at = section_offset + 4 + i * RUN_RECORD.size
+        if offset % PAGE_SIZE:
+            raise ImageError(f"page run {vaddr:#x}: data offset {offset:#x} not page aligned", at)
+        if pages == 0 or offset + pages * PAGE_SIZE > size:
+            raise ImageError(f"page run {vaddr:#x}: {pages} pages at {offset:#x} overrun the file",
+                             at)
+        runs.append(PageRun(vaddr, pages, offset, PAGE_SIZE, crc))
+        offsets["runs"].append(at)
+
+
+def verify_pages(image: Image) -> list[PageRun]:
+    """The runs whose stored checksum does not match their bytes."""
+    assert image.source is not None
+    return [run for run in image.runs
+            if zlib.crc32(image.source[run.offset:run.offset + run.count * PAGE_SIZE])
+            != run.checksum]
+
+
+def _nonzero_runs(vaddr: int, data: memoryview) -> Iterable[tuple[int, memoryview]]:
+    """Split a chunk of pages into runs of pages that are not all zero."""
+    start = None
+    for at in range(0, len(data), PAGE_SIZE):
+        zero = data[at:at + PAGE_SIZE] == ZERO_PAGE
+        if zero and start is not None:
+            yield vaddr + start, data[start:at]
+            start = None
+        elif not zero and start is None:
+            start = at
+    if start is not None:
+        yield vaddr + start, data[start:]
+
+
+def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | bytes]]) -> None:
+    """Write `image` as v1 to a seekable file; `pages` gives (vaddr, data) chunks of whole pages."""
+    metadata = [(SECTION_MM, MmSection.build({
+        "fields": [image.mm.get(f, 0) for f in MM_FIELDS],
+        "exe_path": image.exe_path or "",
+        "auxv": [{"type": t, "value": v} for t, v in image.auxv]}))]
+    metadata.append((SECTION_VMAS, VmasSection.build([_vma_record(v) for v in image.vmas])))
+    for thread in image.threads:
+        metadata.append((SECTION_THREAD, _thread_record(thread)))
+    metadata.append((SECTION_SIGNALS, SignalsSection.build(
+        [{"handler": s.handler, "flags": s.flags, "restorer": s.restorer, "mask": s.mask}
+         for s in image.sigactions])))
+
+    entries: list[tuple[int, int, int, int]] = []  # type, crc, offset, length
+    table_size = (len(metadata) + 2) * ENTRY_SIZE
+    at = HEADER_SIZE + table_size
+    out.seek(at)
+    for kind, payload in metadata:
+        out.write(payload)
+        entries.append((kind, zlib.crc32(payload), at, len(payload)))
+        at += len(payload)
+
+    data_start = -(-at // PAGE_SIZE) * PAGE_SIZE
+    out.write(bytes(data_start - at))
+    at = data_start
+    run_table = bytearray()
+    runs = 0
+    last_end, last_index = None, -1
+    for vaddr, chunk in pages:
+        view = memoryview(chunk).cast("B")
+        for run_vaddr, run_data in _nonzero_runs(vaddr, view):
+            out.write(run_data)
+            count = len(run_data) // PAGE_SIZE
+            crc = zlib.crc32(run_data)
+            if run_vaddr == last_end:  # continues the previous run in vaddr and in the file
+                prev = RUN_RECORD.unpack_from(run_table, last_index * RUN_RECORD.size)
+                RUN_RECORD.pack_into(run_table, last_index * RUN_RECORD.size, prev[0],
+                                     prev[1] + count, prev[2], zlib.crc32(run_data, prev[3]), 0)
+            else:
+                run_table += RUN_RECORD.pack(run_vaddr, count, at, crc, 0)
+                last_index = runs
+                runs += 1
+            last_end = run_vaddr + len(run_data)
+            at += len(run_data)
+    entries.append((SECTION_PAGE_DATA, 0, data_start, at - data_start))
+    runs_payload = RUN_COUNT.pack(runs) + bytes(run_table)
+    out.write(runs_payload)
+    entries.append((SECTION_PAGE_RUNS, zlib.crc32(runs_payload), at, len(runs_payload)))
+
+    table = b"".join(SectionEntry.build({"type": t, "crc": c, "offset": o, "length": n})
+                     for t, c, o, n in entries)
+    out.seek(0)
+    out.write(Header.build({"section_count": len(entries), "table_crc": zlib.crc32(table)}))
+    out.write(table)
+
+
+def _vma_record(vma: Vma) -> dict:
+    ident = vma.file
+    return {"start": vma.start, "end": vma.end, "pgoff": vma.pgoff, "prot": vma.prot,
+            "flags": vma.flags, "has_identity": int(ident is not None),
+            "size": ident.size if ident else 0, "mtime_ns": ident.mtime_ns if ident else 0,
+            "inode": ident.inode if ident else 0, "device": ident.device if ident else 0,
+            "path": vma.path or "", "name": vma.name or ""}
+
+
+def _thread_record(thread: Thread) -> bytes:
+    regs = thread.registers
+    xsave = thread.xsave
+    return ThreadSection.build({
+        "tid": thread.tid,
+        "registers": [regs.get(name, 0) for name in ALL_REGISTERS],
+        "tls": (list(thread.tls) + [0, 0, 0])[:3],
+        "sigmask": thread.sigmask,
+        "altstack_sp": thread.altstack.sp, "altstack_flags": thread.altstack.flags,
+        "altstack_size": thread.altstack.size,
+        "clear_child_tid": thread.clear_child_tid, "robust_list": thread.robust_list,
+        "robust_list_len": thread.robust_list_len,
+        "xsave_features": xsave.features if xsave else 0,
+        "xsave": xsave.data if xsave else b"",
+    })
