@@ -1,0 +1,182 @@
+"""The dump plan: read a stopped local inferior into an image, leaving it as it was."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import image_file
+from . import syscalls as sc
+from .errors import RestoreError
+from .inject import SAVED_REGISTERS, SCRATCH_SIZE, Injector
+from .model import (
+    ALL_REGISTERS,
+    MAP_SHARED,
+    PAGE_SIZE,
+    AltStack,
+    FileIdentity,
+    Image,
+    SigAction,
+    Thread,
+    Vma,
+    Xsave,
+)
+from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
+from .restore import USER_TOP, XSAVE_RESTORABLE
+from .target import Target
+from .tls import GDT_ENTRY_TLS_MIN, USER_DESC, USER_DESC_SIZE, user_desc_to_descriptor
+
+XSAVE_AREA = 4096  # enough for every component up to PKRU in the standard format
+NOT_DUMPED = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
+CHUNK = 1 << 24
+
+
+@dataclass
+class DumpReport:
+    vmas: int = 0
+    pages: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _vma_of(mapping: Mapping) -> Vma:
+    ident = None
+    path = mapping.path if mapping.is_file else None
+    if path is not None:
+        path = path.removesuffix(" (deleted)")
+        try:
+            st = os.stat(path)
+            ident = FileIdentity(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        except OSError:
+            pass  # gone since it was mapped: restore will say so
+    return Vma(start=mapping.start, end=mapping.end, prot=mapping.prot, flags=mapping.flags,
+               pgoff=mapping.offset // PAGE_SIZE if path else 0, path=path,
+               name=mapping.special, file=ident)
+
+
+def _mm_fields(pid: int, brk: int) -> dict[str, int]:
+    f = stat_fields(pid)
+    # proc(5): startcode 26, endcode 27, startstack 28, start_data 45 .. env_end 51.
+    return {"flags": 0, "def_flags": 0, "start_code": int(f[26]), "end_code": int(f[27]),
+            "start_data": int(f[45]), "end_data": int(f[46]), "start_brk": int(f[47]),
+            "brk": brk, "start_stack": int(f[28]), "arg_start": int(f[48]),
+            "arg_end": int(f[49]), "env_start": int(f[50]), "env_end": int(f[51])}
+
+
+class DumpPlan:
+    def __init__(self, target: Target, fmt: str = "v1") -> None:
+        self.target, self.fmt = target, fmt
+        self.report = DumpReport()
+        pid = target.pid()
+        if pid is None:
+            raise RestoreError("no live process to dump")
+        if not target.is_local():
+            raise RestoreError("the inferior is not on this machine; dump needs its /proc")
+        self.pid = pid
+        self.maps = read_maps(pid)
+
+    def _scratch_address(self) -> int:
+        candidate = 0x10000000
+        while candidate + SCRATCH_SIZE < USER_TOP:
+            if not any(m.start < candidate + SCRATCH_SIZE and candidate < m.end
+                       for m in self.maps):
+                return candidate
+            candidate += 0x10000000
+        raise RestoreError("no free address range for the scratch area")
+
+    def _thread_state(self, thread: Thread) -> int:
+        """What only the process itself can tell: FPU, signals, TLS, brk. Returns brk."""
+        inj = Injector(self.target)
+        saved = self.target.read_registers(SAVED_REGISTERS)
+        inj.open_scratch(self._scratch_address())
+        try:
+            thread.xsave = Xsave(XSAVE_RESTORABLE, inj.xsave(XSAVE_AREA, XSAVE_RESTORABLE))
+            brk = inj.raw(sc.BRK, 0)
+            out = inj.reserve(64)
+            inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, out, 8, step="reading the mask")
+            (thread.sigmask,) = struct.unpack("<Q", self.target.read_memory(out, 8))
+            inj.call(sc.SIGALTSTACK, 0, out, step="reading the alternate stack")
+            sp, flags, _, size = struct.unpack("<QiiQ", self.target.read_memory(out, 24))
+            thread.altstack = AltStack(sp, flags, size)
+            for i in range(3):
+                desc = USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0)
+                at = inj.put(desc)
+                if sc.is_error(inj.raw(sc.GET_THREAD_AREA, at)):
+                    break  # a kernel without 32-bit emulation has no GDT TLS entries
+                thread.tls[i] = user_desc_to_descriptor(self.target.read_memory(
+                    at, USER_DESC_SIZE))
+            head = inj.reserve(16)
+            if not sc.is_error(inj.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)):
+                thread.robust_list, thread.robust_list_len = struct.unpack(
+                    "<QQ", self.target.read_memory(head, 16))
+            actions = []
+            for number in range(1, sc.NSIG + 1):
+                inj.call(sc.RT_SIGACTION, number, 0, out, 8, step="reading signal handlers")
+                actions.append(SigAction(*struct.unpack("<4Q", self.target.read_memory(out, 32))))
+            self.image.sigactions = actions
+        finally:
+            if inj.scratch is not None:
+                inj.close_scratch()
+            ordered = {"rip": saved["rip"]}  # rip first: it resets orig_rax in GDB
+            ordered.update({k: v for k, v in saved.items() if k not in ("rip", "orig_rax",
+                                                                        "rax")})
+            if "orig_rax" in saved:
+                ordered["orig_rax"] = saved["orig_rax"]
+            ordered["rax"] = saved["rax"]
+            self.target.write_registers(ordered)
+        return brk
+
+    def collect(self) -> Image:
+        regs = self.target.read_registers(ALL_REGISTERS)
+        thread = Thread(tid=self.pid, registers=regs)
+        self.image = image = Image(format=self.fmt, threads=[thread])
+        brk = self._thread_state(thread)
+        image.mm = _mm_fields(self.pid, brk)
+        image.auxv = read_auxv(self.pid)
+        try:
+            image.exe_path = os.readlink(f"/proc/{self.pid}/exe").removesuffix(" (deleted)")
+        except OSError:
+            image.exe_path = None
+        image.vmas = [_vma_of(m) for m in self.maps]
+        if self.fmt == "v0":
+            for vma in image.vmas:  # v0 has no paths: the seed's dumper wrote fd 0
+                vma.path, vma.file = None, None
+        self.report.vmas = len(image.vmas)
+        return image
+
+    def pages(self) -> Iterator[tuple[int, bytes]]:
+        """Pages worth keeping: present in private (and anonymous shared) mappings; a v1
+        image leaves out file pages never written, which the file still holds."""
+        mem = ProcMem(self.pid, writable=False)
+        try:
+            for m in self.maps:
+                if m.special in NOT_DUMPED or m.start >= USER_TOP:
+                    continue
+                if m.is_file and m.flags & MAP_SHARED:
+                    continue
+                skip_file = self.fmt == "v1" and m.is_file
+                if (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
+                    present = [(m.start, (m.end - m.start) // PAGE_SIZE)]  # no path to reread
+                else:
+                    present = resident_pages(self.pid, m.start, m.end, skip_file)
+                for vaddr, count in present:
+                    for at in range(0, count * PAGE_SIZE, CHUNK):
+                        size = min(CHUNK, count * PAGE_SIZE - at)
+                        data = mem.read(vaddr + at, size)
+                        self.report.pages += size // PAGE_SIZE
+                        yield vaddr + at, data
+        finally:
+            mem.close()
+
+
+def dump(target: Target, path: str, fmt: str = "v1") -> DumpReport:
+    started = time.monotonic()
+    plan = DumpPlan(target, fmt)
+    image = plan.collect()
+    image_file.save(path, image, fmt, plan.pages())
+    plan.report.bytes = os.path.getsize(path)
+    plan.report.seconds = time.monotonic() - started
+    return plan.report

@@ -1,0 +1,121 @@
+"""What /proc/PID tells about a local inferior: its mappings, pages present, mm fields."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from .model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
+
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    perms: str  # "r-xp"
+    offset: int
+    device: str
+    inode: int
+    path: str  # "" for anonymous, "[vdso]" for special areas
+
+    @property
+    def prot(self) -> int:
+        return ((PROT_READ if self.perms[0] == "r" else 0) | (PROT_WRITE if self.perms[1] == "w"
+                else 0) | (PROT_EXEC if self.perms[2] == "x" else 0))
+
+    @property
+    def is_file(self) -> bool:
+        return self.inode != 0 and not self.path.startswith("[")
+
+    @property
+    def flags(self) -> int:
+        sharing = MAP_SHARED if self.perms[3] == "s" else MAP_PRIVATE
+        return sharing | (0 if self.is_file else MAP_ANONYMOUS)
+
+    @property
+    def special(self) -> str | None:
+        return self.path if self.path.startswith("[") else None
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.rstrip("\n").split(maxsplit=5)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            path = fields[5] if len(fields) > 5 else ""
+            out.append(Mapping(start, end, fields[1], int(fields[2], 16), fields[3],
+                               int(fields[4]), path))
+    return out
+
+
+PM_PRESENT, PM_SWAPPED, PM_FILE = 1 << 63, 1 << 62, 1 << 61
+
+
+def resident_pages(pid: int, start: int, end: int, skip_file_pages: bool) -> list[tuple[int, int]]:
+    """Runs (vaddr, count) of pages that hold data: present or swapped, and, where asked,
+    not a page still shared with its file (never written by the process)."""
+    count = (end - start) >> 12
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        raw = os.pread(f.fileno(), count * 8, (start >> 12) * 8)
+    runs: list[tuple[int, int]] = []
+    run_start = None
+    for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
+        keep = entry & (PM_PRESENT | PM_SWAPPED) and not (skip_file_pages and entry & PM_FILE)
+        if keep and run_start is None:
+            run_start = i
+        elif not keep and run_start is not None:
+            runs.append((start + (run_start << 12), i - run_start))
+            run_start = None
+    if run_start is not None:
+        runs.append((start + (run_start << 12), count - run_start))
+    return runs
+
+
+def stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat, numbered as proc(5) does (index 1 is the pid)."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    tail = text[text.rindex(")") + 2:].split()
+    return ["", text.split()[0], "comm"] + tail
+
+
+def read_auxv(pid: int) -> list[tuple[int, int]]:
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        raw = f.read()
+    pairs = list(struct.iter_unpack("<QQ", raw))
+    return [(t, v) for t, v in pairs]
+
+
+class ProcMem:
+    """Bulk reads and writes of a local inferior's memory through /proc/PID/mem."""
+
+    def __init__(self, pid: int, writable: bool) -> None:
+        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if writable else os.O_RDONLY)
+
+    def write(self, addr: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self.fd, view, addr)
+            view, addr = view[done:], addr + done
+
+    def writev(self, addr: int, chunks: list[memoryview]) -> None:
+        for at in range(0, len(chunks), 512):
+            part = chunks[at:at + 512]
+            done = os.pwritev(self.fd, part, addr)
+            if done != sum(len(c) for c in part):
+                self.write(addr, b"".join(part))  # a short write: finish it plainly
+            addr += sum(len(c) for c in part)
+
+    def read(self, addr: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            chunk = os.pread(self.fd, size - len(out), addr + len(out))
+            if not chunk:
+                raise OSError(f"short read at {addr + len(out):#x}")
+            out += chunk
+        return bytes(out)
+
+    def close(self) -> None:
+        os.close(self.fd)

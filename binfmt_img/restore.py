@@ -1,0 +1,363 @@
+"""The restore plan: check everything, then rebuild the image's process inside the inferior.
+
+Every change goes through the Target (memory, registers, single-step) and system calls run
+in the inferior by the Injector; nothing here knows which debugger is in use.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import syscalls as sc
+from .errors import RestoreError
+from .inject import SCRATCH_SIZE, Injector, pack_u64
+from .model import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_GROWSDOWN,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_WRITE,
+    VSYSCALL_START,
+    Image,
+    Vma,
+)
+from .procfs import Mapping, ProcMem, read_maps
+from .target import Target
+from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
+from .vdso import MOVABLE_NAMES, image_vdso_block
+
+USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
+# XSAVE components restored: x87, SSE, AVX, MPX, AVX-512, PKRU; AMX tiles need a permission
+# request first, so they are left to the kernel's init state.
+XSAVE_RESTORABLE = 0x2FF
+AT_NULL = 0
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RestoreReport:
+    vmas: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    path: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def _overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
+    return a_start < b_end and b_start < a_end
+
+
+def _is_stack(image: Image, vma: Vma) -> bool:
+    if vma.name == "[stack]":
+        return True
+    return vma.name is None and vma.start <= image.mm.get("start_stack", 0) < vma.end
+
+
+class RestorePlan:
+    """Checks made before the first change, then the steps that rebuild the process."""
+
+    def __init__(self, target: Target, image: Image, via: str = "auto",
+                 log: Log | None = None) -> None:
+        self.target, self.image, self.via = target, image, via
+        self.log = log or (lambda _msg: None)
+        self.report = RestoreReport()
+        self.injector = Injector(target)
+        self.pid = 0
+        self.live: list[Mapping] = []
+        self.vdso_block = image_vdso_block(image)
+        self.live_block: list[Mapping] = []
+        self.scratch = 0
+        self.parking = 0
+
+    # ---- checks: nothing in the inferior changes here ----
+    def check(self) -> None:
+        pid = self.target.pid()
+        if pid is None:
+            raise RestoreError("no live process to restore into")
+        if not self.target.is_local():
+            raise RestoreError("the inferior is not on this machine; restore needs its /proc")
+        if self.via not in ("auto", "fast", "debugger"):
+            raise RestoreError(f"unknown --via {self.via!r}: choose debugger or fast")
+        self.pid = pid
+        self.live = read_maps(pid)
+        self._check_files()
+        self.live_block = [m for m in self.live if m.special in MOVABLE_NAMES]
+        self._check_vdso_fits()
+        self.scratch = self._free_area(SCRATCH_SIZE + self._block_size() + PAGE_SIZE)
+        self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
+
+    def _check_files(self) -> None:
+        for vma in self.image.vmas:
+            if not vma.is_file:
+                continue
+            try:
+                st = os.stat(vma.path)
+            except OSError as error:
+                raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x}: "
+                                   f"{error.strerror}") from None
+            ident = vma.file
+            if ident is None:
+                continue
+            changes = [f"{what} {old} -> {new}" for what, old, new in (
+                ("size", ident.size, st.st_size), ("mtime_ns", ident.mtime_ns, st.st_mtime_ns),
+                ("inode", ident.inode, st.st_ino)) if old != new]
+            if changes:
+                raise RestoreError(f"mapped file {vma.path} changed since the dump: "
+                                   + ", ".join(changes))
+
+    def _block_size(self) -> int:
+        if not self.live_block:
+            return 0
+        return self.live_block[-1].end - self.live_block[0].start
+
+    def _check_vdso_fits(self) -> None:
+        """The live vDSO moves so that it lands where the image's was; its data pages keep
+        their distance below it, as the vDSO's code addresses them relative to itself."""
+        if not self.vdso_block or not self.live_block:
+            return
+        live_vdso = next((m for m in self.live_block if m.special == "[vdso]"), None)
+        image_vdso = next((v for v in self.vdso_block if v.name in ("[vdso]", None)
+                           and v is self.vdso_block[-1]), None)
+        if live_vdso is None or image_vdso is None:
+            return
+        if live_vdso.end - live_vdso.start != image_vdso.size:
+            self.report.warnings.append(
+                f"the image's vDSO is {image_vdso.size // PAGE_SIZE} pages, this kernel's is "
+                f"{(live_vdso.end - live_vdso.start) // PAGE_SIZE}: it was taken on another "
+                "kernel; its calls into the vDSO may fail")
+        delta = image_vdso.start - live_vdso.start
+        start, end = self.live_block[0].start + delta, self.live_block[-1].end + delta
+        for vma in self.image.vmas:
+            if vma in self.vdso_block:
+                continue
+            if _overlaps(vma.start, vma.end, start, end):
+                raise RestoreError(f"this kernel's vDSO data pages {start:#x}-{end:#x} would "
+                                   f"overlap VMA {vma.start:#x}-{vma.end:#x} of the image")
+
+    def _free_area(self, size: int) -> int:
+        taken = [(v.start, v.end) for v in self.image.vmas]
+        taken += [(m.start, m.end) for m in self.live]
+        candidate = 0x10000000
+        while candidate + size < USER_TOP:
+            if not any(_overlaps(candidate, candidate + size, s, e) for s, e in taken):
+                return candidate
+            candidate += 0x10000000
+        raise RestoreError("no free address range for the scratch area")
+
+    # ---- the restore itself ----
+    def run(self) -> RestoreReport:
+        started = time.monotonic()
+        inj = self.injector
+        self.log(f"restore: scratch area at {self.scratch:#x}")
+        inj.open_scratch(self.scratch)
+        self._park_vdso()
+        self._unmap_everything()
+        self._place_vdso()
+        self._create_vmas()
+        self._write_pages()
+        self._set_mm()
+        self._set_signals()
+        self._set_thread_state()
+        inj.close_scratch()
+        self._set_registers()
+        self.target.memory_changed()
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _park_vdso(self) -> None:
+        """Move the live vDSO block out of the way, keeping its internal layout."""
+        if not self.live_block:
+            return
+        base = self.live_block[0].start
+        for m in self.live_block:
+            self.injector.call(sc.MREMAP, m.start, m.end - m.start, m.end - m.start,
+                               sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED,
+                               self.parking + (m.start - base),
+                               step=f"moving {m.special} aside", address=m.start)
+
+    def _unmap_everything(self) -> None:
+        keep = sorted([(self.scratch, self.parking + self._block_size())])
+        top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
+        cursor = 0
+        for start, end in keep + [(top, top)]:
+            if start > cursor:
+                self.injector.call(sc.MUNMAP, cursor, start - cursor,
+                                   step="unmapping the inferior's memory", address=cursor)
+            cursor = max(cursor, end)
+
+    def _place_vdso(self) -> None:
+        if not self.live_block:
+            return
+        base = self.live_block[0].start
+        if self.vdso_block:
+            live_vdso = next(m for m in self.live_block if m.special == "[vdso]")
+            target_base = self.vdso_block[-1].start - (live_vdso.start - base)
+        else:
+            return  # the image had no vDSO: leave it parked, out of the image's way
+        for m in self.live_block:
+            parked = self.parking + (m.start - base)
+            self.injector.call(sc.MREMAP, parked, m.end - m.start, m.end - m.start,
+                               sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED,
+                               target_base + (m.start - base),
+                               step=f"moving {m.special} to the image's place", address=parked)
+
+    def _create_vmas(self) -> None:
+        inj = self.injector
+        for vma in sorted(self.image.vmas, key=lambda v: v.start):
+            if vma in self.vdso_block or vma.name in MOVABLE_NAMES or vma.start >= VSYSCALL_START:
+                continue
+            flags = (vma.flags & ~MAP_GROWSDOWN) | MAP_FIXED
+            if _is_stack(self.image, vma):
+                flags |= MAP_GROWSDOWN
+            fd = -1
+            if vma.is_file:
+                inj.reset_data()
+                writable = vma.flags & MAP_SHARED and vma.prot & PROT_WRITE
+                fd = inj.call(sc.OPEN, inj.put_string(vma.path),
+                              (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC, 0,
+                              step=f"opening {vma.path}", address=vma.start)
+                flags &= ~MAP_ANONYMOUS
+            else:
+                flags |= MAP_ANONYMOUS
+            try:
+                got = inj.call(sc.MMAP, vma.start, vma.size, vma.prot, flags, fd,
+                               vma.pgoff * PAGE_SIZE if fd >= 0 else 0,
+                               step=f"mapping {vma.label or 'anonymous memory'}",
+                               address=vma.start)
+            finally:
+                if fd >= 0:
+                    inj.raw(sc.CLOSE, fd)
+            if got != vma.start:
+                raise RestoreError(f"mapping {vma.label} landed at {got:#x}, not {vma.start:#x}")
+            self.report.vmas += 1
+
+    def _write_pages(self) -> None:
+        image = self.image
+        skip = [(v.start, v.end) for v in self.vdso_block]
+        runs = [r for r in image.runs
+                if not any(_overlaps(r.vaddr, r.end, s, e) for s, e in skip)
+                and r.vaddr < VSYSCALL_START]
+        fast = self.via == "fast" or (self.via == "auto" and self.target.is_local())
+        self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
+        mem = ProcMem(self.pid, writable=True) if fast else None
+        try:
+            for run in runs:
+                chunks = list(image.run_data(run))
+                try:
+                    if mem is not None:
+                        mem.writev(run.vaddr, chunks) if len(chunks) > 1 else mem.write(
+                            run.vaddr, chunks[0])
+                    else:
+                        addr = run.vaddr
+                        for chunk in chunks:
+                            for at in range(0, len(chunk), 1 << 20):
+                                self.target.write_memory(addr + at, chunk[at:at + (1 << 20)])
+                            addr += len(chunk)
+                except OSError as error:
+                    raise RestoreError(f"writing pages at {run.vaddr:#x}: {error}") from None
+                self.report.pages += run.count
+        finally:
+            if mem is not None:
+                mem.close()
+
+    def _set_mm(self) -> None:
+        mm, image, inj = self.image.mm, self.image, self.injector
+        names = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+                 "start_stack", "arg_start", "arg_end", "env_start", "env_end")
+        if not all(mm.get(n) for n in names if n not in ("end_data", "start_data")):
+            self.report.warnings.append("the image has no mm fields: brk, /proc/PID/cmdline "
+                                        "and the auxv keep the inferior's values")
+            return
+        inj.reset_data()
+        auxv = b"".join(struct.pack("<QQ", t, v) for t, v in image.auxv)
+        if auxv and not image.auxv[-1][0] == AT_NULL:
+            auxv += bytes(16)
+        auxv_addr = inj.put(auxv) if auxv else 0
+        exe_fd = -1
+        if image.exe_path and os.path.exists(image.exe_path) and not self._same_exe():
+            exe_fd = inj.call(sc.OPEN, inj.put_string(image.exe_path), sc.O_RDONLY, 0,
+                              step=f"opening the executable {image.exe_path}")
+        def prctl_map(fd: int) -> int:
+            record = pack_u64(*(mm[n] for n in names), auxv_addr) + struct.pack(
+                "<II", len(auxv), fd & 0xFFFFFFFF)
+            return inj.raw(sc.PRCTL, sc.PR_SET_MM, sc.PR_SET_MM_MAP, inj.put(record),
+                           len(record), 0)
+        result = prctl_map(exe_fd)
+        if sc.is_error(result) and exe_fd >= 0:
+            self.report.warnings.append(f"the exe link was not changed: {sc.errno_text(result)}")
+            result = prctl_map(-1)
+        if exe_fd >= 0:
+            inj.raw(sc.CLOSE, exe_fd)
+        if sc.is_error(result):
+            raise RestoreError(f"setting the mm fields (prctl PR_SET_MM_MAP): "
+                               f"{sc.errno_text(result)}")
+
+    def _same_exe(self) -> bool:
+        """The kernel refuses (EBUSY) to relink an exe that is mapped again; none is needed."""
+        try:
+            live = os.stat(f"/proc/{self.pid}/exe")
+            wanted = os.stat(self.image.exe_path or "")
+        except OSError:
+            return False
+        return (live.st_ino, live.st_dev) == (wanted.st_ino, wanted.st_dev)
+
+    def _set_signals(self) -> None:
+        inj, thread = self.injector, self.image.main
+        inj.reset_data()
+        for number, action in enumerate(self.image.sigactions, start=1):
+            if number in (sc.SIGKILL, sc.SIGSTOP) or number > sc.NSIG:
+                continue
+            record = pack_u64(action.handler, action.flags, action.restorer, action.mask)
+            inj.call(sc.RT_SIGACTION, number, inj.put(record), 0, 8,
+                     step=f"setting the handler of signal {number}")
+        alt = thread.altstack
+        inj.call(sc.SIGALTSTACK, inj.put(struct.pack("<QiiQ", alt.sp, alt.flags, 0, alt.size)), 0,
+                 step="setting the alternate signal stack", address=alt.sp)
+
+    def _set_thread_state(self) -> None:
+        inj, thread = self.injector, self.image.main
+        for i, desc in enumerate(thread.tls):
+            if desc:
+                inj.call(sc.SET_THREAD_AREA,
+                         inj.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
+                         step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
+        if thread.robust_list:
+            inj.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
+                     step="setting the robust futex list", address=thread.robust_list)
+        if thread.clear_child_tid:
+            inj.raw(sc.SET_TID_ADDRESS, thread.clear_child_tid)
+        if thread.xsave is not None:
+            inj.reset_data()
+            inj.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
+        inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, inj.put(pack_u64(thread.sigmask)), 0, 8,
+                 step="setting the signal mask")
+
+    def _set_registers(self) -> None:
+        regs = dict(self.image.registers)
+        current = self.target.read_registers(("cs", "ss", "ds", "es", "fs", "gs"))
+        ordered: dict[str, int] = {}
+        for name in ("ds", "es", "fs", "gs"):  # a selector write may reload a base: first
+            if name in current and name in regs and regs[name] != current[name]:
+                ordered[name] = regs[name]
+        for name in ("fs_base", "gs_base", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+                     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "eflags", "rip"):
+            if name in regs:
+                ordered[name] = regs[name]
+        # Writing rip makes GDB reset orig_rax; the kernel's restart of an interrupted system
+        # call needs orig_rax and rax as the checkpoint had them, so they come last.
+        ordered["orig_rax"] = regs.get("orig_rax", (1 << 64) - 1)
+        ordered["rax"] = regs.get("rax", 0)
+        self.target.write_registers(ordered)
+
+
+def restore(target: Target, image: Image, via: str = "auto",
+            log: Log | None = None) -> RestoreReport:
+    plan = RestorePlan(target, image, via, log)
+    plan.check()
+    return plan.run()

@@ -1,0 +1,31 @@
+"""The small interface a debugger front end implements so the core can restore and dump."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Target(Protocol):
+    """A stopped x86-64 Linux inferior as seen through one debugger."""
+
+    def pid(self) -> int | None:
+        """The process id, or None when the debugger has no live process."""
+
+    def is_local(self) -> bool:
+        """True when the inferior runs on this machine, so /proc/PID is its own."""
+
+    def read_memory(self, addr: int, size: int) -> bytes: ...
+
+    def write_memory(self, addr: int, data: bytes | memoryview) -> None: ...
+
+    def read_registers(self, names: tuple[str, ...]) -> dict[str, int]:
+        """Registers by GDB's names; names the debugger does not expose are left out."""
+
+    def write_registers(self, values: dict[str, int]) -> None:
+        """Write in the order given (writing rip may reset orig_rax, so order matters)."""
+
+    def step_instruction(self) -> None:
+        """Execute exactly one instruction and stop again."""
+
+    def memory_changed(self) -> None:
+        """The address space was changed behind the debugger: drop its caches."""

@@ -1,0 +1,149 @@
+"""GDB commands img-restore, img-dump and img-info, thin wrappers over binfmt_img."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+import gdb
+
+from binfmt_img import image_file, report
+from binfmt_img.dump import dump
+from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.restore import restore
+
+from .target import GdbTarget
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line through gdb.GdbError, not an exit
+        raise _ArgumentError(f"{self.prog}: {message}")
+
+
+def _parse(parser: argparse.ArgumentParser, argument: str) -> argparse.Namespace:
+    try:
+        return parser.parse_args(shlex.split(argument))
+    except (_ArgumentError, ValueError) as error:
+        raise gdb.GdbError(str(error)) from None
+
+
+def _path(text: str) -> str:
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _ensure_process(image: image_file.Image) -> None:
+    """With no live inferior, start the image's executable (or a small system program)
+    stopped at its first instruction."""
+    if gdb.selected_inferior().pid:
+        return
+    program = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
+    current = gdb.current_progspace().filename
+    if program is None and current is None:
+        program = "/bin/true"
+    if program is not None and program != current:
+        gdb.execute(f"file {program}", to_string=True)
+    gdb.execute("starti", to_string=True)
+
+
+def _reload_symbols(image: image_file.Image) -> None:
+    """Make GDB read the restored process afresh: its executable, then the shared libraries
+    that the restored dynamic linker lists, at the image's addresses."""
+    exe = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
+    if exe is not None:
+        gdb.execute(f"file {exe}", to_string=True)
+    gdb.execute("nosharedlibrary", to_string=True)
+    gdb.execute("sharedlibrary", to_string=True)
+    gdb.execute("maintenance flush register-cache", to_string=True)
+
+
+class ImgRestore(gdb.Command):
+    """Restore a process image into the stopped inferior: img-restore FILE [--via auto|fast|debugger]
+
+Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
+then leaves it stopped at the checkpoint with symbols reloaded. With no live inferior, the
+image's executable is started first (stopped at its first instruction). Accepts v0 and v1."""
+
+    def __init__(self) -> None:
+        super().__init__("img-restore", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
+        self.parser = _Parser(prog="img-restore", add_help=False)
+        self.parser.add_argument("file")
+        self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
+
+    def invoke(self, argument: str, from_tty: bool) -> None:
+        args = _parse(self.parser, argument)
+        try:
+            image = image_file.load(_path(args.file))
+            _ensure_process(image)
+            breakpoints = [b for b in gdb.breakpoints() if b.enabled]
+            for b in breakpoints:
+                b.enabled = False
+            try:
+                result = restore(GdbTarget(), image, via=args.via)
+            finally:
+                for b in breakpoints:
+                    b.enabled = True
+            _reload_symbols(image)
+        except (ImageError, RestoreError) as error:
+            raise gdb.GdbError(f"img-restore: {error}") from None
+        for warning in result.warnings:
+            gdb.write(f"img-restore: warning: {warning}\n")
+        gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
+                  f"{result.seconds:.2f} s via {result.path}\n")
+        gdb.execute("frame", from_tty)
+
+
+class ImgDump(gdb.Command):
+    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]
+
+The image holds registers, FPU state, memory mappings with their files, the pages the process
+has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's."""
+
+    def __init__(self) -> None:
+        super().__init__("img-dump", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
+        self.parser = _Parser(prog="img-dump", add_help=False)
+        self.parser.add_argument("file")
+        self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
+
+    def invoke(self, argument: str, from_tty: bool) -> None:
+        args = _parse(self.parser, argument)
+        try:
+            result = dump(GdbTarget(), _path(args.file), args.format)
+        except (ImageError, RestoreError, OSError) as error:
+            raise gdb.GdbError(f"img-dump: {error}") from None
+        gdb.write(f"img-dump: {result.vmas} VMAs, {result.pages} pages, {result.bytes} bytes "
+                  f"in {result.seconds:.2f} s\n")
+
+
+class ImgInfo(gdb.Command):
+    """Describe a process image without changing anything: img-info FILE [--json] [--verify]"""
+
+    def __init__(self) -> None:
+        super().__init__("img-info", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
+        self.parser = _Parser(prog="img-info", add_help=False)
+        self.parser.add_argument("file")
+        self.parser.add_argument("--json", action="store_true")
+        self.parser.add_argument("--verify", action="store_true")
+
+    def invoke(self, argument: str, from_tty: bool) -> None:
+        args = _parse(self.parser, argument)
+        try:
+            image = image_file.load(_path(args.file))
+            if args.json:
+                import json
+
+                gdb.write(json.dumps(report.report_json(image)) + "\n")
+            else:
+                gdb.write(report.report_text(image, verify=args.verify) + "\n")
+        except ImageError as error:
+            raise gdb.GdbError(f"img-info: {error}") from None
+
+
+def register() -> None:
+    ImgRestore()
+    ImgDump()
+    ImgInfo()
