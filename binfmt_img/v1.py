@@ -5,9 +5,10 @@ See docs/FORMAT.md for the byte layout; this module is its only implementation.
 
 from __future__ import annotations
 
+import bisect
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from construct import (
@@ -213,11 +214,24 @@ def verify_pages(image: Image) -> list[PageRun]:
             != run.checksum]
 
 
-def _nonzero_runs(vaddr: int, data: memoryview) -> Iterable[tuple[int, memoryview]]:
-    """Split a chunk of pages into runs of pages that are not all zero."""
+def _file_backed(image: Image) -> Callable[[int], bool]:
+    """Whether an address lies in a file mapping, where a missing page means the file's bytes."""
+    spans = sorted((v.start, v.end) for v in image.vmas if v.is_file)
+    starts = [start for start, _ in spans]
+
+    def inside(addr: int) -> bool:
+        i = bisect.bisect_right(starts, addr) - 1
+        return i >= 0 and addr < spans[i][1]
+    return inside
+
+
+def _nonzero_runs(vaddr: int, data: memoryview,
+                  keep_zero: Callable[[int], bool]) -> Iterable[tuple[int, memoryview]]:
+    """Split a chunk of pages into runs of pages to store: zero pages are left out, except
+    where `keep_zero` says a reader could not assume zeros (file mappings)."""
     start = None
     for at in range(0, len(data), PAGE_SIZE):
-        zero = data[at:at + PAGE_SIZE] == ZERO_PAGE
+        zero = data[at:at + PAGE_SIZE] == ZERO_PAGE and not keep_zero(vaddr + at)
         if zero and start is not None:
             yield vaddr + start, data[start:at]
             start = None
@@ -255,9 +269,10 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     run_table = bytearray()
     runs = 0
     last_end, last_index = None, -1
+    keep_zero = _file_backed(image)
     for vaddr, chunk in pages:
         view = memoryview(chunk).cast("B")
-        for run_vaddr, run_data in _nonzero_runs(vaddr, view):
+        for run_vaddr, run_data in _nonzero_runs(vaddr, view, keep_zero):
             out.write(run_data)
             count = len(run_data) // PAGE_SIZE
             crc = zlib.crc32(run_data)

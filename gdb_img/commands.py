@@ -62,7 +62,7 @@ def _reload_symbols(image: image_file.Image) -> None:
 
 
 class ImgRestore(gdb.Command):
-    """Restore a process image into the stopped inferior: img-restore FILE [--via auto|fast|debugger]
+    """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
 
 Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
 then leaves it stopped at the checkpoint with symbols reloaded. With no live inferior, the
