@@ -164,6 +164,10 @@ class RestorePlan:
         self._set_mm()
         self._set_signals()
         self._set_thread_state()
+        reload_process = getattr(self.target, "reload_process", None)
+        if reload_process is not None:
+            inj.spin()
+            reload_process()
         inj.close_scratch()
         self._set_registers()
         self.target.memory_changed()

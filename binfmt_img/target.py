@@ -27,5 +27,9 @@ class Target(Protocol):
     def step_instruction(self) -> None:
         """Execute exactly one instruction and stop again."""
 
+    def reload_process(self) -> None:
+        """Optional. Make the debugger read the process afresh (exe link, auxv, libraries),
+        e.g. by detaching and attaching again; the inferior spins on a loop meanwhile."""
+
     def memory_changed(self) -> None:
         """The address space was changed behind the debugger: drop its caches."""

@@ -50,17 +50,6 @@ def _ensure_process(image: image_file.Image) -> None:
     gdb.execute("starti", to_string=True)
 
 
-def _reload_symbols(image: image_file.Image) -> None:
-    """Make GDB read the restored process afresh: its executable, then the shared libraries
-    that the restored dynamic linker lists, at the image's addresses."""
-    exe = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
-    if exe is not None:
-        gdb.execute(f"file {exe}", to_string=True)
-    gdb.execute("nosharedlibrary", to_string=True)
-    gdb.execute("sharedlibrary", to_string=True)
-    gdb.execute("maintenance flush register-cache", to_string=True)
-
-
 class ImgRestore(gdb.Command):
     """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
 
@@ -83,11 +72,10 @@ image's executable is started first (stopped at its first instruction). Accepts 
             for b in breakpoints:
                 b.enabled = False
             try:
-                result = restore(GdbTarget(), image, via=args.via)
+                result = restore(GdbTarget(image.exe_path), image, via=args.via)
             finally:
                 for b in breakpoints:
                     b.enabled = True
-            _reload_symbols(image)
         except (ImageError, RestoreError) as error:
             raise gdb.GdbError(f"img-restore: {error}") from None
         for warning in result.warnings:

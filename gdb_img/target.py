@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import gdb
 
 _MASK = (1 << 64) - 1
 
 
 class GdbTarget:
-    def __init__(self) -> None:
+    def __init__(self, exe_path: str | None = None) -> None:
         self.inferior = gdb.selected_inferior()
+        self.exe_path = exe_path  # the image's executable, for reload_process
 
     def pid(self) -> int | None:
         return self.inferior.pid or None
@@ -45,3 +48,22 @@ class GdbTarget:
     def memory_changed(self) -> None:
         gdb.execute("maintenance flush dcache", to_string=True)
         gdb.execute("maintenance flush register-cache", to_string=True)
+
+    def reload_process(self) -> None:
+        """Detach and attach again, so that GDB reads the restored process as on a first
+        attach: the exe link and auxv that PR_SET_MM_MAP set, the PIE and shared-library
+        addresses, the vDSO. The inferior spins on a loop in between."""
+        pid = self.inferior.pid
+        exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
+        if exe is not None:
+            gdb.execute(f"file {exe}", to_string=True)
+        linked = exe is not None and os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(exe)
+        gdb.execute("detach", to_string=True)
+        mismatch = gdb.parameter("exec-file-mismatch")
+        if not linked:  # the kernel kept the old exe link: trust the file loaded above
+            gdb.execute("set exec-file-mismatch off", to_string=True)
+        try:
+            gdb.execute(f"attach {pid}", to_string=True)
+        finally:
+            gdb.execute(f"set exec-file-mismatch {mismatch}", to_string=True)
+        self.inferior = gdb.selected_inferior()
