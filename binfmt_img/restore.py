@@ -36,6 +36,8 @@ USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
 # request first, so they are left to the kernel's init state.
 XSAVE_RESTORABLE = 0x2FF
 AT_NULL = 0
+ERESTARTNOINTR = (1 << 64) - 513
+ERESTART_RESTARTBLOCK = (1 << 64) - 516
 
 Log = Callable[[str], None]
 
@@ -357,6 +359,10 @@ class RestorePlan:
         # call needs orig_rax and rax as the checkpoint had them, so they come last.
         ordered["orig_rax"] = regs.get("orig_rax", (1 << 64) - 1)
         ordered["rax"] = regs.get("rax", 0)
+        if ordered["rax"] == ERESTART_RESTARTBLOCK:
+            # The kernel's restart block (the time left to sleep, say) stayed with the dumped
+            # task; restart the original call from its registers instead.
+            ordered["rax"] = ERESTARTNOINTR
         self.target.write_registers(ordered)
 
 

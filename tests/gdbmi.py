@@ -1,0 +1,81 @@
+"""A real GDB driven through the machine interface (pygdbmi) with the plugin loaded."""
+
+from __future__ import annotations
+
+import time
+
+from pygdbmi.gdbcontroller import GdbController
+
+from cprogs import ROOT
+
+INIT = ROOT / "gdb_img" / "init.py"
+
+
+class GdbError(AssertionError):
+    pass
+
+
+class Gdb:
+    def __init__(self, *args: str) -> None:
+        self.mi = GdbController(command=["gdb", "--nx", "--quiet", "--interpreter=mi3", *args])
+        self.token = 100
+        self.records: list[dict] = []
+        self.console("set confirm off")
+        self.console("set pagination off")
+        self.console(f"source {INIT}")
+
+    def close(self) -> None:
+        try:
+            self.mi.write("-gdb-exit", timeout_sec=2, raise_error_on_timeout=False)
+        except Exception:  # noqa: BLE001 - gdb may already be gone
+            pass
+        self.mi.exit()
+
+    def _collect(self, done, timeout: float) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = self.mi.get_gdb_response(timeout_sec=0.2, raise_error_on_timeout=False)
+            got += batch
+            self.records += batch
+            if done(got):
+                return got
+        raise GdbError(f"gdb timed out; last records: {got[-5:]}")
+
+    def console(self, command: str, timeout: float = 60) -> str:
+        """Run a CLI command; returns its console output; a GDB error raises GdbError."""
+        self.token += 1
+        token = self.token
+        quoted = command.replace("\\", "\\\\").replace('"', '\\"')
+        self.mi.write(f'{token}-interpreter-exec console "{quoted}"', read_response=False)
+        got = self._collect(lambda rs: any(r["type"] == "result" and r.get("token") == token
+                                           for r in rs), timeout)
+        result = next(r for r in got if r["type"] == "result" and r.get("token") == token)
+        self.result_index = next(i for i in range(len(self.records) - 1, -1, -1)
+                                 if self.records[i] is result)
+        text = "".join(r["payload"] for r in got if r["type"] in ("console", "output")
+                       and isinstance(r["payload"], str))
+        if result["message"] == "error":
+            raise GdbError(f"{command}: {result['payload'].get('msg')}")
+        return text
+
+    def until_stopped(self, command: str, timeout: float = 60) -> dict:
+        """Run an execution command and wait for the inferior to stop or exit."""
+        self.console(command, timeout)
+        start = self.result_index + 1  # stops before ^running were the command's own steps
+
+        def stopped(_rs: list[dict]) -> bool:
+            return any(r["type"] == "notify" and r["message"] == "stopped"
+                       for r in self.records[start:])
+        if not stopped([]):
+            self._collect(stopped, timeout)
+        return next(r for r in self.records[start:]
+                    if r["type"] == "notify" and r["message"] == "stopped")["payload"]
+
+    def interrupt(self) -> dict:
+        start = len(self.records)
+        self.mi.write("-exec-interrupt", read_response=False)
+        self._collect(lambda _rs: any(r["type"] == "notify" and r["message"] == "stopped"
+                                      for r in self.records[start:]), 20)
+        return next(r for r in self.records[start:]
+                    if r["type"] == "notify" and r["message"] == "stopped")["payload"]
