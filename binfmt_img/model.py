@@ -155,6 +155,15 @@ class Image:
     def page_count(self) -> int:
         return sum(run.count for run in self.runs)
 
+    def clip_run(self, run: PageRun, start: int, end: int) -> PageRun | None:
+        """The part of a run inside [start, end), or None."""
+        low, high = max(run.vaddr, start), min(run.end, end)
+        if low >= high:
+            return None
+        skip = (low - run.vaddr) // PAGE_SIZE
+        return PageRun(low, (high - low) // PAGE_SIZE, run.offset + skip * run.stride,
+                       run.stride)
+
     def run_data(self, run: PageRun) -> Iterator[memoryview]:
         """The bytes of a run: one view when contiguous, else one view per page."""
         assert self.source is not None

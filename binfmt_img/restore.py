@@ -245,10 +245,16 @@ class RestorePlan:
 
     def _write_pages(self) -> None:
         image = self.image
-        skip = [(v.start, v.end) for v in self.vdso_block]
-        runs = [r for r in image.runs
-                if not any(_overlaps(r.vaddr, r.end, s, e) for s, e in skip)
-                and r.vaddr < VSYSCALL_START]
+        # The vDSO block is the live kernel's, moved into place: its stored pages stay out.
+        holes = sorted((v.start, v.end) for v in self.vdso_block) + [(VSYSCALL_START, 1 << 64)]
+        runs = []
+        for run in image.runs:
+            cursor = run.vaddr
+            for start, end in holes + [(1 << 64, 1 << 64)]:
+                piece = image.clip_run(run, cursor, start)
+                if piece is not None:
+                    runs.append(piece)
+                cursor = max(cursor, end)
         fast = self.via == "fast" or (self.via == "auto" and self.target.is_local())
         self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
         mem = ProcMem(self.pid, writable=True) if fast else None
