@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from pygdbmi.gdbcontroller import GdbController
-
 from cprogs import ROOT
+from pygdbmi.gdbcontroller import GdbController
 
 INIT = ROOT / "gdb_img" / "init.py"
 
