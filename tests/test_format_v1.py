@@ -103,6 +103,13 @@ def test_renamed_section_is_skipped() -> None:
     assert image.sigactions == [] and image.exe_path == synthetic.EXE
 
 
+@pytest.mark.parametrize("kind", [v1.SECTION_MM, v1.SECTION_THREAD, v1.SECTION_SIGNALS])
+def test_fields_appended_to_a_section_are_ignored(kind: int) -> None:
+    data = synthetic.patch_section(synthetic.image_bytes("v1"), kind,
+                                   lambda payload: payload + b"a later version's fields")
+    assert_same(parse(data), synthetic.make_image("v1"), synthetic.pages())
+
+
 def test_fewer_or_more_registers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Readers take the registers they know, in order; a writer may store more or fewer."""
     want = synthetic.make_image("v1")
@@ -131,7 +138,7 @@ def test_header_and_section_table() -> None:
     entries = synthetic.sections(data)
     assert [e[0] for e in entries] == [1, 2, 3, 3, 4, 6, 5]
     at = 16 + count * 24
-    for kind, crc, offset, length in entries[:5]:  # metadata back to back after the table
+    for _, crc, offset, length in entries[:5]:  # metadata back to back after the table
         assert offset == at and zlib.crc32(data[offset:offset + length]) == crc
         at += length
     _, crc, pages_at, pages_len = entries[5]
