@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gdb
 
@@ -50,6 +52,38 @@ def _ensure_process(image: image_file.Image) -> None:
     gdb.execute("starti", to_string=True)
 
 
+def _machine_interface() -> bool:
+    """True when GDB talks MI on its stdout (started with --interpreter=mi*)."""
+    with open("/proc/self/cmdline", "rb") as f:
+        args = f.read().decode(errors="replace").split("\0")
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if "=" in arg else (
+            args[i + 1] if i + 1 < len(args) else "")
+        if arg.lstrip("-").split("=")[0] in ("interpreter", "i") and value.startswith("mi"):
+            return True
+    return False
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide the stop reports of the many single-steps a restore or dump makes: GDB prints them
+    to its stdout whatever to_string says, so stdout itself points at /dev/null meanwhile."""
+    if _machine_interface():
+        yield  # an MI client reads stop records as data; it needs its stream intact
+        return
+    gdb.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    try:
+        yield
+    finally:
+        gdb.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 class ImgRestore(gdb.Command):
     """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
 
@@ -67,12 +101,14 @@ image's executable is started first (stopped at its first instruction). Accepts 
         args = _parse(self.parser, argument)
         try:
             image = image_file.load(_path(args.file))
-            _ensure_process(image)
+            with _quiet():
+                _ensure_process(image)
             breakpoints = [b for b in gdb.breakpoints() if b.enabled]
             for b in breakpoints:
                 b.enabled = False
             try:
-                result = restore(GdbTarget(image.exe_path), image, via=args.via)
+                with _quiet():
+                    result = restore(GdbTarget(image.exe_path), image, via=args.via)
             finally:
                 for b in breakpoints:
                     b.enabled = True
@@ -100,7 +136,8 @@ has written, signal state and TLS. v1 (the default) is this project's format; v0
     def invoke(self, argument: str, from_tty: bool) -> None:
         args = _parse(self.parser, argument)
         try:
-            result = dump(GdbTarget(), _path(args.file), args.format)
+            with _quiet():
+                result = dump(GdbTarget(), _path(args.file), args.format)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"img-dump: {error}") from None
         gdb.write(f"img-dump: {result.vmas} VMAs, {result.pages} pages, {result.bytes} bytes "
