@@ -101,8 +101,7 @@ image's executable is started first (stopped at its first instruction). Accepts 
         args = _parse(self.parser, argument)
         try:
             image = image_file.load(_path(args.file))
-            with _quiet():
-                _ensure_process(image)
+            _ensure_process(image)  # not quieted: the new process inherits GDB's stdout
             breakpoints = [b for b in gdb.breakpoints() if b.enabled]
             for b in breakpoints:
                 b.enabled = False
