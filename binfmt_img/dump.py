@@ -98,6 +98,11 @@ class DumpPlan:
             out = inj.reserve(64)
             inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, out, 8, step="reading the mask")
             (thread.sigmask,) = struct.unpack("<Q", self.target.read_memory(out, 8))
+            for name, code in (("fs_base", sc.ARCH_GET_FS), ("gs_base", sc.ARCH_GET_GS)):
+                if name not in thread.registers:  # a debugger that does not show them
+                    inj.call(sc.ARCH_PRCTL, code, out, step=f"reading {name}")
+                    (thread.registers[name],) = struct.unpack(
+                        "<Q", self.target.read_memory(out, 8))
             inj.call(sc.SIGALTSTACK, 0, out, step="reading the alternate stack")
             sp, flags, _, size = struct.unpack("<QiiQ", self.target.read_memory(out, 24))
             thread.altstack = AltStack(sp, flags, size)

@@ -44,7 +44,9 @@ def load(path: str) -> Image:
     except OSError as error:
         raise ImageError(f"{path}: {error.strerror}") from None
     try:
-        return parse(memoryview(mapped))
+        image = parse(memoryview(mapped))
+        image.mapping = mapped
+        return image
     except ImageError as error:
         raise ImageError(f"{path}: {error.what}", error.offset) from None
 

@@ -14,7 +14,7 @@ CODE = SYSCALL + b"\xcc" * 2  # syscall at +0; the int3s are never reached
 XRSTOR64_RDI = b"\x48\x0f\xae\x2f"  # xrstor64 [rdi], features in edx:eax
 XSAVE64_RDI = b"\x48\x0f\xae\x27"  # xsave64 [rdi]
 SPIN = b"\xeb\xfe"  # jmp . : holds the inferior still while no debugger is attached
-XRSTOR_AT, XSAVE_AT, SPIN_AT = 8, 16, 24
+XRSTOR_AT, XSAVE_AT = 8, 16
 DATA_AT = 0x1000
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 # Registers an injected step may change; saved before and put back after a dump.
@@ -48,9 +48,8 @@ class Injector:
             detail = sc.errno_text(result) if sc.is_error(result) else f"got {result:#x}"
             raise RestoreError(f"mapping the scratch area at {address:#x} failed: {detail}")
         self.scratch = address
-        code = (CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc")
-                + XSAVE64_RDI.ljust(8, b"\xcc") + SPIN)
-        self.target.write_memory(address, code + b"\xcc" * 6)
+        code = CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc") + XSAVE64_RDI
+        self.target.write_memory(address, code + b"\xcc" * 4)
 
     def close_scratch(self) -> None:
         """Unmap the scratch area; the single-step stops before the next fetch from it."""
@@ -104,11 +103,6 @@ class Injector:
         self.target.write_registers({"rip": self.scratch + XRSTOR_AT, "rdi": addr,
                                      "rax": features & 0xFFFFFFFF, "rdx": features >> 32})
         self.target.step_instruction()
-
-    def spin(self) -> None:
-        """Leave rip on a `jmp .` in the scratch area."""
-        assert self.scratch is not None
-        self.target.write_registers({"rip": self.scratch + SPIN_AT})
 
     def xsave(self, size: int, features: int) -> bytes:
         assert self.scratch is not None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 PAGE_SIZE = 4096
 
@@ -142,6 +144,14 @@ class Image:
     runs: list[PageRun] = field(default_factory=list)
     # Where PageRun offsets point: the mapped image file (or bytes of a synthetic one).
     source: memoryview | None = None
+    mapping: Any = None  # the mmap behind source, when it is a file
+
+    def release(self, offset: int, length: int) -> None:
+        """Drop mapped file pages a restore has finished with: the debugger's memory use
+        stays flat however large the image."""
+        if self.mapping is not None and length > 0:
+            start = offset - offset % PAGE_SIZE
+            self.mapping.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
 
     @property
     def main(self) -> Thread:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import syscalls as sc
 from .errors import RestoreError
-from .inject import SCRATCH_SIZE, Injector, pack_u64
+from .inject import SCRATCH_SIZE, SPIN, Injector, pack_u64
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -24,9 +24,11 @@ from .model import (
     PROT_WRITE,
     VSYSCALL_START,
     Image,
+    PageRun,
     Vma,
 )
-from .procfs import Mapping, ProcMem, read_maps
+from .procfs import Mapping, ProcMem, read_auxv, read_maps
+from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .target import Target
 from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
 from .vdso import MOVABLE_NAMES, image_vdso_block
@@ -40,6 +42,7 @@ ERESTARTNOINTR = (1 << 64) - 513
 ERESTART_RESTARTBLOCK = (1 << 64) - 516
 
 Log = Callable[[str], None]
+Progress = Callable[[int, int], None]  # pages done, pages in all
 
 
 @dataclass
@@ -47,8 +50,19 @@ class RestoreReport:
     vmas: int = 0
     pages: int = 0
     seconds: float = 0.0
+    page_seconds: float = 0.0
     path: str = ""
     warnings: list[str] = field(default_factory=list)
+
+
+WRITE_PIECE = 16 << 20  # bytes per write: large enough to be fast, small to stay flat
+DEBUGGER_PIECE = 1 << 20
+
+
+def _pieces(run: PageRun, size: int) -> list[PageRun]:
+    per = max(1, size // PAGE_SIZE)
+    return [PageRun(run.vaddr + i * PAGE_SIZE, min(per, run.count - i),
+                    run.offset + i * run.stride, run.stride) for i in range(0, run.count, per)]
 
 
 def _overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
@@ -65,8 +79,10 @@ class RestorePlan:
     """Checks made before the first change, then the steps that rebuild the process."""
 
     def __init__(self, target: Target, image: Image, via: str = "auto",
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, progress: Progress | None = None) -> None:
         self.target, self.image, self.via = target, image, via
+        self.progress = progress
+        self.total_pages = image.page_count
         self.log = log or (lambda _msg: None)
         self.report = RestoreReport()
         self.injector = Injector(target)
@@ -88,11 +104,28 @@ class RestorePlan:
             raise RestoreError(f"unknown --via {self.via!r}: choose debugger or fast")
         self.pid = pid
         self.live = read_maps(pid)
+        self.live_rseq = self._live_rseq()
         self._check_files()
         self.live_block = [m for m in self.live if m.special in MOVABLE_NAMES]
         self._check_vdso_fits()
         self.scratch = self._free_area(SCRATCH_SIZE + self._block_size() + PAGE_SIZE)
         self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
+
+    def _live_rseq(self) -> tuple[int, int] | None:
+        auxv = read_auxv(self.pid)
+        base = dict(auxv).get(AT_BASE)
+        ld = next((m.path for m in self.live if base and m.start == base and m.is_file), None)
+        fs_base = self.target.read_registers(("fs_base",)).get("fs_base", 0)
+        return rseq_area(self.target.read_memory, auxv, ld, fs_base)
+
+    def _rseq(self, area: tuple[int, int], flags: int) -> int:
+        """Try the lengths glibc has registered with: 32, or __rseq_size when larger."""
+        result = 0
+        for length in dict.fromkeys((32, area[1])):
+            result = self.injector.raw(RSEQ, area[0], length, flags, RSEQ_SIG)
+            if not sc.is_error(result):
+                break
+        return result
 
     def _check_files(self) -> None:
         for vma in self.image.vmas:
@@ -156,8 +189,16 @@ class RestorePlan:
     def run(self) -> RestoreReport:
         started = time.monotonic()
         inj = self.injector
+        before_changes = getattr(self.target, "before_changes", None)
+        if before_changes is not None:
+            self._while_spinning(before_changes)
         self.log(f"restore: scratch area at {self.scratch:#x}")
         inj.open_scratch(self.scratch)
+        if self.live_rseq is not None:  # the kernel would fault writing it once unmapped
+            result = self._rseq(self.live_rseq, RSEQ_FLAG_UNREGISTER)
+            if sc.is_error(result):
+                raise RestoreError(f"unregistering the inferior's rseq area at "
+                                   f"{self.live_rseq[0]:#x}: {sc.errno_text(result)}")
         self._park_vdso()
         self._unmap_everything()
         self._place_vdso()
@@ -166,15 +207,25 @@ class RestorePlan:
         self._set_mm()
         self._set_signals()
         self._set_thread_state()
-        reload_process = getattr(self.target, "reload_process", None)
-        if reload_process is not None:
-            inj.spin()
-            reload_process()
         inj.close_scratch()
         self._set_registers()
+        reload_process = getattr(self.target, "reload_process", None)
+        if reload_process is not None:
+            self._while_spinning(reload_process)
         self.target.memory_changed()
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _while_spinning(self, action: Callable[[], None]) -> None:
+        """Run an adapter's action that lets go of the inferior for a moment (a detach and
+        attach): a `jmp .` at rip holds it still meanwhile, and goes again afterwards."""
+        rip = self.target.read_registers(("rip",))["rip"]
+        saved = self.target.read_memory(rip, len(SPIN))
+        self.target.write_memory(rip, SPIN)
+        try:
+            action()
+        finally:
+            self.target.write_memory(rip, saved)
 
     def _park_vdso(self) -> None:
         """Move the live vDSO block out of the way, keeping its internal layout."""
@@ -258,25 +309,36 @@ class RestorePlan:
         fast = self.via == "fast" or (self.via == "auto" and self.target.is_local())
         self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
         mem = ProcMem(self.pid, writable=True) if fast else None
+        started = time.monotonic()
         try:
             for run in runs:
-                chunks = list(image.run_data(run))
-                try:
-                    if mem is not None:
-                        mem.writev(run.vaddr, chunks) if len(chunks) > 1 else mem.write(
-                            run.vaddr, chunks[0])
-                    else:
-                        addr = run.vaddr
-                        for chunk in chunks:
-                            for at in range(0, len(chunk), 1 << 20):
-                                self.target.write_memory(addr + at, chunk[at:at + (1 << 20)])
-                            addr += len(chunk)
-                except OSError as error:
-                    raise RestoreError(f"writing pages at {run.vaddr:#x}: {error}") from None
-                self.report.pages += run.count
+                for piece in _pieces(run, WRITE_PIECE if fast else DEBUGGER_PIECE):
+                    try:
+                        self._write_piece(piece, mem)
+                    except (OSError, RuntimeError) as error:
+                        raise RestoreError(f"writing pages at {piece.vaddr:#x}: "
+                                           f"{error}") from None
+                    image.release(piece.offset, piece.count * piece.stride)
+                    self.report.pages += piece.count
+                    if self.progress is not None:
+                        self.progress(self.report.pages, self.total_pages)
         finally:
             if mem is not None:
                 mem.close()
+        self.report.page_seconds = time.monotonic() - started
+
+    def _write_piece(self, piece: PageRun, mem: ProcMem | None) -> None:
+        chunks = list(self.image.run_data(piece))
+        if mem is not None:
+            if len(chunks) == 1:
+                mem.write(piece.vaddr, chunks[0])
+            else:
+                mem.writev(piece.vaddr, chunks)
+            return
+        addr = piece.vaddr
+        for chunk in chunks:
+            self.target.write_memory(addr, chunk)
+            addr += len(chunk)
 
     def _set_mm(self) -> None:
         mm, image, inj = self.image.mm, self.image, self.injector
@@ -344,11 +406,28 @@ class RestorePlan:
                      step="setting the robust futex list", address=thread.robust_list)
         if thread.clear_child_tid:
             inj.raw(sc.SET_TID_ADDRESS, thread.clear_child_tid)
+        image_rseq = self._image_rseq()
+        if image_rseq is not None:
+            result = self._rseq(image_rseq, 0)
+            if sc.is_error(result):
+                self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
+                                            f"registered: {sc.errno_text(result)}")
         if thread.xsave is not None:
             inj.reset_data()
             inj.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
+        # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
+        shown = self.target.read_registers(("fs_base", "gs_base"))
+        for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
+            if name in thread.registers and name not in shown:
+                inj.call(sc.ARCH_PRCTL, code, thread.registers[name], step=f"setting {name}")
         inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, inj.put(pack_u64(thread.sigmask)), 0, 8,
                  step="setting the signal mask")
+
+    def _image_rseq(self) -> tuple[int, int] | None:
+        base = dict(self.image.auxv).get(AT_BASE)
+        ld = next((v.path for v in self.image.vmas if base and v.start == base), None)
+        return rseq_area(self.target.read_memory, self.image.auxv, ld,
+                         self.image.registers.get("fs_base", 0))
 
     def _set_registers(self) -> None:
         regs = dict(self.image.registers)
@@ -372,8 +451,8 @@ class RestorePlan:
         self.target.write_registers(ordered)
 
 
-def restore(target: Target, image: Image, via: str = "auto",
-            log: Log | None = None) -> RestoreReport:
-    plan = RestorePlan(target, image, via, log)
+def restore(target: Target, image: Image, via: str = "auto", log: Log | None = None,
+            progress: Progress | None = None) -> RestoreReport:
+    plan = RestorePlan(target, image, via, log, progress)
     plan.check()
     return plan.run()

@@ -27,6 +27,9 @@ class Target(Protocol):
     def step_instruction(self) -> None:
         """Execute exactly one instruction and stop again."""
 
+    def before_changes(self) -> None:
+        """Optional. Called once all checks passed, just before the first change."""
+
     def reload_process(self) -> None:
         """Optional. Make the debugger read the process afresh (exe link, auxv, libraries),
         e.g. by detaching and attaching again; the inferior spins on a loop meanwhile."""

@@ -84,6 +84,11 @@ def _quiet() -> Iterator[None]:
         os.close(saved)
 
 
+# The last reports, for scripts/bench and other callers that want the figures.
+last_restore = None
+last_dump = None
+
+
 class ImgRestore(gdb.Command):
     """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
 
@@ -113,6 +118,8 @@ image's executable is started first (stopped at its first instruction). Accepts 
                     b.enabled = True
         except (ImageError, RestoreError) as error:
             raise gdb.GdbError(f"img-restore: {error}") from None
+        global last_restore
+        last_restore = result
         for warning in result.warnings:
             gdb.write(f"img-restore: warning: {warning}\n")
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
@@ -139,6 +146,8 @@ has written, signal state and TLS. v1 (the default) is this project's format; v0
                 result = dump(GdbTarget(), _path(args.file), args.format)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"img-dump: {error}") from None
+        global last_dump
+        last_dump = result
         gdb.write(f"img-dump: {result.vmas} VMAs, {result.pages} pages, {result.bytes} bytes "
                   f"in {result.seconds:.2f} s\n")
 

@@ -5,7 +5,8 @@ import glob
 import os
 import sys
 
-_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The code's own file name: GDB's __file__ is the outer script's when sourced from one.
+_root = os.path.dirname(os.path.dirname(os.path.abspath(sys._getframe().f_code.co_filename)))
 for _site in sorted(glob.glob(os.path.join(_root, ".venv", "lib", "python3*", "site-packages"))):
     if _site not in sys.path:
         sys.path.append(_site)

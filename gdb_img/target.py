@@ -49,10 +49,25 @@ class GdbTarget:
         gdb.execute("maintenance flush dcache", to_string=True)
         gdb.execute("maintenance flush register-cache", to_string=True)
 
+    def before_changes(self) -> None:
+        """libthread_db reads the process's libc data, which a restore replaces mid-way, and
+        GDB then cannot step. Attach again without it (reload_process brings it back)."""
+        if "Thread 0x" not in gdb.execute("info threads", to_string=True):
+            return
+        pid = self.inferior.pid
+        path = gdb.parameter("libthread-db-search-path")
+        gdb.execute("detach", to_string=True)
+        gdb.execute("set libthread-db-search-path /nonexistent", to_string=True)
+        try:
+            gdb.execute(f"attach {pid}", to_string=True)
+        finally:
+            gdb.execute(f"set libthread-db-search-path {path}", to_string=True)
+        self.inferior = gdb.selected_inferior()
+
     def reload_process(self) -> None:
         """Detach and attach again, so that GDB reads the restored process as on a first
         attach: the exe link and auxv that PR_SET_MM_MAP set, the PIE and shared-library
-        addresses, the vDSO. The inferior spins on a loop in between."""
+        addresses, the vDSO, and the stop pc, so a breakpoint right there is stepped over."""
         pid = self.inferior.pid
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
         if exe is not None:

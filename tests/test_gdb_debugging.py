@@ -116,3 +116,24 @@ def test_changed_mapped_file_is_refused_before_any_change(tmp_path: Path) -> Non
         assert gdb.console("info proc mappings") == before
     finally:
         gdb.close()
+
+
+def test_restore_into_a_running_process_at_a_breakpoint_twice(tmp_path: Path) -> None:
+    """The live process has run: libc, libthread_db, an rseq area, a breakpoint at its pc."""
+    binary = compile_program("heap", tmp_path)
+    expected = run_uninterrupted(binary)
+    image = tmp_path / "heap.img"
+    before = dump_at_checkpoint(binary, image)
+    out = tmp_path / "out"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        assert gdb.until_stopped(f"run > {out}")["reason"] == "breakpoint-hit"
+        gdb.console(f"img-restore {image}")
+        gdb.console(f"img-restore {image}")
+        assert "Thread 0x" in gdb.console("info threads")  # libthread_db is back
+        stop = gdb.until_stopped("continue")
+        assert stop["reason"] == "exited-normally", stop
+    finally:
+        gdb.close()
+    assert out.read_text() == before + expected[len(before):]
