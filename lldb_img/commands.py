@@ -1,0 +1,245 @@
+"""LLDB commands img-restore, img-dump and img-info, thin wrappers over binfmt_img."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import time
+from collections.abc import Iterator
+
+import lldb
+
+from binfmt_img import image_file, report
+from binfmt_img.dump import DumpPlan
+from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.model import PROT_EXEC, Image
+from binfmt_img.restore import restore
+
+from .modules import sync_modules
+from .target import LldbTarget
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line through SetError, not an exit
+        raise _ArgumentError(message)
+
+
+def _path(text: str) -> str:
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def _synchronous(debugger: lldb.SBDebugger) -> Iterator[None]:
+    """Single-steps must return only once the inferior has stopped again."""
+    was_async = debugger.GetAsync()
+    debugger.SetAsync(False)
+    try:
+        yield
+    finally:
+        debugger.SetAsync(was_async)
+
+
+@contextlib.contextmanager
+def _breakpoints_lifted(target: lldb.SBTarget) -> Iterator[None]:
+    """LLDB keeps breakpoint traps in memory while stopped; lift the user's for the duration,
+    so no trap is dumped, overwritten by a restore, or stepped over in place of a syscall."""
+    enabled = [b for b in target.breakpoint_iter() if b.IsEnabled()]
+    for b in enabled:
+        b.SetEnabled(False)
+    try:
+        yield
+    finally:
+        for b in enabled:
+            b.SetEnabled(True)
+
+
+def _stopped_process(debugger: lldb.SBDebugger) -> lldb.SBProcess:
+    process = debugger.GetSelectedTarget().GetProcess()
+    if not process.IsValid() or process.GetState() in (lldb.eStateExited, lldb.eStateDetached):
+        raise RestoreError("no live process")
+    if process.GetState() != lldb.eStateStopped:
+        raise RestoreError("the process is running: interrupt it first")
+    return process
+
+
+def _ensure_process(debugger: lldb.SBDebugger, image: Image,
+                    result: lldb.SBCommandReturnObject) -> lldb.SBProcess:
+    """With no live process, start the image's executable (or /bin/true if it is gone)
+    stopped at its first instruction."""
+    target = debugger.GetSelectedTarget()
+    process = target.GetProcess()
+    if process.IsValid() and process.GetState() not in (lldb.eStateExited,
+                                                         lldb.eStateDetached):
+        return _stopped_process(debugger)
+    exe = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
+    current = target.GetExecutable().fullpath if target.IsValid() else None
+    program = exe or (current if current and os.path.exists(current) else "/bin/true")
+    error = lldb.SBError()
+    if program != current:
+        target = debugger.CreateTarget(program, None, None, True, error)
+        if error.Fail():
+            raise RestoreError(f"cannot debug {program}: {error.GetCString()}")
+        debugger.SetSelectedTarget(target)
+    # The target's launch info carries the user's settings (output-path, env, args); the
+    # SB launch also avoids the CLI's two-second wait after `process launch --stop-at-entry`.
+    info = target.GetLaunchInfo()
+    info.SetLaunchFlags(info.GetLaunchFlags() | lldb.eLaunchFlagStopAtEntry)
+    process = target.Launch(info, error)
+    if error.Fail():
+        raise RestoreError(f"launching {program}: {error.GetCString()}")
+    result.AppendMessage(f"img-restore: started {program} (pid {process.GetProcessID()}) "
+                         "to restore into")
+    return _stopped_process(debugger)
+
+
+class _Command:
+    """What LLDB's `command script add -c` expects of a command class."""
+
+    name = ""
+    short_help = ""
+
+    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
+        self.parser = _Parser(prog=self.name, add_help=False)
+
+    def get_short_help(self) -> str:
+        return self.short_help
+
+    def get_long_help(self) -> str:
+        # LLDB wraps the text itself: give it one line per paragraph.
+        paragraphs = (self.__doc__ or "").strip().split("\n\n")
+        return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+    def __call__(self, debugger: lldb.SBDebugger, command: str, exe_ctx: lldb.SBExecutionContext,
+                 result: lldb.SBCommandReturnObject) -> None:
+        try:
+            args = self.parser.parse_args(shlex.split(command))
+            self.invoke(debugger, args, result)
+        except (_ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
+            result.SetError(_one_line(f"{self.name}: {error}"))
+        except Exception as error:  # a bug must still come back as one line, not a traceback
+            result.SetError(_one_line(f"{self.name}: internal error: "
+                                      f"{type(error).__name__}: {error}"))
+
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
+        raise NotImplementedError
+
+
+class ImgRestore(_Command):
+    """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
+
+Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
+then leaves it stopped at the checkpoint with LLDB's modules set to the image's files at the
+image's addresses. With no live process, the image's executable (or /bin/true) is launched
+first, stopped at its first instruction. --via fast writes pages through /proc/PID/mem,
+debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 images."""
+
+    name = "img-restore"
+    short_help = "Restore a process image into the inferior: img-restore FILE [--via ...]"
+
+    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
+        super().__init__(debugger, internal_dict)
+        self.parser.add_argument("file")
+        self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
+
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
+        image = image_file.load(_path(args.file))
+        with _synchronous(debugger):
+            process = _ensure_process(debugger, image, result)
+            target = process.GetTarget()
+            with _breakpoints_lifted(target):
+                done = restore(LldbTarget(process), image, via=args.via)
+                warnings = done.warnings + sync_modules(target, image)
+        for warning in warnings:
+            result.AppendMessage(f"img-restore: warning: {warning}")
+        result.AppendMessage(f"img-restore: {done.vmas} VMAs, {done.pages} pages in "
+                             f"{done.seconds:.2f} s via {done.path}")
+        # As `frame select 0` shows it; the interpreter's own context may predate the process.
+        frame = lldb.SBCommandReturnObject()
+        context = lldb.SBExecutionContext(process.GetSelectedThread().GetFrameAtIndex(0))
+        debugger.GetCommandInterpreter().HandleCommand("frame select 0", context, frame, False)
+        result.AppendMessage(frame.GetOutput().rstrip("\n"))
+
+
+def _masked_pages(plan: DumpPlan, inferior: LldbTarget) -> Iterator[tuple[int, bytes]]:
+    """The dump's pages, those of executable mappings read again through LLDB: it shows the
+    original bytes where its own breakpoint traps (ld.so's link-map one) sit, which
+    /proc/PID/mem shows as int3. Only code pages the process wrote are stored: few."""
+    executable = [(m.start, m.end) for m in plan.maps if m.prot & PROT_EXEC]
+    for vaddr, data in plan.pages():
+        if any(start <= vaddr < end for start, end in executable):
+            data = inferior.read_memory(vaddr, len(data))
+        yield vaddr, data
+
+
+class ImgDump(_Command):
+    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]
+
+The image holds registers, FPU state, memory mappings with their files, the pages the process
+has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's.
+The process is left as it was and can be continued."""
+
+    name = "img-dump"
+    short_help = "Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]"
+
+    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
+        super().__init__(debugger, internal_dict)
+        self.parser.add_argument("file")
+        self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
+
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
+        path = _path(args.file)
+        started = time.monotonic()
+        with _synchronous(debugger):
+            inferior = LldbTarget(_stopped_process(debugger))
+            with _breakpoints_lifted(inferior.process.GetTarget()):
+                plan = DumpPlan(inferior, args.format)
+                image = plan.collect()
+                image_file.save(path, image, args.format, _masked_pages(plan, inferior))
+            inferior.memory_changed()
+        result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {plan.report.pages} pages, "
+                             f"{os.path.getsize(path)} bytes in "
+                             f"{time.monotonic() - started:.2f} s")
+
+
+class ImgInfo(_Command):
+    """Describe a process image without changing anything: img-info FILE [--json] [--verify]
+
+Prints the registers, mm fields, VMAs, signal handlers, threads and the code at rip; --json
+prints one JSON object instead; --verify checks every page run against its crc32 (v1)."""
+
+    name = "img-info"
+    short_help = "Describe a process image: img-info FILE [--json] [--verify]"
+
+    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
+        super().__init__(debugger, internal_dict)
+        self.parser.add_argument("file")
+        self.parser.add_argument("--json", action="store_true")
+        self.parser.add_argument("--verify", action="store_true")
+
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
+        image = image_file.load(_path(args.file))
+        bad = report.bad_runs(image) if args.verify else None
+        if args.json:
+            result.AppendMessage(json.dumps(report.report_json(image, bad)))
+        else:
+            result.AppendMessage(report.report_text(image, verify=args.verify, bad=bad))
+        if bad:
+            result.SetError(f"img-info: {len(bad)} page runs fail their checksum")
+
+
+COMMANDS = (ImgRestore, ImgDump, ImgInfo)

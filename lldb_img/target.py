@@ -1,0 +1,144 @@
+"""The core's Target interface over LLDB's SB API (lldb-server underneath, even locally)."""
+
+from __future__ import annotations
+
+import lldb
+
+from binfmt_img.errors import RestoreError
+
+_MASK = (1 << 64) - 1
+# GDB's register names that LLDB spells differently.
+_LLDB_NAMES = {"eflags": "rflags"}
+# Registers some LLDBs do not expose; writes of them are dropped, the core works around them.
+_OPTIONAL = ("orig_rax", "fs_base", "gs_base")
+# -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK as rax holds them.
+_RESTART_CODES = {(1 << 64) - n for n in (512, 513, 514)}
+_RESTART_BLOCK = (1 << 64) - 516
+_NR_RESTART_SYSCALL = 219
+_STEPPED = (lldb.eStopReasonPlanComplete, lldb.eStopReasonTrace)
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >> 63 else value
+
+
+class LldbTarget:
+    # Names to pretend LLDB lacks (tests use it to exercise the arch_prctl fallback).
+    hidden: tuple[str, ...] = ()
+
+    def __init__(self, process: lldb.SBProcess) -> None:
+        self.process = process
+
+    def pid(self) -> int | None:
+        if not self.process.IsValid() or self.process.GetState() != lldb.eStateStopped:
+            return None
+        return self.process.GetProcessID() or None
+
+    def is_local(self) -> bool:
+        return self.process.GetTarget().GetPlatform().GetName() == "host"
+
+    def _thread(self) -> lldb.SBThread:
+        thread = self.process.GetSelectedThread()
+        return thread if thread.IsValid() else self.process.GetThreadAtIndex(0)
+
+    def _frame(self) -> lldb.SBFrame:
+        return self._thread().GetFrameAtIndex(0)
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        error = lldb.SBError()
+        data = self.process.ReadMemory(addr, size, error) if size else b""
+        if error.Fail() or len(data) != size:
+            raise RestoreError(f"reading {size} bytes at {addr:#x}: {error.GetCString()}")
+        return bytes(data)
+
+    def write_memory(self, addr: int, data: bytes | memoryview) -> None:
+        error = lldb.SBError()
+        done = self.process.WriteMemory(addr, bytes(data), error) if len(data) else 0
+        if error.Fail() or done != len(data):
+            raise RestoreError(f"writing {len(data)} bytes at {addr:#x}: {error.GetCString()}")
+
+    def _orig_rax(self) -> int | None:
+        """LLDB has no orig_rax; for a stopped local task the kernel shows it as the first
+        field of /proc/PID/syscall ("-1" when not in a system call)."""
+        pid = self.pid()
+        if pid is None or not self.is_local():
+            return None
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                first = f.read().split()[0]
+            return int(first) & _MASK
+        except (OSError, IndexError, ValueError):
+            return None  # "running", or no such file
+
+    def read_registers(self, names: tuple[str, ...]) -> dict[str, int]:
+        frame = self._frame()
+        out = {}
+        for name in names:
+            if name in self.hidden:
+                continue
+            if name == "orig_rax":
+                value = self._orig_rax()
+                if value is not None:
+                    out[name] = value
+                continue
+            register = frame.FindRegister(_LLDB_NAMES.get(name, name))
+            if register.IsValid():
+                out[name] = register.GetValueAsUnsigned() & _MASK
+        return out
+
+    def write_registers(self, values: dict[str, int]) -> None:
+        values = self._emulate_restart(dict(values))
+        frame = self._frame()
+        for name, value in values.items():
+            register = None if name in self.hidden else frame.FindRegister(
+                _LLDB_NAMES.get(name, name))
+            if register is None or not register.IsValid():
+                if name in _OPTIONAL:
+                    continue
+                raise RestoreError(f"LLDB shows no register {name}")
+            error = lldb.SBError()
+            if not register.SetValueFromCString(f"{value & _MASK:#x}", error) or error.Fail():
+                raise RestoreError(f"writing {name} = {value & _MASK:#x}: {error.GetCString()}")
+
+    def _emulate_restart(self, values: dict[str, int]) -> dict[str, int]:
+        """LLDB cannot write orig_rax, and the kernel only restarts an interrupted system call
+        when orig_rax holds its number. Do what the kernel would do on resume (no handler):
+        back rip up over the `syscall` and put the number (or restart_syscall) in rax."""
+        orig = values.pop("orig_rax", None)
+        rax = values.get("rax")
+        if orig is None or rax is None or _signed(orig) < 0:
+            return values
+        if rax not in _RESTART_CODES and rax != _RESTART_BLOCK:
+            return values
+        rip = values.get("rip")
+        if rip is None:
+            rip = self.read_registers(("rip",))["rip"]
+        values["rip"] = rip - 2
+        values["rax"] = _NR_RESTART_SYSCALL if rax == _RESTART_BLOCK else orig
+        return values
+
+    def step_instruction(self) -> None:
+        thread = self._thread()
+        error = lldb.SBError()
+        thread.StepInstruction(False, error)
+        state = self.process.GetState()
+        if error.Fail() or state != lldb.eStateStopped:
+            detail = error.GetCString() or lldb.SBDebugger.StateAsCString(state)
+            raise RestoreError(f"single-step failed: {detail}")
+        if thread.GetStopReason() not in _STEPPED:
+            raise RestoreError(f"single-step stopped for another reason: "
+                               f"{thread.GetStopDescription(200)}")
+
+    def memory_changed(self) -> None:
+        """LLDB drops its memory cache at every stop, but SBValue register writes leave the
+        thread's unwound frames in place; a register write through the command interpreter
+        tosses them, and no SB call does."""
+        rip = self.read_registers(("rip",))["rip"]
+        # An explicit context: inside a command that launched this process, the
+        # interpreter's own context predates it.
+        context = lldb.SBExecutionContext(self._frame())
+        result = lldb.SBCommandReturnObject()
+        interpreter = self.process.GetTarget().GetDebugger().GetCommandInterpreter()
+        interpreter.HandleCommand(f"register write rip {rip:#x}", context, result, False)
+        if not result.Succeeded():
+            raise RestoreError(f"refreshing LLDB's frames: {result.GetError().strip()}")

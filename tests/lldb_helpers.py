@@ -1,0 +1,77 @@
+"""Compiling small C programs and driving lldb-19 and gdb in batch mode for tests/test_lldb.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LLDB = shutil.which("lldb-19")
+GDB = shutil.which("gdb")
+CHECKPOINT = """\
+#include <stdio.h>
+/* The tests stop here to take the image; it must stay a real call. */
+static void __attribute__((noinline, used)) checkpoint(void) { __asm__ volatile("" ::: "memory"); }
+"""
+
+
+def lldb_missing() -> str | None:
+    """Why the LLDB tests cannot run here, or None."""
+    if LLDB is None:
+        return "lldb-19 is not installed"
+    found = subprocess.run([LLDB, "-P"], capture_output=True, text=True)
+    if found.returncode or not (Path(found.stdout.strip()) / "lldb").is_dir():
+        return "the lldb Python module (python3-lldb-19) is not installed"
+    return None
+
+
+def compile_c(source: str, directory: Path, name: str) -> Path:
+    """Write `source` (after the checkpoint() helper) to NAME.c and build it with -g -O0."""
+    c_file = directory / f"{name}.c"
+    c_file.write_text(CHECKPOINT + source)
+    binary = directory / name
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(binary), str(c_file)], check=True)
+    return binary
+
+
+def run_uninterrupted(binary: Path, *args: str) -> str:
+    """The whole output with stdout to a file, buffered as it is under the debuggers."""
+    out = binary.parent / f"{binary.name}.expected"
+    with open(out, "wb") as sink:
+        subprocess.run([str(binary), *args], stdout=sink, stdin=subprocess.DEVNULL, check=True,
+                       timeout=30)
+    return out.read_text()
+
+
+def lldb_batch(*commands: str, program: Path | None = None, on_signal: tuple[str, ...] = (),
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """lldb-19 with lldb_img loaded runs COMMANDS, then quits. It stops at the first error, and
+    when the process stops for a signal it runs the ON_SIGNAL commands instead of the rest."""
+    assert LLDB is not None
+    argv = [LLDB, "--no-lldbinit", "--batch", "-o", f"command script import {ROOT / 'lldb_img'}"]
+    for command in commands:
+        argv += ["-o", command]
+    for command in on_signal:
+        argv += ["-k", command]
+    if program is not None:
+        argv.append(str(program))
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, cwd=str(program.parent) if program else None)
+
+
+def gdb_batch(*commands: str, program: Path | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    assert GDB is not None
+    argv = [GDB, "-nx", "-q", "-batch", "-ex", f"source {ROOT / 'gdb_img' / 'init.py'}"]
+    for command in commands:
+        argv += ["-ex", command]
+    if program is not None:
+        argv.append(str(program))
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
+
+
+def read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
