@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import time
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from . import image_file
 from . import syscalls as sc
 from .errors import RestoreError
-from .inject import SAVED_REGISTERS, SCRATCH_SIZE, Injector
+from .files import read_open_files
+from .inject import SCRATCH_SIZE, Injector
 from .model import (
-    ALL_REGISTERS,
     MAP_SHARED,
     PAGE_SIZE,
     AltStack,
@@ -25,8 +26,9 @@ from .model import (
     Xsave,
 )
 from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
-from .restore import USER_TOP, XSAVE_RESTORABLE
+from .restore import USER_TOP, XSAVE_RESTORABLE, Progress
 from .target import Target
+from .threads import find_tid_addresses, put_back_registers, read_threads, save_registers, select
 from .tls import GDT_ENTRY_TLS_MIN, USER_DESC, USER_DESC_SIZE, user_desc_to_descriptor
 
 XSAVE_AREA = 4096  # enough for every component up to PKRU in the standard format
@@ -87,58 +89,69 @@ class DumpPlan:
             candidate += 0x10000000
         raise RestoreError("no free address range for the scratch area")
 
-    def _thread_state(self, thread: Thread) -> int:
-        """What only the process itself can tell: FPU, signals, TLS, brk. Returns brk."""
+    def _thread_state(self, threads: list[Thread]) -> int:
+        """What only the process itself can tell: each thread's FPU, signal mask, TLS..., and
+        the process's signal handlers and brk. Returns brk."""
         inj = Injector(self.target)
-        saved = self.target.read_registers(SAVED_REGISTERS)
+        saved = save_registers(self.target, threads)
         inj.open_scratch(self._scratch_address())
         try:
-            thread.xsave = Xsave(XSAVE_RESTORABLE, inj.xsave(XSAVE_AREA, XSAVE_RESTORABLE))
+            for thread in threads:  # the other threads stay stopped meanwhile
+                if len(threads) > 1:
+                    select(self.target, thread.tid)
+                self._one_thread(inj, thread)
+            if len(threads) > 1:
+                select(self.target, threads[0].tid)
             brk = inj.raw(sc.BRK, 0)
             out = inj.reserve(64)
-            inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, out, 8, step="reading the mask")
-            (thread.sigmask,) = struct.unpack("<Q", self.target.read_memory(out, 8))
-            for name, code in (("fs_base", sc.ARCH_GET_FS), ("gs_base", sc.ARCH_GET_GS)):
-                if name not in thread.registers:  # a debugger that does not show them
-                    inj.call(sc.ARCH_PRCTL, code, out, step=f"reading {name}")
-                    (thread.registers[name],) = struct.unpack(
-                        "<Q", self.target.read_memory(out, 8))
-            inj.call(sc.SIGALTSTACK, 0, out, step="reading the alternate stack")
-            sp, flags, _, size = struct.unpack("<QiiQ", self.target.read_memory(out, 24))
-            thread.altstack = AltStack(sp, flags, size)
-            for i in range(3):
-                desc = USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0)
-                at = inj.put(desc)
-                if sc.is_error(inj.raw(sc.GET_THREAD_AREA, at)):
-                    break  # a kernel without 32-bit emulation has no GDT TLS entries
-                thread.tls[i] = user_desc_to_descriptor(self.target.read_memory(
-                    at, USER_DESC_SIZE))
-            head = inj.reserve(16)
-            if not sc.is_error(inj.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)):
-                thread.robust_list, thread.robust_list_len = struct.unpack(
-                    "<QQ", self.target.read_memory(head, 16))
             actions = []
             for number in range(1, sc.NSIG + 1):
                 inj.call(sc.RT_SIGACTION, number, 0, out, 8, step="reading signal handlers")
                 actions.append(SigAction(*struct.unpack("<4Q", self.target.read_memory(out, 32))))
             self.image.sigactions = actions
         finally:
+            if len(threads) > 1:
+                select(self.target, threads[0].tid)
             if inj.scratch is not None:
                 inj.close_scratch()
-            ordered = {"rip": saved["rip"]}  # rip first: it resets orig_rax in GDB
-            ordered.update({k: v for k, v in saved.items() if k not in ("rip", "orig_rax",
-                                                                        "rax")})
-            if "orig_rax" in saved:
-                ordered["orig_rax"] = saved["orig_rax"]
-            ordered["rax"] = saved["rax"]
-            self.target.write_registers(ordered)
+            put_back_registers(self.target, saved)
         return brk
 
+    def _one_thread(self, inj: Injector, thread: Thread) -> None:
+        """The selected thread's own state, by system calls it makes itself."""
+        thread.xsave = Xsave(XSAVE_RESTORABLE, inj.xsave(XSAVE_AREA, XSAVE_RESTORABLE))
+        out = inj.reserve(64)
+        inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, out, 8, step="reading the mask")
+        (thread.sigmask,) = struct.unpack("<Q", self.target.read_memory(out, 8))
+        for name, code in (("fs_base", sc.ARCH_GET_FS), ("gs_base", sc.ARCH_GET_GS)):
+            if name not in thread.registers:  # a debugger that does not show them
+                inj.call(sc.ARCH_PRCTL, code, out, step=f"reading {name}")
+                (thread.registers[name],) = struct.unpack("<Q", self.target.read_memory(out, 8))
+        inj.call(sc.SIGALTSTACK, 0, out, step="reading the alternate stack")
+        sp, flags, _, size = struct.unpack("<QiiQ", self.target.read_memory(out, 24))
+        thread.altstack = AltStack(sp, flags, size)
+        for i in range(3):
+            desc = USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0)
+            at = inj.put(desc)
+            if sc.is_error(inj.raw(sc.GET_THREAD_AREA, at)):
+                break  # a kernel without 32-bit emulation has no GDT TLS entries
+            thread.tls[i] = user_desc_to_descriptor(self.target.read_memory(at, USER_DESC_SIZE))
+        head = inj.reserve(16)
+        if not sc.is_error(inj.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)):
+            thread.robust_list, thread.robust_list_len = struct.unpack(
+                "<QQ", self.target.read_memory(head, 16))
+
     def collect(self) -> Image:
-        regs = self.target.read_registers(ALL_REGISTERS)
-        thread = Thread(tid=self.pid, registers=regs)
-        self.image = image = Image(format=self.fmt, threads=[thread])
-        brk = self._thread_state(thread)
+        threads = read_threads(self.target, self.pid)
+        if self.fmt == "v0" and len(threads) > 1:
+            raise RestoreError(f"the process has {len(threads)} threads and v0 holds one: "
+                               "use v1")
+        self.image = image = Image(format=self.fmt, threads=threads)
+        brk = self._thread_state(threads)
+        if self.fmt == "v1":
+            find_tid_addresses(threads, self.maps, self.target.read_memory)
+            image.pid = self.pid
+            image.cwd, image.files = read_open_files(self.pid)
         image.mm = _mm_fields(self.pid, brk)
         image.auxv = read_auxv(self.pid)
         try:
@@ -152,36 +165,47 @@ class DumpPlan:
         self.report.vmas = len(image.vmas)
         return image
 
-    def pages(self) -> Iterator[tuple[int, bytes]]:
-        """Pages worth keeping: present in private (and anonymous shared) mappings; a v1
-        image leaves out file pages never written, which the file still holds."""
+    def _page_plan(self) -> list[tuple[int, int]]:
+        """Runs (vaddr, count) worth keeping: present in private (and anonymous shared)
+        mappings; a v1 image leaves out file pages never written, which the file still holds."""
+        plan: list[tuple[int, int]] = []
+        for m in self.maps:
+            if m.special in NOT_DUMPED or m.start >= USER_TOP:
+                continue
+            if m.is_file and m.flags & MAP_SHARED:
+                continue
+            if (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
+                plan.append((m.start, (m.end - m.start) // PAGE_SIZE))  # no path to reread
+            else:
+                plan += resident_pages(self.pid, m.start, m.end,
+                                       skip_file_pages=self.fmt == "v1" and m.is_file)
+        return plan
+
+    def pages(self, progress: Progress | None = None) -> Iterator[tuple[int, memoryview]]:
+        plan = self._page_plan()
+        total = sum(count for _, count in plan)
         mem = ProcMem(self.pid, writable=False)
+        # One page-aligned buffer, reused: no allocation per chunk, and O_DIRECT can take it.
+        view = memoryview(mmap.mmap(-1, CHUNK))
         try:
-            for m in self.maps:
-                if m.special in NOT_DUMPED or m.start >= USER_TOP:
-                    continue
-                if m.is_file and m.flags & MAP_SHARED:
-                    continue
-                skip_file = self.fmt == "v1" and m.is_file
-                if (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
-                    present = [(m.start, (m.end - m.start) // PAGE_SIZE)]  # no path to reread
-                else:
-                    present = resident_pages(self.pid, m.start, m.end, skip_file)
-                for vaddr, count in present:
-                    for at in range(0, count * PAGE_SIZE, CHUNK):
-                        size = min(CHUNK, count * PAGE_SIZE - at)
-                        data = mem.read(vaddr + at, size)
-                        self.report.pages += size // PAGE_SIZE
-                        yield vaddr + at, data
+            for vaddr, count in plan:
+                for at in range(0, count * PAGE_SIZE, CHUNK):
+                    size = min(CHUNK, count * PAGE_SIZE - at)
+                    mem.read_into(vaddr + at, view[:size])
+                    self.report.pages += size // PAGE_SIZE
+                    yield vaddr + at, view[:size]
+                    if progress is not None:
+                        progress(self.report.pages, total)
         finally:
-            mem.close()
+            mem.close()  # the buffer goes with its last view
 
 
-def dump(target: Target, path: str, fmt: str = "v1") -> DumpReport:
+def dump(target: Target, path: str, fmt: str = "v1",
+         progress: Progress | None = None) -> DumpReport:
     started = time.monotonic()
     plan = DumpPlan(target, fmt)
     image = plan.collect()
-    image_file.save(path, image, fmt, plan.pages())
+    image_file.save(path, image, fmt, plan.pages(progress))
     plan.report.bytes = os.path.getsize(path)
     plan.report.seconds = time.monotonic() - started
     return plan.report

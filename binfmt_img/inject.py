@@ -34,9 +34,10 @@ class Injector:
         self.scratch: int | None = None
         self._data_used = 0
 
-    def open_scratch(self, address: int) -> None:
-        """Map the scratch area, borrowing two bytes at the current rip for that one syscall."""
-        rip = self.target.read_registers(("rip",))["rip"]
+    def open_scratch(self, address: int, code: int | None = None) -> None:
+        """Map the scratch area, borrowing two bytes of mapped code for that one syscall: at
+        `code` when given (rip may point nowhere), else at the current rip."""
+        rip = code if code is not None else self.target.read_registers(("rip",))["rip"]
         saved = self.target.read_memory(rip, len(SYSCALL))
         self.target.write_memory(rip, SYSCALL)
         try:
@@ -76,6 +77,14 @@ class Injector:
             where = f" at {address:#x}" if address is not None else ""
             raise RestoreError(f"{step}{where}: {sc.NAMES.get(nr, nr)} failed: "
                                f"{sc.errno_text(result)}")
+        return result
+
+    def call_at(self, at: int, nr: int, *args: int, step: str) -> int:
+        """Like call, from a `syscall` instruction of the caller's own at `at` (clone needs
+        one followed by a loop for the new thread)."""
+        result = self._run(at, nr, *args)
+        if sc.is_error(result):
+            raise RestoreError(f"{step}: {sc.NAMES.get(nr, nr)} failed: {sc.errno_text(result)}")
         return result
 
     # Data passed by pointer lives in the scratch area's data pages.

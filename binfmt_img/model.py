@@ -103,6 +103,17 @@ class Xsave:
 
 
 @dataclass
+class Signal:
+    """The signal the process had stopped with when a core recorded it (a crash's fault)."""
+
+    number: int
+    code: int = 0  # si_code: > 0 when the kernel raised it (a fault), <= 0 when sent
+    errno: int = 0
+    address: int = 0  # si_addr: the faulting address of SIGSEGV, SIGBUS, SIGILL, SIGFPE
+    siginfo: bytes = b""  # the raw 128-byte siginfo_t, when the core held one
+
+
+@dataclass
 class Thread:
     tid: int = 0
     registers: dict[str, int] = field(default_factory=dict)
@@ -114,6 +125,22 @@ class Thread:
     clear_child_tid: int = 0
     robust_list: int = 0
     robust_list_len: int = 0
+
+
+# Kinds of open file descriptor (v1 "process" section): what a restore can open again.
+FD_OTHER, FD_FILE, FD_DIRECTORY, FD_DEVICE = 0, 1, 2, 3
+
+
+@dataclass
+class OpenFile:
+    """One open file descriptor of the process."""
+
+    fd: int
+    kind: int  # FD_FILE, FD_DIRECTORY, FD_DEVICE (/dev/null and the like), FD_OTHER
+    path: str  # the file's path, or what /proc/PID/fd/N links to ("pipe:[1234]")
+    flags: int = 0  # open(2) flags as /proc/PID/fdinfo/N shows them, O_CLOEXEC included
+    pos: int = 0
+    file: FileIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,12 @@ class Image:
     vmas: list[Vma] = field(default_factory=list)
     sigactions: list[SigAction] = field(default_factory=list)  # index = signal - 1
     runs: list[PageRun] = field(default_factory=list)
+    signal: Signal | None = None  # v1 only, from a core: what stopped the main thread
+    # v1 "process" section: the dumped pid (the thread with tid == pid is the main one), the
+    # working directory and the fd table. files None: not recorded (v0, older v1 images).
+    pid: int = 0
+    cwd: str | None = None
+    files: list[OpenFile] | None = None
     # Where PageRun offsets point: the mapped image file (or bytes of a synthetic one).
     source: memoryview | None = None
     mapping: Any = None  # the mmap behind source, when it is a file

@@ -117,5 +117,13 @@ class ProcMem:
             out += chunk
         return bytes(out)
 
+    def read_into(self, addr: int, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], addr + done)
+            if got <= 0:
+                raise OSError(f"short read at {addr + done:#x}")
+            done += got
+
     def close(self) -> None:
         os.close(self.fd)

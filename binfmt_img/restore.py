@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from . import syscalls as sc
 from .errors import RestoreError
-from .inject import SCRATCH_SIZE, SPIN, Injector, pack_u64
+from .files import check_open_files, restore_open_files
+from .inject import SCRATCH_SIZE, Injector, pack_u64
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -25,11 +26,20 @@ from .model import (
     VSYSCALL_START,
     Image,
     PageRun,
+    Thread,
     Vma,
 )
 from .procfs import Mapping, ProcMem, read_auxv, read_maps
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .target import Target
+from .threads import (
+    check_threads,
+    hold_threads,
+    main_thread,
+    release_threads,
+    restore_threads,
+    select_stopped_thread,
+)
 from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
 from .vdso import MOVABLE_NAMES, image_vdso_block
 
@@ -92,6 +102,11 @@ class RestorePlan:
         self.live_block: list[Mapping] = []
         self.scratch = 0
         self.parking = 0
+        self.main_thread = main_thread(image)  # restored into the inferior's own thread
+        self.live_tid = 0
+        self.tid_addresses: dict[int, int] = {}  # image tid -> where glibc caches it
+        self.live_tids: dict[int, int] = {}  # image tid -> the restored thread's tid
+        self.live_fds: list[int] = []
 
     # ---- checks: nothing in the inferior changes here ----
     def check(self) -> None:
@@ -106,6 +121,8 @@ class RestorePlan:
         self.live = read_maps(pid)
         self.live_rseq = self._live_rseq()
         self._check_files()
+        check_threads(self)
+        check_open_files(self)
         self.live_block = [m for m in self.live if m.special in MOVABLE_NAMES]
         self._check_vdso_fits()
         self.scratch = self._free_area(SCRATCH_SIZE + self._block_size() + PAGE_SIZE)
@@ -189,6 +206,10 @@ class RestorePlan:
     def run(self) -> RestoreReport:
         started = time.monotonic()
         inj = self.injector
+        rip = self.target.read_registers(("rip",))["rip"]
+        if not any(m.start <= rip < m.end and m.perms[2] == "x" for m in self.live):
+            # Left somewhere unmapped (by an earlier injection, say): start from real code.
+            self.target.write_registers({"rip": self._code_address()})
         before_changes = getattr(self.target, "before_changes", None)
         if before_changes is not None:
             self._while_spinning(before_changes)
@@ -207,25 +228,33 @@ class RestorePlan:
         self._set_mm()
         self._set_signals()
         self._set_thread_state()
+        restore_open_files(self)
+        restore_threads(self)
         inj.close_scratch()
         self._set_registers()
         reload_process = getattr(self.target, "reload_process", None)
         if reload_process is not None:
             self._while_spinning(reload_process)
+        select_stopped_thread(self)
         self.target.memory_changed()
         self.report.seconds = time.monotonic() - started
         return self.report
 
+    def _code_address(self) -> int:
+        code = [m for m in self.live if m.perms[2] == "x" and m.special != "[vsyscall]"]
+        if not code:
+            raise RestoreError("the inferior has no executable mapping to start from")
+        return next((m.start for m in code if m.is_file), code[0].start)
+
     def _while_spinning(self, action: Callable[[], None]) -> None:
         """Run an adapter's action that lets go of the inferior for a moment (a detach and
-        attach): a `jmp .` at rip holds it still meanwhile, and goes again afterwards."""
-        rip = self.target.read_registers(("rip",))["rip"]
-        saved = self.target.read_memory(rip, len(SPIN))
-        self.target.write_memory(rip, SPIN)
+        attach): a `jmp .` at each thread's rip holds it still meanwhile, and goes again
+        afterwards."""
+        saved = hold_threads(self.target)
         try:
             action()
         finally:
-            self.target.write_memory(rip, saved)
+            release_threads(self.target, saved)
 
     def _park_vdso(self) -> None:
         """Move the live vDSO block out of the way, keeping its internal layout."""
@@ -382,7 +411,7 @@ class RestorePlan:
         return (live.st_ino, live.st_dev) == (wanted.st_ino, wanted.st_dev)
 
     def _set_signals(self) -> None:
-        inj, thread = self.injector, self.image.main
+        inj = self.injector
         inj.reset_data()
         for number, action in enumerate(self.image.sigactions, start=1):
             if number in (sc.SIGKILL, sc.SIGSTOP) or number > sc.NSIG:
@@ -390,12 +419,18 @@ class RestorePlan:
             record = pack_u64(action.handler, action.flags, action.restorer, action.mask)
             inj.call(sc.RT_SIGACTION, number, inj.put(record), 0, 8,
                      step=f"setting the handler of signal {number}")
+        self._set_altstack(self.main_thread)
+
+    def _set_altstack(self, thread: Thread) -> None:
+        inj = self.injector
+        inj.reset_data()
         alt = thread.altstack
         inj.call(sc.SIGALTSTACK, inj.put(struct.pack("<QiiQ", alt.sp, alt.flags, 0, alt.size)), 0,
                  step="setting the alternate signal stack", address=alt.sp)
 
-    def _set_thread_state(self) -> None:
-        inj, thread = self.injector, self.image.main
+    def _set_thread_state(self, thread: Thread | None = None) -> None:
+        """The selected thread's own state; by default the main thread's."""
+        inj, thread = self.injector, thread or self.main_thread
         for i, desc in enumerate(thread.tls):
             if desc:
                 inj.call(sc.SET_THREAD_AREA,
@@ -406,7 +441,7 @@ class RestorePlan:
                      step="setting the robust futex list", address=thread.robust_list)
         if thread.clear_child_tid:
             inj.raw(sc.SET_TID_ADDRESS, thread.clear_child_tid)
-        image_rseq = self._image_rseq()
+        image_rseq = self._image_rseq(thread)
         if image_rseq is not None:
             result = self._rseq(image_rseq, 0)
             if sc.is_error(result):
@@ -423,14 +458,14 @@ class RestorePlan:
         inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, inj.put(pack_u64(thread.sigmask)), 0, 8,
                  step="setting the signal mask")
 
-    def _image_rseq(self) -> tuple[int, int] | None:
+    def _image_rseq(self, thread: Thread) -> tuple[int, int] | None:
         base = dict(self.image.auxv).get(AT_BASE)
         ld = next((v.path for v in self.image.vmas if base and v.start == base), None)
         return rseq_area(self.target.read_memory, self.image.auxv, ld,
-                         self.image.registers.get("fs_base", 0))
+                         thread.registers.get("fs_base", 0))
 
-    def _set_registers(self) -> None:
-        regs = dict(self.image.registers)
+    def _set_registers(self, thread: Thread | None = None) -> None:
+        regs = dict((thread or self.main_thread).registers)
         current = self.target.read_registers(("cs", "ss", "ds", "es", "fs", "gs"))
         ordered: dict[str, int] = {}
         for name in ("ds", "es", "fs", "gs"):  # a selector write may reload a base: first

@@ -16,6 +16,8 @@ ARCH_PRCTL = 158
 SET_THREAD_AREA, GET_THREAD_AREA = 205, 211
 SET_TID_ADDRESS = 218
 SET_ROBUST_LIST, GET_ROBUST_LIST = 273, 274
+LSEEK, CHDIR, DUP3 = 8, 80, 292
+CLONE, EXIT = 56, 60
 
 NAMES = {v: k.lower() for k, v in dict(globals()).items() if k.isupper() and isinstance(v, int)}
 

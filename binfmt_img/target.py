@@ -25,7 +25,16 @@ class Target(Protocol):
         """Write in the order given (writing rip may reset orig_rax, so order matters)."""
 
     def step_instruction(self) -> None:
-        """Execute exactly one instruction and stop again."""
+        """Execute exactly one instruction of the selected thread and stop again; the other
+        threads stay stopped meanwhile."""
+
+    def threads(self) -> list[int]:
+        """Optional (without it: one thread). The thread ids (LWPs) of the inferior, the
+        selected thread first; a thread created by an injected clone is listed once the
+        single-step that created it has returned."""
+
+    def select_thread(self, tid: int) -> None:
+        """Optional. Make register reads and writes and single-steps apply to thread `tid`."""
 
     def before_changes(self) -> None:
         """Optional. Called once all checks passed, just before the first change."""

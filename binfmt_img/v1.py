@@ -34,8 +34,10 @@ from .model import (
     AltStack,
     FileIdentity,
     Image,
+    OpenFile,
     PageRun,
     SigAction,
+    Signal,
     Thread,
     Vma,
     Xsave,
@@ -50,9 +52,10 @@ SECTION_THREAD = 3
 SECTION_SIGNALS = 4
 SECTION_PAGE_RUNS = 5
 SECTION_PAGE_DATA = 6
+SECTION_STOP_SIGNAL = 7
 SECTION_NAMES = {SECTION_MM: "mm", SECTION_VMAS: "vmas", SECTION_THREAD: "thread",
                  SECTION_SIGNALS: "signals", SECTION_PAGE_RUNS: "page runs",
-                 SECTION_PAGE_DATA: "page data"}
+                 SECTION_PAGE_DATA: "page data", SECTION_STOP_SIGNAL: "stop signal"}
 
 Header = Struct(
     "magic" / Const(MAGIC, Int32ul),
@@ -90,6 +93,24 @@ ThreadSection = Struct(
 )
 SignalsSection = PrefixedArray(Int32ul, Struct(
     "handler" / Int64ul, "flags" / Int64ul, "restorer" / Int64ul, "mask" / Int64ul))
+StopSignalSection = Struct(
+    "number" / Int32ul, "code" / Int32sl, "errno" / Int32sl, "address" / Int64ul,
+    "siginfo" / Prefixed(Int32ul, GreedyBytes),
+)
+# The process section: pid, working directory and the fd table (docs/FORMAT.md).
+SECTION_PROCESS = 8
+SECTION_NAMES[SECTION_PROCESS] = "process"
+FileRecord = Struct(
+    "fd" / Int32sl, "kind" / Int8ul, "flags" / Int32ul, "pos" / Int64ul,
+    "has_identity" / Int8ul,
+    "size" / Int64ul, "mtime_ns" / Int64ul, "inode" / Int64ul, "device" / Int64ul,
+    "path" / Text,
+)
+ProcessSection = Struct(
+    "pid" / Int32ul,
+    "cwd" / Text,
+    "files" / PrefixedArray(Int32ul, FileRecord),
+)
 RUN_RECORD = struct.Struct("<QQQII")  # vaddr, page count, file offset, crc32, reserved
 RUN_COUNT = struct.Struct("<I")
 
@@ -151,6 +172,12 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
                                 for s in _parse(SignalsSection, payload, entry.offset, what)]
         elif entry.type == SECTION_PAGE_RUNS:
             _read_runs(image, payload, entry.offset, offsets)
+        elif entry.type == SECTION_PROCESS:
+            _read_process(image, _parse(ProcessSection, payload, entry.offset, what))
+        elif entry.type == SECTION_STOP_SIGNAL:
+            rec = _parse(StopSignalSection, payload, entry.offset, what)
+            image.signal = Signal(rec.number, rec.code, rec.errno, rec.address,
+                                  bytes(rec.siginfo))
     for needed in (SECTION_MM, SECTION_VMAS, SECTION_THREAD, SECTION_PAGE_RUNS):
         if needed not in seen:
             raise ImageError(f"no {SECTION_NAMES[needed]} section", HEADER_SIZE)
@@ -173,6 +200,26 @@ def _read_vmas(image: Image, records, section_offset: int, offsets: dict[str, li
                               file=identity))
         offsets["vmas"].append(at)
         at += VmaRecord.build(rec).__len__()
+
+
+def _read_process(image: Image, rec) -> None:
+    image.pid, image.cwd = rec.pid, rec.cwd or None
+    image.files = [OpenFile(fd=f.fd, kind=f.kind, path=f.path, flags=f.flags, pos=f.pos,
+                            file=FileIdentity(f.size, f.mtime_ns, f.inode, f.device)
+                            if f.has_identity else None) for f in rec.files]
+
+
+def _process_record(image: Image) -> bytes:
+    files = []
+    for f in image.files or []:
+        ident = f.file
+        files.append({"fd": f.fd, "kind": f.kind, "flags": f.flags, "pos": f.pos,
+                      "has_identity": int(ident is not None),
+                      "size": ident.size if ident else 0,
+                      "mtime_ns": ident.mtime_ns if ident else 0,
+                      "inode": ident.inode if ident else 0,
+                      "device": ident.device if ident else 0, "path": f.path})
+    return ProcessSection.build({"pid": image.pid, "cwd": image.cwd or "", "files": files})
 
 
 def _read_thread(rec) -> Thread:
@@ -241,8 +288,11 @@ def _nonzero_runs(vaddr: int, data: memoryview,
         yield vaddr + start, data[start:]
 
 
-def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | bytes]]) -> None:
-    """Write `image` as v1 to a seekable file; `pages` gives (vaddr, data) chunks of whole pages."""
+def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | bytes]],
+          write_data: Callable[[int, memoryview], None] | None = None) -> None:
+    """Write `image` as v1 to a seekable file; `pages` gives (vaddr, data) chunks of whole pages.
+    `write_data(offset, bytes)` stores page data (page-aligned offsets and lengths) when the
+    caller has a faster way than `out`, such as O_DIRECT."""
     metadata = [(SECTION_MM, MmSection.build({
         "fields": [image.mm.get(f, 0) for f in MM_FIELDS],
         "exe_path": image.exe_path or "",
@@ -253,6 +303,14 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     metadata.append((SECTION_SIGNALS, SignalsSection.build(
         [{"handler": s.handler, "flags": s.flags, "restorer": s.restorer, "mask": s.mask}
          for s in image.sigactions])))
+    if image.signal is not None:
+        sig = image.signal
+        metadata.append((SECTION_STOP_SIGNAL, StopSignalSection.build(
+            {"number": sig.number, "code": sig.code, "errno": sig.errno,
+             "address": sig.address, "siginfo": sig.siginfo})))
+
+    if image.files is not None:
+        metadata.append((SECTION_PROCESS, _process_record(image)))
 
     entries: list[tuple[int, int, int, int]] = []  # type, crc, offset, length
     table_size = (len(metadata) + 2) * ENTRY_SIZE
@@ -265,7 +323,11 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
 
     data_start = -(-at // PAGE_SIZE) * PAGE_SIZE
     out.write(bytes(data_start - at))
+    out.flush()
     at = data_start
+    if write_data is None:
+        def write_data(_offset: int, data: memoryview) -> None:
+            out.write(data)
     run_table = bytearray()
     runs = 0
     last_end, last_index = None, -1
@@ -273,20 +335,20 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     for vaddr, chunk in pages:
         view = memoryview(chunk).cast("B")
         for run_vaddr, run_data in _nonzero_runs(vaddr, view, keep_zero):
-            out.write(run_data)
+            write_data(at, run_data)
             count = len(run_data) // PAGE_SIZE
-            crc = zlib.crc32(run_data)
             if run_vaddr == last_end:  # continues the previous run in vaddr and in the file
                 prev = RUN_RECORD.unpack_from(run_table, last_index * RUN_RECORD.size)
                 RUN_RECORD.pack_into(run_table, last_index * RUN_RECORD.size, prev[0],
                                      prev[1] + count, prev[2], zlib.crc32(run_data, prev[3]), 0)
             else:
-                run_table += RUN_RECORD.pack(run_vaddr, count, at, crc, 0)
+                run_table += RUN_RECORD.pack(run_vaddr, count, at, zlib.crc32(run_data), 0)
                 last_index = runs
                 runs += 1
             last_end = run_vaddr + len(run_data)
             at += len(run_data)
     entries.append((SECTION_PAGE_DATA, 0, data_start, at - data_start))
+    out.seek(at)
     runs_payload = RUN_COUNT.pack(runs) + bytes(run_table)
     out.write(runs_payload)
     entries.append((SECTION_PAGE_RUNS, zlib.crc32(runs_payload), at, len(runs_payload)))

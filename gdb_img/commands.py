@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import gdb
 
-from binfmt_img import image_file, report
+from binfmt_img import elfcore, image_file, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.progress import ProgressLine
 from binfmt_img.restore import restore
 
 from .target import GdbTarget
@@ -52,16 +53,28 @@ def _ensure_process(image: image_file.Image) -> None:
     gdb.execute("starti", to_string=True)
 
 
+def _gdb_arguments() -> list[str]:
+    with open("/proc/self/cmdline", "rb") as f:
+        return f.read().decode(errors="replace").split("\0")
+
+
 def _machine_interface() -> bool:
     """True when GDB talks MI on its stdout (started with --interpreter=mi*)."""
-    with open("/proc/self/cmdline", "rb") as f:
-        args = f.read().decode(errors="replace").split("\0")
+    args = _gdb_arguments()
     for i, arg in enumerate(args):
         value = arg.split("=", 1)[1] if "=" in arg else (
             args[i + 1] if i + 1 < len(args) else "")
         if arg.lstrip("-").split("=")[0] in ("interpreter", "i") and value.startswith("mi"):
             return True
     return False
+
+
+def _progress(label: str, asked: bool) -> ProgressLine:
+    """On stderr, which stays the terminal while stdout is muted; quiet in batch and MI
+    mode unless asked for."""
+    quiet = _machine_interface() or "-batch" in _gdb_arguments() or not os.isatty(2)
+    return ProgressLine(label, lambda text: os.write(2, text.encode()) and None,
+                        enabled=asked or not quiet)
 
 
 @contextmanager
@@ -84,35 +97,60 @@ def _quiet() -> Iterator[None]:
         os.close(saved)
 
 
+def _warn(command: str) -> Callable[[str], None]:
+    return lambda message: gdb.write(f"{command}: warning: {message}\n")
+
+
+def _fault_again(name: str, from_tty: bool) -> None:
+    """A crash core: run the faulting instruction again, so that the kernel raises the same
+    signal and GDB reports it as a live fault, $_siginfo included. The signal is then not
+    passed on, so that `continue` after a fix retries the instruction."""
+    pc = int(gdb.parse_and_eval("$pc"))
+    gdb.execute("stepi", from_tty)
+    if int(gdb.parse_and_eval("$pc")) != pc:
+        gdb.write(f"img-restore: warning: the instruction at {pc:#x} did not fault again\n")
+        return
+    gdb.execute("queue-signal 0", to_string=True)
+    gdb.write(f"img-restore: {name} is not passed on: `continue` retries the instruction, "
+              f"`signal {name}` delivers it\n")
+
+
 # The last reports, for scripts/bench and other callers that want the figures.
 last_restore = None
 last_dump = None
 
 
 class ImgRestore(gdb.Command):
-    """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
+    """Restore a process image into the inferior: img-restore FILE [--via V] [--progress]
 
-Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
-then leaves it stopped at the checkpoint with symbols reloaded. With no live inferior, the
-image's executable is started first (stopped at its first instruction). Accepts v0 and v1."""
+--via fast writes pages through /proc/PID/mem (chosen for a local process), --via debugger
+through the debugger's memory API (remote targets); --progress shows a progress line in batch
+mode too. Replaces the inferior's memory, registers, FPU state, signal state and TLS with the
+image's, then leaves it stopped at the checkpoint with symbols reloaded. With no live inferior, the
+image's executable is started first (stopped at its first instruction). Accepts v0 and v1
+images and ELF cores; a crash core stops at the faulting instruction with its signal shown."""
 
     def __init__(self) -> None:
         super().__init__("img-restore", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
         self.parser = _Parser(prog="img-restore", add_help=False)
         self.parser.add_argument("file")
         self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
+        self.parser.add_argument("--progress", action="store_true")
 
     def invoke(self, argument: str, from_tty: bool) -> None:
         args = _parse(self.parser, argument)
         try:
-            image = image_file.load(_path(args.file))
+            image = image_file.load_any(_path(args.file), warn=_warn("img-restore"))
             _ensure_process(image)  # not quieted: the new process inherits GDB's stdout
             breakpoints = [b for b in gdb.breakpoints() if b.enabled]
             for b in breakpoints:
                 b.enabled = False
             try:
                 with _quiet():
-                    result = restore(GdbTarget(image.exe_path), image, via=args.via)
+                    progress = _progress("img-restore", args.progress)
+                    result = restore(GdbTarget(image.exe_path), image, via=args.via,
+                                     progress=progress)
+                    progress.finish()
             finally:
                 for b in breakpoints:
                     b.enabled = True
@@ -124,11 +162,14 @@ image's executable is started first (stopped at its first instruction). Accepts 
             gdb.write(f"img-restore: warning: {warning}\n")
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
-        gdb.execute("frame", from_tty)
+        if image.signal is not None and elfcore.is_fault(image.signal):
+            _fault_again(report.signal_name(image.signal.number), from_tty)
+        else:
+            gdb.execute("frame", from_tty)
 
 
 class ImgDump(gdb.Command):
-    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]
+    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's."""
@@ -138,12 +179,15 @@ has written, signal state and TLS. v1 (the default) is this project's format; v0
         self.parser = _Parser(prog="img-dump", add_help=False)
         self.parser.add_argument("file")
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
+        self.parser.add_argument("--progress", action="store_true")
 
     def invoke(self, argument: str, from_tty: bool) -> None:
         args = _parse(self.parser, argument)
         try:
             with _quiet():
-                result = dump(GdbTarget(), _path(args.file), args.format)
+                progress = _progress("img-dump", args.progress)
+                result = dump(GdbTarget(), _path(args.file), args.format, progress)
+                progress.finish()
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"img-dump: {error}") from None
         global last_dump
@@ -165,7 +209,7 @@ class ImgInfo(gdb.Command):
     def invoke(self, argument: str, from_tty: bool) -> None:
         args = _parse(self.parser, argument)
         try:
-            image = image_file.load(_path(args.file))
+            image = image_file.load_any(_path(args.file), warn=_warn("img-info"))
             if args.json:
                 import json
 

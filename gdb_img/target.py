@@ -6,6 +6,8 @@ import os
 
 import gdb
 
+from binfmt_img.errors import RestoreError
+
 _MASK = (1 << 64) - 1
 
 
@@ -43,7 +45,30 @@ class GdbTarget:
             gdb.execute(f"set ${name} = {value & _MASK:#x}", to_string=True)
 
     def step_instruction(self) -> None:
-        gdb.execute("stepi", to_string=True)
+        """stepi with scheduler-locking on: with the default, GDB lets every other thread
+        run while one steps."""
+        mode = gdb.parameter("scheduler-locking")
+        if mode in ("on", "step"):
+            gdb.execute("stepi", to_string=True)
+            return
+        gdb.execute("set scheduler-locking on", to_string=True)
+        try:
+            gdb.execute("stepi", to_string=True)
+        finally:
+            gdb.execute(f"set scheduler-locking {mode}", to_string=True)
+
+    def threads(self) -> list[int]:
+        selected = gdb.selected_thread()
+        tids = sorted(t.ptid[1] for t in self.inferior.threads() if t.is_valid())
+        first = [selected.ptid[1]] if selected is not None and selected.ptid[1] in tids else []
+        return first + [tid for tid in tids if tid not in first]
+
+    def select_thread(self, tid: int) -> None:
+        for thread in self.inferior.threads():
+            if thread.ptid[1] == tid:
+                thread.switch()
+                return
+        raise RestoreError(f"GDB has no thread with LWP {tid}")
 
     def memory_changed(self) -> None:
         gdb.execute("maintenance flush dcache", to_string=True)

@@ -28,6 +28,9 @@ class LldbTarget:
 
     def __init__(self, process: lldb.SBProcess) -> None:
         self.process = process
+        # The thread select_thread chose: LLDB moves its own selection to whichever thread it
+        # finds most interesting after each stop.
+        self.tid: int | None = None
 
     def pid(self) -> int | None:
         if not self.process.IsValid() or self.process.GetState() != lldb.eStateStopped:
@@ -38,11 +41,25 @@ class LldbTarget:
         return self.process.GetTarget().GetPlatform().GetName() == "host"
 
     def _thread(self) -> lldb.SBThread:
+        if self.tid is not None:
+            thread = self.process.GetThreadByID(self.tid)
+            if thread.IsValid():
+                return thread
         thread = self.process.GetSelectedThread()
         return thread if thread.IsValid() else self.process.GetThreadAtIndex(0)
 
     def _frame(self) -> lldb.SBFrame:
         return self._thread().GetFrameAtIndex(0)
+
+    def threads(self) -> list[int]:
+        selected = self._thread().GetThreadID()
+        tids = sorted(t.GetThreadID() for t in self.process)
+        return [selected] + [tid for tid in tids if tid != selected]
+
+    def select_thread(self, tid: int) -> None:
+        if not self.process.SetSelectedThreadByID(tid):
+            raise RestoreError(f"LLDB has no thread with tid {tid}")
+        self.tid = tid
 
     def read_memory(self, addr: int, size: int) -> bytes:
         error = lldb.SBError()
@@ -59,12 +76,12 @@ class LldbTarget:
 
     def _orig_rax(self) -> int | None:
         """LLDB has no orig_rax; for a stopped local task the kernel shows it as the first
-        field of /proc/PID/syscall ("-1" when not in a system call)."""
+        field of /proc/PID/task/TID/syscall ("-1" when not in a system call)."""
         pid = self.pid()
         if pid is None or not self.is_local():
             return None
         try:
-            with open(f"/proc/{pid}/syscall") as f:
+            with open(f"/proc/{pid}/task/{self._thread().GetThreadID()}/syscall") as f:
                 first = f.read().split()[0]
             return int(first) & _MASK
         except (OSError, IndexError, ValueError):
@@ -133,12 +150,14 @@ class LldbTarget:
         """LLDB drops its memory cache at every stop, but SBValue register writes leave the
         thread's unwound frames in place; a register write through the command interpreter
         tosses them, and no SB call does."""
-        rip = self.read_registers(("rip",))["rip"]
-        # An explicit context: inside a command that launched this process, the
-        # interpreter's own context predates it.
-        context = lldb.SBExecutionContext(self._frame())
-        result = lldb.SBCommandReturnObject()
         interpreter = self.process.GetTarget().GetDebugger().GetCommandInterpreter()
-        interpreter.HandleCommand(f"register write rip {rip:#x}", context, result, False)
-        if not result.Succeeded():
-            raise RestoreError(f"refreshing LLDB's frames: {result.GetError().strip()}")
+        for thread in self.process:  # each thread's frames, in case its registers changed
+            frame = thread.GetFrameAtIndex(0)
+            rip = frame.FindRegister("rip").GetValueAsUnsigned()
+            # An explicit context: inside a command that launched this process, the
+            # interpreter's own context predates it.
+            context = lldb.SBExecutionContext(frame)
+            result = lldb.SBCommandReturnObject()
+            interpreter.HandleCommand(f"register write rip {rip:#x}", context, result, False)
+            if not result.Succeeded():
+                raise RestoreError(f"refreshing LLDB's frames: {result.GetError().strip()}")

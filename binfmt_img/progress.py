@@ -1,0 +1,31 @@
+"""A one-line progress report for restores and dumps that take more than a second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class ProgressLine:
+    """Call with (pages done, pages in all); writes '\\r<label>: 45% (…)' once a second has
+    passed, at most ten times a second, and ends the line in finish()."""
+
+    def __init__(self, label: str, write: Callable[[str], None], enabled: bool = True) -> None:
+        self.label, self.write, self.enabled = label, write, enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.started < 1.0 or now - self.last < 0.1:
+            return
+        self.last = now
+        self.shown = True
+        percent = 100 * done // max(total, 1)
+        rate = done * 4096 / (now - self.started) / 1e6
+        self.write(f"\r{self.label}: {percent:3d}% ({done} of {total} pages, {rate:.0f} MB/s)")
+
+    def finish(self) -> None:
+        if self.shown:
+            self.write("\n")

@@ -1,0 +1,207 @@
+"""Several threads: each one read at a dump, each one created again at a restore.
+
+The core reaches threads through two optional Target methods, threads() and select_thread();
+an adapter without them has one thread. Per-thread state that only the thread itself can tell
+(FPU, signal mask, alternate stack, TLS entries, robust list, rseq) is read and set by system
+calls injected in that very thread while the others stay stopped.
+
+Thread ids cannot be kept: a restored thread gets a new one. glibc caches each thread's id in
+its struct pthread (`pthread->tid`: pthread_kill, pthread_join and GDB's libthread_db read
+it), and gives the kernel that same address as clear_child_tid (set_tid_address for the main
+thread, CLONE_CHILD_CLEARTID for the others), which the kernel does not show. The dump finds
+it without hard-coding glibc's layout: struct pthread starts at fs_base (x86-64 TLS variant
+II), so the offset in the page at fs_base that holds every thread's own tid (the lowest, if
+several do) is taken, and fs_base + offset is stored as the thread's clear_child_tid. The
+restore writes the new tid there, and clone is given it as glibc's pthread_create does.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import syscalls as sc
+from .errors import RestoreError
+from .inject import SAVED_REGISTERS, SPIN, SYSCALL
+from .model import ALL_REGISTERS, Image, Thread
+from .procfs import Mapping
+from .target import Target
+
+if TYPE_CHECKING:
+    from .restore import RestorePlan
+
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_THREAD, CLONE_SYSVSEM, CLONE_SETTLS = 0x10000, 0x40000, 0x80000
+CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID = 0x100000, 0x200000
+# glibc's pthread_create flags; the two tid ones are added when the tid address is known.
+CLONE_FLAGS = (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
+               | CLONE_SYSVSEM | CLONE_SETTLS)
+CLONE_AT = 32  # in the scratch code page: `syscall; jmp .`, where a new thread waits
+CHILD_STACK_AT = 0xF00  # the new thread's rsp until it gets its registers; it never pushes
+TID_SEARCH = 4096  # bytes searched at fs_base for the tid
+
+
+def thread_ids(target: Target) -> list[int]:
+    """The inferior's thread ids, the selected one first; [] when the adapter has none."""
+    threads = getattr(target, "threads", None)
+    return list(threads()) if threads is not None else []
+
+
+def select(target: Target, tid: int | None) -> None:
+    select_thread = getattr(target, "select_thread", None)
+    if tid is not None and select_thread is not None:
+        select_thread(tid)
+
+
+# ---- dump ----
+
+def read_threads(target: Target, pid: int) -> list[Thread]:
+    """Every thread with its registers, the selected one first."""
+    tids = thread_ids(target) or [pid]
+    threads = []
+    for tid in tids:
+        if len(tids) > 1:
+            select(target, tid)
+        threads.append(Thread(tid=tid, registers=target.read_registers(ALL_REGISTERS)))
+    if len(tids) > 1:
+        select(target, tids[0])
+    return threads
+
+
+def save_registers(target: Target, threads: list[Thread]) -> dict[int, dict[str, int]]:
+    saved = {}
+    for thread in threads:
+        if len(threads) > 1:
+            select(target, thread.tid)
+        saved[thread.tid] = target.read_registers(SAVED_REGISTERS)
+    if len(threads) > 1:
+        select(target, threads[0].tid)
+    return saved
+
+
+def put_back_registers(target: Target, saved: dict[int, dict[str, int]]) -> None:
+    """Each thread's registers as save_registers found them, the first thread selected."""
+    for tid, regs in reversed(saved.items()):
+        if len(saved) > 1:
+            select(target, tid)
+        ordered = {"rip": regs["rip"]}  # rip first: it resets orig_rax in GDB
+        ordered.update({k: v for k, v in regs.items() if k not in ("rip", "orig_rax", "rax")})
+        if "orig_rax" in regs:
+            ordered["orig_rax"] = regs["orig_rax"]
+        ordered["rax"] = regs["rax"]
+        target.write_registers(ordered)
+
+
+def find_tid_addresses(threads: list[Thread], maps: list[Mapping],
+                       read: Callable[[int, int], bytes]) -> None:
+    """Set each thread's clear_child_tid to where its struct pthread keeps its tid (see the
+    module's doc); left 0 when no common offset holds every thread's tid."""
+    common: set[int] | None = None
+    for thread in threads:
+        fs_base = thread.registers.get("fs_base", 0)
+        mapping = next((m for m in maps if m.start <= fs_base < m.end), None)
+        if not fs_base or mapping is None or not thread.tid:
+            return
+        data = read(fs_base, min(TID_SEARCH, mapping.end - fs_base))
+        tid = struct.pack("<I", thread.tid)
+        hits = {at for at in range(0, len(data) - 3, 4) if data[at:at + 4] == tid}
+        common = hits if common is None else common & hits
+    if common:
+        offset = min(common)
+        for thread in threads:
+            thread.clear_child_tid = thread.registers["fs_base"] + offset
+
+
+# ---- restore ----
+
+def main_thread(image: Image) -> Thread:
+    """The thread restored into the inferior's own thread: the dumped process's main thread
+    (tid == pid), so that it stays the thread group leader; else the first."""
+    return next((t for t in image.threads if image.pid and t.tid == image.pid),
+                image.threads[0])
+
+
+def check_threads(plan: RestorePlan) -> None:
+    """Before any change: one live thread to restore into, and the image's tid addresses."""
+    live = thread_ids(plan.target)
+    if len(live) > 1:
+        raise RestoreError(f"the inferior has {len(live)} threads; restore into a process "
+                           "with one (a fresh one: starti, or no process at all)")
+    if len(plan.image.threads) > 1 and not hasattr(plan.target, "select_thread"):
+        raise RestoreError("the image has several threads and this debugger's adapter "
+                           "cannot select threads")
+    plan.live_tid = live[0] if live else plan.pid
+    plan.tid_addresses = {}
+    for thread in plan.image.threads:
+        at = thread.clear_child_tid
+        held = plan.image.read(at, 4) if at else None
+        if held is not None and struct.unpack("<I", held)[0] == thread.tid:
+            plan.tid_addresses[thread.tid] = at
+        elif at and len(plan.image.threads) > 1:
+            plan.report.warnings.append(
+                f"thread {thread.tid}: no tid at {at:#x}; glibc's cached thread id is left "
+                "as it was (pthread_kill and pthread_join may fail)")
+
+
+def restore_threads(plan: RestorePlan) -> None:
+    """Once memory and the main thread's state are in place: the main thread's cached tid,
+    then each other thread created by clone and given its state and registers."""
+    target, main = plan.target, plan.main_thread
+    plan.live_tids = {main.tid: plan.live_tid}
+    if main.tid in plan.tid_addresses:
+        target.write_memory(plan.tid_addresses[main.tid], struct.pack("<I", plan.live_tid))
+    others = [t for t in plan.image.threads if t is not main]
+    if not others:
+        return
+    target.write_memory(plan.scratch + CLONE_AT, SYSCALL + SPIN)
+    for thread in others:
+        tid = _clone(plan, thread)
+        plan.live_tids[thread.tid] = tid
+        select(target, tid)
+        plan._set_altstack(thread)
+        plan._set_thread_state(thread)
+        plan._set_registers(thread)
+        select(target, plan.live_tid)
+
+
+def _clone(plan: RestorePlan, thread: Thread) -> int:
+    """A new thread of the inferior, spinning in the scratch page; returns its tid."""
+    tid_at = plan.tid_addresses.get(thread.tid, 0)
+    flags = CLONE_FLAGS | (CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID if tid_at else 0)
+    tid = plan.injector.call_at(plan.scratch + CLONE_AT, sc.CLONE, flags,
+                                plan.scratch + CHILD_STACK_AT, tid_at, tid_at,
+                                thread.registers.get("fs_base", 0),
+                                step=f"creating thread {thread.tid} of the image")
+    if tid not in thread_ids(plan.target):
+        raise RestoreError(f"the debugger does not show thread {tid}, created for thread "
+                           f"{thread.tid} of the image")
+    return tid
+
+
+def select_stopped_thread(plan: RestorePlan) -> None:
+    """Select the thread the image was stopped in (its first), as the debugger had it."""
+    if len(plan.live_tids) > 1:
+        select(plan.target, plan.live_tids.get(plan.image.threads[0].tid))
+
+
+def hold_threads(target: Target) -> list[tuple[int, bytes]]:
+    """A `jmp .` at every thread's rip, so that none moves while the debugger lets go of the
+    process for a moment; returns what release_threads puts back."""
+    tids = thread_ids(target) or [None]
+    rips = []
+    for tid in tids:
+        if len(tids) > 1:
+            select(target, tid)
+        rips.append(target.read_registers(("rip",))["rip"])
+    if len(tids) > 1:
+        select(target, tids[0])
+    saved = [(rip, target.read_memory(rip, len(SPIN))) for rip in dict.fromkeys(rips)]
+    for rip, _ in saved:
+        target.write_memory(rip, SPIN)
+    return saved
+
+
+def release_threads(target: Target, saved: list[tuple[int, bytes]]) -> None:
+    for rip, data in reversed(saved):
+        target.write_memory(rip, data)
