@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import lldb
 
-from binfmt_img import image_file, report
+from binfmt_img import elfcore, image_file, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import PROT_EXEC, Image
@@ -155,7 +155,8 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load(_path(args.file))
+        image = image_file.load_any(_path(args.file), warn=lambda text: result.AppendMessage(
+            f"img-restore: warning: {text}"))
         with _synchronous(debugger):
             process = _ensure_process(debugger, image, result)
             target = process.GetTarget()
@@ -166,6 +167,13 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
             result.AppendMessage(f"img-restore: warning: {warning}")
         result.AppendMessage(f"img-restore: {done.vmas} VMAs, {done.pages} pages in "
                              f"{done.seconds:.2f} s via {done.path}")
+        if image.signal is not None and elfcore.is_fault(image.signal):
+            # A crash core: the faulting instruction runs again and raises the same signal,
+            # which LLDB then shows as the stop reason, as for a live fault.
+            with _synchronous(debugger):
+                process.GetSelectedThread().StepInstruction(False)
+            result.AppendMessage(f"img-restore: {report.signal_name(image.signal.number)} "
+                                 "raised again at the faulting instruction")
         # As `frame select 0` shows it; the interpreter's own context may predate the process.
         frame = lldb.SBCommandReturnObject()
         context = lldb.SBExecutionContext(process.GetSelectedThread().GetFrameAtIndex(0))
@@ -232,7 +240,7 @@ prints one JSON object instead; --verify checks every page run against its crc32
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load(_path(args.file))
+        image = image_file.load_any(_path(args.file))
         bad = report.bad_runs(image) if args.verify else None
         if args.json:
             result.AppendMessage(json.dumps(report.report_json(image, bad)))
