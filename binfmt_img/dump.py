@@ -28,7 +28,15 @@ from .model import (
 from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
 from .restore import USER_TOP, XSAVE_RESTORABLE, Progress
 from .target import Target
-from .threads import find_tid_addresses, put_back_registers, read_threads, save_registers, select
+from .threads import (
+    find_tid_addresses,
+    hold_threads,
+    put_back_registers,
+    read_threads,
+    release_threads,
+    save_registers,
+    select,
+)
 from .tls import GDT_ENTRY_TLS_MIN, USER_DESC, USER_DESC_SIZE, user_desc_to_descriptor
 
 XSAVE_AREA = 4096  # enough for every component up to PKRU in the standard format
@@ -206,6 +214,15 @@ def dump(target: Target, path: str, fmt: str = "v1",
     plan = DumpPlan(target, fmt)
     image = plan.collect()
     image_file.save(path, image, fmt, plan.pages(progress))
+    reload_process = getattr(target, "reload_process", None)
+    if reload_process is not None:
+        # The injected steps left the debugger's idea of where the inferior stopped behind;
+        # seeing it stop there afresh, it steps over a breakpoint at that pc on `continue`.
+        saved = hold_threads(target)
+        try:
+            reload_process()
+        finally:
+            release_threads(target, saved)
     plan.report.bytes = os.path.getsize(path)
     plan.report.seconds = time.monotonic() - started
     return plan.report

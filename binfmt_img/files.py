@@ -30,6 +30,7 @@ O_CLOEXEC = 0o2000000
 OPEN_ONLY = O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC
 SEEK_SET = 0
 DELETED = " (deleted)"
+MEMFD = "/memfd:"  # memfd_create's files have no path to open again
 
 
 # ---- dump ----
@@ -50,7 +51,8 @@ def _open_file(pid: int, fd: int) -> OpenFile | None:
         return None
     flags, pos = int(info.get("flags", "0").strip(), 8), int(info.get("pos", "0").strip())
     path = link.removesuffix(DELETED)  # a deleted file is noticed (gone) at the restore
-    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+    in_a_filesystem = path.startswith("/") and not path.startswith(MEMFD)
+    if in_a_filesystem and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         kind = FD_FILE if stat.S_ISREG(st.st_mode) else FD_DIRECTORY
         ident = FileIdentity(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         return OpenFile(fd, kind, path, flags, pos, ident)

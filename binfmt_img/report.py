@@ -11,6 +11,10 @@ from tabulate import tabulate
 from . import v0, v1
 from .model import (
     ALL_REGISTERS,
+    FD_DEVICE,
+    FD_DIRECTORY,
+    FD_FILE,
+    FD_OTHER,
     MAP_ANONYMOUS,
     MAP_GROWSDOWN,
     MAP_PRIVATE,
@@ -40,6 +44,7 @@ XSAVE_FEATURES = ((0, "x87"), (1, "SSE"), (2, "AVX"), (3, "BNDREGS"), (4, "BNDCS
                   (17, "XTILECFG"), (18, "XTILEDATA"))
 GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_ENTRIES = 12, 3
 SS_ONSTACK, SS_DISABLE = 1, 2
+FD_KINDS = {FD_FILE: "file", FD_DIRECTORY: "directory", FD_DEVICE: "device", FD_OTHER: "other"}
 
 
 def selector_name(selector: int) -> str:
@@ -131,6 +136,7 @@ def _vma_json(image: Image, vma: Vma, pages: int) -> dict[str, Any]:
 def _thread_json(thread: Thread) -> dict[str, Any]:
     xsave = thread.xsave
     return {"tid": thread.tid, "sigmask": thread.sigmask,
+            "clear_child_tid": thread.clear_child_tid,
             "altstack": {"sp": thread.altstack.sp, "size": thread.altstack.size,
                          "flags": thread.altstack.flags},
             "xsave": {"size": len(xsave.data), "features": xsave.features} if xsave else None}
@@ -159,6 +165,10 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
     }
     if image.format == "v0":
         result["exe_fd"] = image.exe_fd
+    if image.files is not None:
+        result.update(pid=image.pid, cwd=image.cwd, files=[
+            {"fd": f.fd, "kind": FD_KINDS.get(f.kind), "path": f.path, "flags": f.flags,
+             "pos": f.pos} for f in image.files])
     if bad is not None:
         result["verify"] = {"ok": not bad, "bad_runs": [
             {"vaddr": run.vaddr, "pages": run.count, "offset": run.offset} for run in bad]}
@@ -239,6 +249,23 @@ def _threads_text(image: Image) -> list[str]:
         lines = [f"xsave: {len(xsave.data)} bytes, features {xsave.features:#x} {features}"]
     tids = ", ".join(str(thread.tid) for thread in image.threads)
     lines.append(f"threads: {len(image.threads)} (tids {tids})")
+    if len(image.threads) > 1:
+        for thread in image.threads:
+            regs = thread.registers
+            lines.append(f"  tid {thread.tid}: rip {regs.get('rip', 0):#x} rsp "
+                         f"{regs.get('rsp', 0):#x} fs_base {regs.get('fs_base', 0):#x} "
+                         f"sigmask {thread.sigmask:#x} tid at {thread.clear_child_tid:#x}")
+    return lines
+
+
+def _files_text(image: Image) -> list[str]:
+    if image.files is None:
+        return ["open files: not recorded"]
+    lines = [f"pid {image.pid}, working directory {image.cwd or '(unknown)'}",
+             f"open files: {len(image.files)}"]
+    for f in image.files:
+        lines.append(f"  fd {f.fd:<4} {FD_KINDS.get(f.kind, '?'):<9} flags {f.flags:#o} "
+                     f"pos {f.pos} {f.path}")
     return lines
 
 
@@ -267,7 +294,7 @@ def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = 
             f"{len(image.vmas)} VMAs, {image.page_count} pages, {len(image.threads)} threads")
     lines = [head]
     for part in (_registers_text, _mm_text, _vmas_text, _signals_text, _threads_text,
-                 _code_text):
+                 _files_text, _code_text):
         lines += part(image)
     if verify:
         lines += _verify_text(bad if bad is not None else bad_runs(image), len(image.runs))

@@ -439,8 +439,9 @@ class RestorePlan:
         if thread.robust_list:
             inj.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
                      step="setting the robust futex list", address=thread.robust_list)
-        if thread.clear_child_tid:
-            inj.raw(sc.SET_TID_ADDRESS, thread.clear_child_tid)
+        tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
+        if tid_at:
+            inj.raw(sc.SET_TID_ADDRESS, tid_at)
         image_rseq = self._image_rseq(thread)
         if image_rseq is not None:
             result = self._rseq(image_rseq, 0)

@@ -93,22 +93,29 @@ def put_back_registers(target: Target, saved: dict[int, dict[str, int]]) -> None
         target.write_registers(ordered)
 
 
-def find_tid_addresses(threads: list[Thread], maps: list[Mapping],
-                       read: Callable[[int, int], bytes]) -> None:
-    """Set each thread's clear_child_tid to where its struct pthread keeps its tid (see the
-    module's doc); left 0 when no common offset holds every thread's tid."""
+def tid_offset(threads: list[Thread], spans: list[tuple[int, int]],
+               read: Callable[[int, int], bytes | None]) -> int | None:
+    """The offset from fs_base where every thread keeps its own tid (see the module's doc),
+    or None. `spans` are the mapped ranges, `read` reads memory (None: unreadable)."""
     common: set[int] | None = None
     for thread in threads:
         fs_base = thread.registers.get("fs_base", 0)
-        mapping = next((m for m in maps if m.start <= fs_base < m.end), None)
-        if not fs_base or mapping is None or not thread.tid:
-            return
-        data = read(fs_base, min(TID_SEARCH, mapping.end - fs_base))
+        end = next((e for s, e in spans if s <= fs_base < e), None)
+        data = read(fs_base, min(TID_SEARCH, end - fs_base)) if fs_base and end else None
+        if not data or not thread.tid:
+            return None
         tid = struct.pack("<I", thread.tid)
         hits = {at for at in range(0, len(data) - 3, 4) if data[at:at + 4] == tid}
         common = hits if common is None else common & hits
-    if common:
-        offset = min(common)
+    return min(common) if common else None
+
+
+def find_tid_addresses(threads: list[Thread], maps: list[Mapping],
+                       read: Callable[[int, int], bytes]) -> None:
+    """Set each thread's clear_child_tid to where its struct pthread keeps its tid; left 0
+    when no offset fits."""
+    offset = tid_offset(threads, [(m.start, m.end) for m in maps], read)
+    if offset is not None:
         for thread in threads:
             thread.clear_child_tid = thread.registers["fs_base"] + offset
 
@@ -127,21 +134,35 @@ def check_threads(plan: RestorePlan) -> None:
     live = thread_ids(plan.target)
     if len(live) > 1:
         raise RestoreError(f"the inferior has {len(live)} threads; restore into a process "
-                           "with one (a fresh one: starti, or no process at all)")
+                           "with one: kill it, and img-restore starts a fresh one")
     if len(plan.image.threads) > 1 and not hasattr(plan.target, "select_thread"):
         raise RestoreError("the image has several threads and this debugger's adapter "
                            "cannot select threads")
     plan.live_tid = live[0] if live else plan.pid
-    plan.tid_addresses = {}
-    for thread in plan.image.threads:
+    plan.tid_addresses = _tid_addresses(plan)
+
+
+def _tid_addresses(plan: RestorePlan) -> dict[int, int]:
+    """image tid -> where glibc caches it, for the threads whose image memory holds their
+    tid there; the others are left as they are, with a warning."""
+    image, found = plan.image, {}
+    derived = None
+    if len(image.threads) > 1 and not any(t.clear_child_tid for t in image.threads):
+        # An image that does not say (a core, say): look for the tids in its memory.
+        derived = tid_offset(image.threads, [(v.start, v.end) for v in image.vmas],
+                             image.read)
+    for thread in image.threads:
         at = thread.clear_child_tid
-        held = plan.image.read(at, 4) if at else None
+        if derived is not None:
+            at = thread.registers["fs_base"] + derived
+        held = image.read(at, 4) if at else None
         if held is not None and struct.unpack("<I", held)[0] == thread.tid:
-            plan.tid_addresses[thread.tid] = at
-        elif at and len(plan.image.threads) > 1:
+            found[thread.tid] = at
+        elif at and len(image.threads) > 1:
             plan.report.warnings.append(
                 f"thread {thread.tid}: no tid at {at:#x}; glibc's cached thread id is left "
                 "as it was (pthread_kill and pthread_join may fail)")
+    return found
 
 
 def restore_threads(plan: RestorePlan) -> None:

@@ -55,3 +55,8 @@ def validate(image: Image, offsets: dict[str, list[int]]) -> None:
                 raise ImageError(f"page {addr:#x} would land in shared file mapping "
                                  f"{vma.path}", at)
             addr = vma.end
+    seen: set[int] = set()
+    for f in image.files or []:
+        if f.fd < 0 or f.fd in seen:
+            raise ImageError(f"open file record for fd {f.fd} is negative or repeated")
+        seen.add(f.fd)

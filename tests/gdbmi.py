@@ -14,6 +14,10 @@ class GdbError(AssertionError):
     pass
 
 
+def _quoted(command: str) -> str:
+    return command.replace("\\", "\\\\").replace('"', '\\"')
+
+
 class Gdb:
     def __init__(self, *args: str) -> None:
         self.mi = GdbController(command=["gdb", "--nx", "--quiet", "--interpreter=mi3", *args])
@@ -41,26 +45,36 @@ class Gdb:
                 return got
         raise GdbError(f"gdb timed out; last records: {got[-5:]}")
 
-    def console(self, command: str, timeout: float = 60) -> str:
+    def console(self, command: str, timeout: float = 60, settle: bool = True) -> str:
         """Run a CLI command; returns its console output; a GDB error raises GdbError."""
-        self.token += 1
-        token = self.token
-        quoted = command.replace("\\", "\\\\").replace('"', '\\"')
-        self.mi.write(f'{token}-interpreter-exec console "{quoted}"', read_response=False)
-        got = self._collect(lambda rs: any(r["type"] == "result" and r.get("token") == token
-                                           for r in rs), timeout)
+        token = self._send(f'-interpreter-exec console "{_quoted(command)}"')
+        got = self._until_result(token, timeout)
         result = next(r for r in got if r["type"] == "result" and r.get("token") == token)
         self.result_index = next(i for i in range(len(self.records) - 1, -1, -1)
                                  if self.records[i] is result)
+        if result["message"] == "running" and settle:
+            # A command that single-steps the inferior (img-restore, img-dump) answers ^running
+            # at its first step and nothing at its end: a no-op sent behind it marks the end.
+            got += self._until_result(self._send("-data-evaluate-expression 0"), timeout)
         text = "".join(r["payload"] for r in got if r["type"] in ("console", "output")
                        and isinstance(r["payload"], str))
-        if result["message"] == "error":
-            raise GdbError(f"{command}: {result['payload'].get('msg')}")
+        for r in got:
+            if r["type"] == "result" and r.get("token") == token and r["message"] == "error":
+                raise GdbError(f"{command}: {r['payload'].get('msg')}")
         return text
+
+    def _send(self, mi_command: str) -> int:
+        self.token += 1
+        self.mi.write(f"{self.token}{mi_command}", read_response=False)
+        return self.token
+
+    def _until_result(self, token: int, timeout: float) -> list[dict]:
+        return self._collect(lambda rs: any(r["type"] == "result" and r.get("token") == token
+                                            for r in rs), timeout)
 
     def until_stopped(self, command: str, timeout: float = 60) -> dict:
         """Run an execution command and wait for the inferior to stop or exit."""
-        self.console(command, timeout)
+        self.console(command, timeout, settle=False)
         start = self.result_index + 1  # stops before ^running were the command's own steps
 
         def stopped(_rs: list[dict]) -> bool:

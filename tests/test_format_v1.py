@@ -207,3 +207,25 @@ def test_empty_image() -> None:
     image = Image(format="v1", threads=synthetic.threads("v1"))
     got = parse(synthetic.encode(image, "v1", []))
     assert got.runs == [] and got.vmas == [] and got.threads == image.threads
+
+
+def test_process_section_round_trips_and_is_optional() -> None:
+    """pid, working directory and fd table (type 8): kept as written; an image without the
+    section has files None, so that a restore leaves the inferior's descriptors alone."""
+    from binfmt_img.model import FD_DIRECTORY, FD_FILE, FD_OTHER, FileIdentity, OpenFile
+
+    assert parse(synthetic.image_bytes("v1")).files is None
+    want = synthetic.make_image("v1")
+    want.pid, want.cwd = 4242, "/home/user/work"
+    want.files = [
+        OpenFile(3, FD_FILE, "/tmp/data.txt", 0o100000, 3008, FileIdentity(6393, 17, 99, 2)),
+        OpenFile(5, FD_OTHER, "pipe:[1234]", 0o1),
+        OpenFile(7, FD_DIRECTORY, "/tmp", 0o2304000, 0, FileIdentity(4096, 18, 2, 2))]
+    data = synthetic.encode(want, "v1")
+    got = parse(data)
+    assert (got.pid, got.cwd, got.files) == (want.pid, want.cwd, want.files)
+    _, payload = synthetic.section(data, v1.SECTION_PROCESS)
+    assert struct.unpack_from("<I", payload, 0) == (4242,)
+    want.files.append(OpenFile(5, FD_OTHER, "socket:[1]"))
+    with pytest.raises(image_file.ImageError, match="fd 5 is negative or repeated"):
+        parse(synthetic.encode(want, "v1"))

@@ -137,3 +137,19 @@ def test_restore_into_a_running_process_at_a_breakpoint_twice(tmp_path: Path) ->
     finally:
         gdb.close()
     assert out.read_text() == before + expected[len(before):]
+
+
+def test_dump_leaves_the_process_to_carry_on(tmp_path: Path) -> None:
+    """After img-dump at a breakpoint, `continue` goes on from there, not into it again."""
+    binary = compile_program("tls", tmp_path)
+    expected = run_uninterrupted(binary)
+    out = tmp_path / "out"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        assert gdb.until_stopped(f"run > {out}")["reason"] == "breakpoint-hit"
+        gdb.console(f"img-dump {tmp_path / 'tls.img'}")
+        assert gdb.until_stopped("continue")["reason"] == "exited-normally"
+    finally:
+        gdb.close()
+    assert out.read_text() == expected
