@@ -28,6 +28,13 @@ class Gdb:
         self.console(f"source {INIT}")
 
     def close(self) -> None:
+        # A restored inferior counts as attached (GDB re-attached to it), and GDB would only
+        # detach it on exit, leaving it to run on: kill it first.
+        try:
+            self.mi.write("-interpreter-exec console kill", timeout_sec=5,
+                          raise_error_on_timeout=False)
+        except Exception:  # noqa: BLE001 - nothing to kill, or gdb already gone
+            pass
         try:
             self.mi.write("-gdb-exit", timeout_sec=2, raise_error_on_timeout=False)
         except Exception:  # noqa: BLE001 - gdb may already be gone

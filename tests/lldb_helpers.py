@@ -1,4 +1,4 @@
-"""Compiling small C programs and driving lldb-19 and gdb in batch mode for tests/test_lldb.py."""
+"""Driving lldb-19 and gdb in batch mode for the LLDB tests (programs: tests/cprogs.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LLDB = shutil.which("lldb-19")
 GDB = shutil.which("gdb")
-CHECKPOINT = """\
-#include <stdio.h>
-/* The tests stop here to take the image; it must stay a real call. */
-static void __attribute__((noinline, used)) checkpoint(void) { __asm__ volatile("" ::: "memory"); }
-"""
 
 
 def lldb_missing() -> str | None:
@@ -25,24 +20,6 @@ def lldb_missing() -> str | None:
     if found.returncode or not (Path(found.stdout.strip()) / "lldb").is_dir():
         return "the lldb Python module (python3-lldb-19) is not installed"
     return None
-
-
-def compile_c(source: str, directory: Path, name: str) -> Path:
-    """Write `source` (after the checkpoint() helper) to NAME.c and build it with -g -O0."""
-    c_file = directory / f"{name}.c"
-    c_file.write_text(CHECKPOINT + source)
-    binary = directory / name
-    subprocess.run(["gcc", "-g", "-O0", "-o", str(binary), str(c_file)], check=True)
-    return binary
-
-
-def run_uninterrupted(binary: Path, *args: str) -> str:
-    """The whole output with stdout to a file, buffered as it is under the debuggers."""
-    out = binary.parent / f"{binary.name}.expected"
-    with open(out, "wb") as sink:
-        subprocess.run([str(binary), *args], stdout=sink, stdin=subprocess.DEVNULL, check=True,
-                       timeout=30)
-    return out.read_text()
 
 
 def lldb_batch(*commands: str, program: Path | None = None, on_signal: tuple[str, ...] = (),

@@ -8,15 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from lldb_helpers import (
-    GDB,
-    compile_c,
-    gdb_batch,
-    lldb_batch,
-    lldb_missing,
-    read,
-    run_uninterrupted,
-)
+from cprogs import PROGRAMS, compile_program, run_uninterrupted
+from lldb_helpers import GDB, gdb_batch, lldb_batch, lldb_missing, read
 
 from binfmt_img import image_file
 from binfmt_img.model import PAGE_SIZE, PROT_EXEC
@@ -28,163 +21,10 @@ needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb is not installed")
 # Signals the programs raise on purpose: LLDB would stop at each one.
 QUIET_SIGNALS = "process handle SIGUSR1 SIGUSR2 SIGALRM -s false -n false -p true"
 
-PROGRAMS = {
-    # Full buffering (stdout is a file): the image carries unflushed output; the heap grows
-    # by brk and by mmap after the restore, and old blocks keep their contents.
-    "heap": r"""
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-int main(void) {
-    char *blocks[40];
-    unsigned long sum = 0;
-    char *start = sbrk(0);
-    for (int i = 0; i < 40; i++) {
-        if (i == 12) checkpoint();
-        size_t size = (size_t)(i + 1) * 1000 * (i % 10 == 9 ? 300 : 1);
-        blocks[i] = malloc(size);
-        memset(blocks[i], 'a' + i % 26, size);
-        for (int j = 0; j <= i; j++) sum += (unsigned char)blocks[j][j * 7 % 1000];
-        printf("i=%d size=%zu sum=%lu\n", i, size, sum);
-        if (i % 3 == 0) { free(blocks[i]); blocks[i] = malloc(64); memset(blocks[i], 'z', 64); }
-    }
-    printf("brk grew=%d\n", (char *)sbrk(0) > start);
-    return 0;
-}
-""",
-    "tls": r"""
-__thread long counter = 40;
-__thread char label[16] = "tls-label";
-static __thread double scale = 1.5;
-int main(void) {
-    setvbuf(stdout, 0, _IOLBF, 0);
-    for (int i = 0; i < 6; i++) {
-        if (i == 3) checkpoint();
-        counter += i;
-        scale *= 2;
-        printf("i=%d counter=%ld label=%s scale=%.1f\n", i, counter, label, scale);
-    }
-    return 0;
-}
-""",
-    "vdso": r"""
-#include <sys/time.h>
-#include <time.h>
-int main(void) {
-    setvbuf(stdout, 0, _IOLBF, 0);
-    struct timespec before, after, real;
-    clock_gettime(CLOCK_MONOTONIC, &before);
-    printf("monotonic before ok=%d\n", before.tv_sec > 0 || before.tv_nsec > 0);
-    checkpoint();
-    for (int i = 0; i < 3; i++) {
-        clock_gettime(CLOCK_MONOTONIC, &after);
-        clock_gettime(CLOCK_REALTIME, &real);
-        struct timeval tv;
-        gettimeofday(&tv, 0);
-        printf("after %d: realtime sane=%d gettimeofday sane=%d monotonic forward=%d\n", i,
-               real.tv_sec > 1700000000, tv.tv_sec > 1700000000,
-               after.tv_sec > before.tv_sec ||
-                   (after.tv_sec == before.tv_sec && after.tv_nsec >= before.tv_nsec));
-    }
-    return 0;
-}
-""",
-    "signals": r"""
-#include <signal.h>
-#include <stdlib.h>
-#include <string.h>
-static char *alt_base;
-static volatile int usr1_count, on_alt_stack;
-static void on_usr1(int sig) { (void)sig; usr1_count++; }
-static void on_usr2(int sig) {
-    char here;
-    (void)sig;
-    on_alt_stack = &here >= alt_base && &here < alt_base + 65536;
-}
-int main(void) {
-    setvbuf(stdout, 0, _IOLBF, 0);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_usr1;
-    sigaction(SIGUSR1, &sa, 0);
-    alt_base = malloc(65536);
-    stack_t ss = {.ss_sp = alt_base, .ss_size = 65536, .ss_flags = 0};
-    sigaltstack(&ss, 0);
-    sa.sa_handler = on_usr2;
-    sa.sa_flags = SA_ONSTACK;
-    sigaction(SIGUSR2, &sa, 0);
-    sigset_t block;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigprocmask(SIG_BLOCK, &block, 0);
-    raise(SIGUSR1);
-    printf("before: usr1=%d\n", usr1_count);
-    checkpoint();
-    raise(SIGUSR1);
-    raise(SIGUSR1);
-    printf("after: usr1=%d\n", usr1_count);
-    raise(SIGTERM); /* blocked: stays pending instead of killing us */
-    sigset_t pending;
-    sigpending(&pending);
-    printf("SIGTERM pending=%d, still alive\n", sigismember(&pending, SIGTERM));
-    raise(SIGUSR2);
-    printf("usr2 ran on the alternate stack=%d\n", on_alt_stack);
-    signal(SIGTERM, SIG_IGN);
-    return 0;
-}
-""",
-    "loop": r"""
-int main(void) {
-    setvbuf(stdout, 0, _IOLBF, 0);
-    int total = 0;
-    for (int i = 0; i < 6; i++) {
-        if (i == 3) checkpoint();
-        total += i;
-        printf("iteration %d total %d\n", i, total); /* loop body */
-    }
-    return 0;
-}
-""",
-    # A library loaded after the restore: LLDB's loader must still see dlopen.
-    "dlopen": r"""
-#include <dlfcn.h>
-int main(void) {
-    setvbuf(stdout, 0, _IOLBF, 0);
-    printf("before\n");
-    checkpoint();
-    void *libm = dlopen("libm.so.6", RTLD_NOW);
-    double (*root)(double) = (double (*)(double))dlsym(libm, "cbrt");
-    printf("dlopen ok=%d cbrt(27)=%.1f\n", libm != 0, root(27.0));
-    return 0;
-}
-""",
-    # Interrupted in pselect6 by a signal LLDB keeps from it: the system call must restart.
-    "syscall": r"""
-#include <errno.h>
-#include <signal.h>
-#include <string.h>
-#include <sys/select.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    setvbuf(stdout, 0, _IOLBF, 0);
-    printf("before\n");
-    if (argc > 1 && fork() == 0) {
-        usleep(150000);
-        kill(getppid(), SIGUSR1);
-        _exit(0);
-    }
-    struct timeval tv = {0, 600000};
-    int r = select(0, 0, 0, 0, &tv);
-    printf("select=%d errno=%d\n", r, r < 0 ? errno : 0);
-    printf("after\n");
-    return 0;
-}
-""",
-}
-
 
 def _build(tmp_path: Path, name: str) -> tuple[Path, str]:
-    binary = compile_c(PROGRAMS[name], tmp_path, name)
+    """The same C programs as the GDB tests (tests/programs)."""
+    binary = compile_program(name, tmp_path)
     return binary, run_uninterrupted(binary)
 
 
@@ -228,7 +68,7 @@ def test_lldb_view_after_restore(tmp_path: Path) -> None:
     binary, expected = _build(tmp_path, "loop")
     image = tmp_path / "loop.img"
     printed = _dump_in_lldb(binary, image)
-    line = next(n for n, text in enumerate((tmp_path / "loop.c").read_text().splitlines(), 1)
+    line = next(n for n, text in enumerate((PROGRAMS / "loop.c").read_text().splitlines(), 1)
                 if "loop body" in text)
     out = tmp_path / "restored.out"
     result = _restore_in_lldb(

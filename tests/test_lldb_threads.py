@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from cprogs import compile_program
-from lldb_helpers import lldb_batch, lldb_missing, read, run_uninterrupted
+from cprogs import compile_program, run_uninterrupted
+from lldb_helpers import lldb_batch, lldb_missing, read
 
 _MISSING = lldb_missing()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
