@@ -77,17 +77,8 @@ class GdbTarget:
     def before_changes(self) -> None:
         """libthread_db reads the process's libc data, which a restore replaces mid-way, and
         GDB then cannot step. Attach again without it (reload_process brings it back)."""
-        if "Thread 0x" not in gdb.execute("info threads", to_string=True):
-            return
-        pid = self.inferior.pid
-        path = gdb.parameter("libthread-db-search-path")
-        gdb.execute("detach", to_string=True)
-        gdb.execute("set libthread-db-search-path /nonexistent", to_string=True)
-        try:
-            gdb.execute(f"attach {pid}", to_string=True)
-        finally:
-            gdb.execute(f"set libthread-db-search-path {path}", to_string=True)
-        self.inferior = gdb.selected_inferior()
+        if "Thread 0x" in gdb.execute("info threads", to_string=True):
+            self._attach_again({"libthread-db-search-path": "/nonexistent"})
 
     def reload_process(self) -> None:
         """Detach and attach again, so that GDB reads the restored process as on a first
@@ -98,12 +89,19 @@ class GdbTarget:
         if exe is not None:
             gdb.execute(f"file {exe}", to_string=True)
         linked = exe is not None and os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(exe)
+        # Where the kernel kept the old exe link, trust the file loaded above.
+        self._attach_again({} if linked else {"exec-file-mismatch": "off"})
+
+    def _attach_again(self, settings: dict[str, str]) -> None:
+        """Detach, then attach to the same process with GDB settings changed meanwhile."""
+        pid = self.inferior.pid
+        saved = {name: gdb.parameter(name) for name in settings}
         gdb.execute("detach", to_string=True)
-        mismatch = gdb.parameter("exec-file-mismatch")
-        if not linked:  # the kernel kept the old exe link: trust the file loaded above
-            gdb.execute("set exec-file-mismatch off", to_string=True)
         try:
+            for name, value in settings.items():
+                gdb.execute(f"set {name} {value}", to_string=True)
             gdb.execute(f"attach {pid}", to_string=True)
         finally:
-            gdb.execute(f"set exec-file-mismatch {mismatch}", to_string=True)
+            for name, value in saved.items():
+                gdb.execute(f"set {name} {value}", to_string=True)
         self.inferior = gdb.selected_inferior()
