@@ -99,6 +99,7 @@ def load(path: str) -> Image:
     try:
         image = parse(memoryview(mapped))
         image.mapping = mapped
+        image.path = path
         return image
     except ImageError as error:
         raise ImageError(f"{path}: {error.what}", error.offset) from None

@@ -178,6 +178,7 @@ class Image:
     # Where PageRun offsets point: the mapped image file (or bytes of a synthetic one).
     source: memoryview | None = None
     mapping: Any = None  # the mmap behind source, when it is a file
+    path: str | None = None  # that file
 
     def release(self, offset: int, length: int) -> None:
         """Drop mapped file pages a restore has finished with: the debugger's memory use

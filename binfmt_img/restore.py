@@ -6,6 +6,7 @@ in the inferior by the Injector; nothing here knows which debugger is in use.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import time
@@ -93,6 +94,7 @@ class RestorePlan:
         self.target, self.image, self.via = target, image, via
         self.progress = progress
         self.total_pages = image.page_count
+        self._staging: tuple[int, memoryview] | None = None  # image fd, reused buffer
         self.log = log or (lambda _msg: None)
         self.report = RestoreReport()
         self.injector = Injector(target)
@@ -338,6 +340,10 @@ class RestorePlan:
         fast = self.via == "fast" or (self.via == "auto" and self.target.is_local())
         self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
         mem = ProcMem(self.pid, writable=True) if fast else None
+        self._staging = None
+        if fast and image.path is not None:
+            self._staging = (os.open(image.path, os.O_RDONLY),
+                             memoryview(mmap.mmap(-1, WRITE_PIECE)))
         started = time.monotonic()
         try:
             for run in runs:
@@ -354,9 +360,19 @@ class RestorePlan:
         finally:
             if mem is not None:
                 mem.close()
+            if self._staging is not None:
+                os.close(self._staging[0])
         self.report.page_seconds = time.monotonic() - started
 
     def _write_piece(self, piece: PageRun, mem: ProcMem | None) -> None:
+        if mem is not None and self._staging is not None and piece.stride == PAGE_SIZE:
+            # Through one reused buffer: reading the file into it costs a copy, while
+            # pwrite from the file's mapping would fault in every source page, 4x slower here.
+            fd, buffer = self._staging
+            size = piece.count * PAGE_SIZE
+            if os.preadv(fd, [buffer[:size]], piece.offset) == size:
+                mem.write(piece.vaddr, buffer[:size])
+                return
         chunks = list(self.image.run_data(piece))
         if mem is not None:
             if len(chunks) == 1:
