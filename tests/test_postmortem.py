@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from cprogs import ROOT, compile_program, run_uninterrupted
 from gdbmi import Gdb
+from test_gdb_restore import restore_and_finish
 
 from binfmt_img import elfcore, image_file
 
@@ -28,19 +29,6 @@ CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args],
                           capture_output=True, text=True, timeout=60)
-
-
-def restore_and_finish(image: Path, out: Path) -> str:
-    """In a fresh GDB with no program: img-restore, continue to the end."""
-    gdb = Gdb()
-    try:
-        gdb.console(f"set args > {out}")
-        gdb.console(f"img-restore {image}")
-        stop = gdb.until_stopped("continue")
-        assert stop.get("reason") == "exited-normally", stop
-    finally:
-        gdb.close()
-    return out.read_text()
 
 
 def frames(bt: str) -> list[str]:
