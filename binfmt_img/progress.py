@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -29,3 +30,20 @@ class ProgressLine:
     def finish(self) -> None:
         if self.shown:
             self.write("\n")
+
+
+def command_line() -> list[str]:
+    """The debugger's own command line (the plugin runs inside its process)."""
+    with open("/proc/self/cmdline", "rb") as f:
+        return f.read().decode(errors="replace").split("\0")
+
+
+def started_with(flags: tuple[str, ...]) -> bool:
+    return any(arg in flags for arg in command_line())
+
+
+def on_stderr(label: str, asked: bool, quiet: bool) -> ProgressLine:
+    """A progress line on stderr, which stays the terminal while a front end mutes stdout;
+    shown when asked for, or when not `quiet` and stderr is a terminal."""
+    return ProgressLine(label, lambda text: os.write(2, text.encode()) and None,
+                        enabled=asked or not (quiet or not os.isatty(2)))

@@ -337,6 +337,7 @@ class RestorePlan:
                 if piece is not None:
                     runs.append(piece)
                 cursor = max(cursor, end)
+        self.total_pages = sum(run.count for run in runs)
         fast = self.via == "fast" or (self.via == "auto" and self.target.is_local())
         self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
         mem = ProcMem(self.pid, writable=True) if fast else None

@@ -10,10 +10,9 @@ from contextlib import contextmanager
 
 import gdb
 
-from binfmt_img import elfcore, image_file, report
+from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.progress import ProgressLine
 from binfmt_img.restore import restore
 
 from .target import GdbTarget
@@ -53,14 +52,9 @@ def _ensure_process(image: image_file.Image) -> None:
     gdb.execute("starti", to_string=True)
 
 
-def _gdb_arguments() -> list[str]:
-    with open("/proc/self/cmdline", "rb") as f:
-        return f.read().decode(errors="replace").split("\0")
-
-
 def _machine_interface() -> bool:
     """True when GDB talks MI on its stdout (started with --interpreter=mi*)."""
-    args = _gdb_arguments()
+    args = progress.command_line()
     for i, arg in enumerate(args):
         value = arg.split("=", 1)[1] if "=" in arg else (
             args[i + 1] if i + 1 < len(args) else "")
@@ -69,12 +63,9 @@ def _machine_interface() -> bool:
     return False
 
 
-def _progress(label: str, asked: bool) -> ProgressLine:
-    """On stderr, which stays the terminal while stdout is muted; quiet in batch and MI
-    mode unless asked for."""
-    quiet = _machine_interface() or "-batch" in _gdb_arguments() or not os.isatty(2)
-    return ProgressLine(label, lambda text: os.write(2, text.encode()) and None,
-                        enabled=asked or not quiet)
+def _progress(label: str, asked: bool) -> progress.ProgressLine:
+    quiet = _machine_interface() or progress.started_with(("-batch", "--batch"))
+    return progress.on_stderr(label, asked, quiet)
 
 
 @contextmanager
@@ -147,10 +138,10 @@ images and ELF cores; a crash core stops at the faulting instruction with its si
                 b.enabled = False
             try:
                 with _quiet():
-                    progress = _progress("img-restore", args.progress)
+                    line = _progress("img-restore", args.progress)
                     result = restore(GdbTarget(image.exe_path), image, via=args.via,
-                                     progress=progress)
-                    progress.finish()
+                                     progress=line)
+                    line.finish()
             finally:
                 for b in breakpoints:
                     b.enabled = True
@@ -185,9 +176,9 @@ has written, signal state and TLS. v1 (the default) is this project's format; v0
         args = _parse(self.parser, argument)
         try:
             with _quiet():
-                progress = _progress("img-dump", args.progress)
-                result = dump(GdbTarget(), _path(args.file), args.format, progress)
-                progress.finish()
+                line = _progress("img-dump", args.progress)
+                result = dump(GdbTarget(), _path(args.file), args.format, line)
+                line.finish()
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"img-dump: {error}") from None
         global last_dump

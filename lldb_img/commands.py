@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import lldb
 
-from binfmt_img import elfcore, image_file, report
+from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import PROT_EXEC, Image
@@ -20,6 +20,11 @@ from binfmt_img.restore import restore
 
 from .modules import sync_modules
 from .target import LldbTarget
+
+
+def _batch() -> bool:
+    """lldb's batch mode: no progress line unless asked for."""
+    return progress.started_with(("-b", "--batch", "-batch"))
 
 
 class _ArgumentError(Exception):
@@ -152,6 +157,7 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
         super().__init__(debugger, internal_dict)
         self.parser.add_argument("file")
         self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
+        self.parser.add_argument("--progress", action="store_true")
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
@@ -161,7 +167,9 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
             process = _ensure_process(debugger, image, result)
             target = process.GetTarget()
             with _breakpoints_lifted(target):
-                done = restore(LldbTarget(process), image, via=args.via)
+                line = progress.on_stderr("img-restore", args.progress, _batch())
+                done = restore(LldbTarget(process), image, via=args.via, progress=line)
+                line.finish()
                 warnings = done.warnings + sync_modules(target, image)
         for warning in warnings:
             result.AppendMessage(f"img-restore: warning: {warning}")
@@ -181,12 +189,13 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
         result.AppendMessage(frame.GetOutput().rstrip("\n"))
 
 
-def _masked_pages(plan: DumpPlan, inferior: LldbTarget) -> Iterator[tuple[int, bytes]]:
+def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
+                  line: progress.ProgressLine) -> Iterator[tuple[int, bytes]]:
     """The dump's pages, those of executable mappings read again through LLDB: it shows the
     original bytes where its own breakpoint traps (ld.so's link-map one) sit, which
     /proc/PID/mem shows as int3. Only code pages the process wrote are stored: few."""
     executable = [(m.start, m.end) for m in plan.maps if m.prot & PROT_EXEC]
-    for vaddr, data in plan.pages():
+    for vaddr, data in plan.pages(line):
         if any(start <= vaddr < end for start, end in executable):
             data = inferior.read_memory(vaddr, len(data))
         yield vaddr, data
@@ -206,6 +215,7 @@ The process is left as it was and can be continued."""
         super().__init__(debugger, internal_dict)
         self.parser.add_argument("file")
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
+        self.parser.add_argument("--progress", action="store_true")
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
@@ -216,7 +226,9 @@ The process is left as it was and can be continued."""
             with _breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
                 image = plan.collect()
-                image_file.save(path, image, args.format, _masked_pages(plan, inferior))
+                line = progress.on_stderr("img-dump", args.progress, _batch())
+                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line))
+                line.finish()
             inferior.memory_changed()
         result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {plan.report.pages} pages, "
                              f"{os.path.getsize(path)} bytes in "
