@@ -42,7 +42,7 @@ from .threads import (
     select_stopped_thread,
 )
 from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
-from .vdso import MOVABLE_NAMES, image_vdso_block
+from .vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
 
 USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
 # XSAVE components restored: x87, SSE, AVX, MPX, AVX-512, PKRU; AMX tiles need a permission
@@ -100,8 +100,8 @@ class RestorePlan:
         self.injector = Injector(target)
         self.pid = 0
         self.live: list[Mapping] = []
+        self.vdso: VdsoMove | None = None  # made in check(), from the live mappings
         self.vdso_block = image_vdso_block(image)
-        self.live_block: list[Mapping] = []
         self.scratch = 0
         self.parking = 0
         self.main_thread = main_thread(image)  # restored into the inferior's own thread
@@ -125,9 +125,9 @@ class RestorePlan:
         self._check_files()
         check_threads(self)
         check_open_files(self)
-        self.live_block = [m for m in self.live if m.special in MOVABLE_NAMES]
-        self._check_vdso_fits()
-        self.scratch = self._free_area(SCRATCH_SIZE + self._block_size() + PAGE_SIZE)
+        self.vdso = VdsoMove(self.image, self.live)
+        self.vdso.check(self.report.warnings)
+        self.scratch = self._free_area(SCRATCH_SIZE + self.vdso.size + PAGE_SIZE)
         self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
 
     def _live_rseq(self) -> tuple[int, int] | None:
@@ -165,35 +165,6 @@ class RestorePlan:
                 raise RestoreError(f"mapped file {vma.path} changed since the dump: "
                                    + ", ".join(changes))
 
-    def _block_size(self) -> int:
-        if not self.live_block:
-            return 0
-        return self.live_block[-1].end - self.live_block[0].start
-
-    def _check_vdso_fits(self) -> None:
-        """The live vDSO moves so that it lands where the image's was; its data pages keep
-        their distance below it, as the vDSO's code addresses them relative to itself."""
-        if not self.vdso_block or not self.live_block:
-            return
-        live_vdso = next((m for m in self.live_block if m.special == "[vdso]"), None)
-        image_vdso = next((v for v in self.vdso_block if v.name in ("[vdso]", None)
-                           and v is self.vdso_block[-1]), None)
-        if live_vdso is None or image_vdso is None:
-            return
-        if live_vdso.end - live_vdso.start != image_vdso.size:
-            self.report.warnings.append(
-                f"the image's vDSO is {image_vdso.size // PAGE_SIZE} pages, this kernel's is "
-                f"{(live_vdso.end - live_vdso.start) // PAGE_SIZE}: it was taken on another "
-                "kernel; its calls into the vDSO may fail")
-        delta = image_vdso.start - live_vdso.start
-        start, end = self.live_block[0].start + delta, self.live_block[-1].end + delta
-        for vma in self.image.vmas:
-            if vma in self.vdso_block:
-                continue
-            if _overlaps(vma.start, vma.end, start, end):
-                raise RestoreError(f"this kernel's vDSO data pages {start:#x}-{end:#x} would "
-                                   f"overlap VMA {vma.start:#x}-{vma.end:#x} of the image")
-
     def _free_area(self, size: int) -> int:
         taken = [(v.start, v.end) for v in self.image.vmas]
         taken += [(m.start, m.end) for m in self.live]
@@ -222,9 +193,10 @@ class RestorePlan:
             if sc.is_error(result):
                 raise RestoreError(f"unregistering the inferior's rseq area at "
                                    f"{self.live_rseq[0]:#x}: {sc.errno_text(result)}")
-        self._park_vdso()
+        assert self.vdso is not None
+        self.vdso.park(inj, self.parking)
         self._unmap_everything()
-        self._place_vdso()
+        self.vdso.place(inj)
         self._create_vmas()
         self._write_pages()
         self._set_mm()
@@ -258,19 +230,9 @@ class RestorePlan:
         finally:
             release_threads(self.target, saved)
 
-    def _park_vdso(self) -> None:
-        """Move the live vDSO block out of the way, keeping its internal layout."""
-        if not self.live_block:
-            return
-        base = self.live_block[0].start
-        for m in self.live_block:
-            self.injector.call(sc.MREMAP, m.start, m.end - m.start, m.end - m.start,
-                               sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED,
-                               self.parking + (m.start - base),
-                               step=f"moving {m.special} aside", address=m.start)
-
     def _unmap_everything(self) -> None:
-        keep = sorted([(self.scratch, self.parking + self._block_size())])
+        assert self.vdso is not None
+        keep = [(self.scratch, self.parking + self.vdso.size)]
         top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
         cursor = 0
         for start, end in keep + [(top, top)]:
@@ -278,22 +240,6 @@ class RestorePlan:
                 self.injector.call(sc.MUNMAP, cursor, start - cursor,
                                    step="unmapping the inferior's memory", address=cursor)
             cursor = max(cursor, end)
-
-    def _place_vdso(self) -> None:
-        if not self.live_block:
-            return
-        base = self.live_block[0].start
-        if self.vdso_block:
-            live_vdso = next(m for m in self.live_block if m.special == "[vdso]")
-            target_base = self.vdso_block[-1].start - (live_vdso.start - base)
-        else:
-            return  # the image had no vDSO: leave it parked, out of the image's way
-        for m in self.live_block:
-            parked = self.parking + (m.start - base)
-            self.injector.call(sc.MREMAP, parked, m.end - m.start, m.end - m.start,
-                               sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED,
-                               target_base + (m.start - base),
-                               step=f"moving {m.special} to the image's place", address=parked)
 
     def _create_vmas(self) -> None:
         inj = self.injector
