@@ -13,7 +13,7 @@ from . import image_file
 from . import syscalls as sc
 from .errors import RestoreError
 from .files import read_open_files
-from .inject import SCRATCH_SIZE, Injector
+from .inject import SCRATCH_SIZE, Injector, check_not_in_syscall_entry
 from .model import (
     MAP_SHARED,
     PAGE_SIZE,
@@ -85,6 +85,7 @@ class DumpPlan:
             raise RestoreError("no live process to dump")
         if not target.is_local():
             raise RestoreError("the inferior is not on this machine; dump needs its /proc")
+        check_not_in_syscall_entry(target)
         self.pid = pid
         self.maps = read_maps(pid)
 

@@ -22,6 +22,20 @@ SAVED_REGISTERS = ("rip", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rcx", 
                    "eflags", "orig_rax")
 
 
+ENOSYS = (1 << 64) - 38
+
+
+def check_not_in_syscall_entry(target: Target) -> None:
+    """At a system call's entry stop (`catch syscall`), the kernel runs the pending call with
+    whatever registers the next resume finds: an injected call would be lost and the
+    program's own call run with our arguments. Refuse before any change."""
+    regs = target.read_registers(("rax", "orig_rax"))
+    if regs.get("rax") == ENOSYS and regs.get("orig_rax", -1) not in (-1, (1 << 64) - 1):
+        raise RestoreError(f"the inferior is stopped at the entry of system call "
+                           f"{regs['orig_rax']} (catch syscall): `stepi` or `continue` to "
+                           "its return first")
+
+
 def _unsigned(value: int) -> int:
     return value & 0xFFFFFFFFFFFFFFFF
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import syscalls as sc
-from .errors import RestoreError
+from . import v1
+from .errors import ImageError, RestoreError
 from .files import check_open_files, restore_open_files
-from .inject import SCRATCH_SIZE, Injector, pack_u64
+from .inject import SCRATCH_SIZE, Injector, check_not_in_syscall_entry, pack_u64
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -109,6 +110,7 @@ class RestorePlan:
         self.tid_addresses: dict[int, int] = {}  # image tid -> where glibc caches it
         self.live_tids: dict[int, int] = {}  # image tid -> the restored thread's tid
         self.live_fds: list[int] = []
+        self.changed = False
 
     # ---- checks: nothing in the inferior changes here ----
     def check(self) -> None:
@@ -119,10 +121,12 @@ class RestorePlan:
             raise RestoreError("the inferior is not on this machine; restore needs its /proc")
         if self.via not in ("auto", "fast", "debugger"):
             raise RestoreError(f"unknown --via {self.via!r}: choose debugger or fast")
+        check_not_in_syscall_entry(self.target)
         self.pid = pid
         self.live = read_maps(pid)
         self.live_rseq = self._live_rseq()
         self._check_files()
+        self._check_pages()
         check_threads(self)
         check_open_files(self)
         self.vdso = VdsoMove(self.image, self.live)
@@ -145,6 +149,16 @@ class RestorePlan:
             if not sc.is_error(result):
                 break
         return result
+
+    def _check_pages(self) -> None:
+        """Corruption is reported, not restored: every run's checksum, before any change."""
+        if self.image.format != "v1":
+            return
+        bad = v1.verify_pages(self.image)
+        if bad:
+            run = bad[0]
+            raise ImageError(f"page data damaged: {len(bad)} page runs fail their checksum, "
+                             f"the first at {run.vaddr:#x} ({run.count} pages)", run.offset)
 
     def _check_files(self) -> None:
         for vma in self.image.vmas:
@@ -177,6 +191,7 @@ class RestorePlan:
 
     # ---- the restore itself ----
     def run(self) -> RestoreReport:
+        self.changed = True  # from here on a failure leaves the inferior part-restored
         started = time.monotonic()
         inj = self.injector
         rip = self.target.read_registers(("rip",))["rip"]

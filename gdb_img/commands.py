@@ -13,9 +13,9 @@ import gdb
 from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.restore import restore
+from binfmt_img.restore import RestorePlan
 
-from .target import GdbTarget
+from .target import GdbTarget, kill_started_here
 
 
 class _ArgumentError(Exception):
@@ -38,18 +38,34 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
-def _ensure_process(image: image_file.Image) -> None:
+def _ensure_process(image: image_file.Image) -> bool:
     """With no live inferior, start the image's executable (or a small system program)
-    stopped at its first instruction."""
+    stopped at its first instruction; True when it did."""
     if gdb.selected_inferior().pid:
-        return
+        return False
     program = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
     current = gdb.current_progspace().filename
     if program is None and current is None:
         program = "/bin/true"
+        gdb.write("img-restore: warning: the image names no executable (a v0 image): symbols "
+                  "need the program loaded first (gdb PROGRAM)\n")
     if program is not None and program != current:
         gdb.execute(f"file {program}", to_string=True)
+    gdb.write(f"img-restore: starting {program or current} to restore into\n")
     gdb.execute("starti", to_string=True)
+    return True
+
+
+@contextmanager
+def _scheduler_locked() -> Iterator[None]:
+    """Only the stepped thread moves during the many single steps (GDB's default lets the
+    others run); set once, not per step."""
+    mode = gdb.parameter("scheduler-locking")
+    gdb.execute("set scheduler-locking on", to_string=True)
+    try:
+        yield
+    finally:
+        gdb.execute(f"set scheduler-locking {mode}", to_string=True)
 
 
 def _machine_interface() -> bool:
@@ -132,16 +148,22 @@ images and ELF cores; a crash core stops at the faulting instruction with its si
         args = _parse(self.parser, argument)
         try:
             image = image_file.load_any(_path(args.file), warn=_warn("img-restore"))
-            _ensure_process(image)  # not quieted: the new process inherits GDB's stdout
+            started = _ensure_process(image)  # not quieted: it inherits GDB's stdout
+            plan = RestorePlan(GdbTarget(image.exe_path), image, via=args.via,
+                               progress=_progress("img-restore", args.progress))
             breakpoints = [b for b in gdb.breakpoints() if b.enabled]
             for b in breakpoints:
                 b.enabled = False
             try:
-                with _quiet():
-                    line = _progress("img-restore", args.progress)
-                    result = restore(GdbTarget(image.exe_path), image, via=args.via,
-                                     progress=line)
-                    line.finish()
+                with _quiet(), _scheduler_locked():
+                    plan.check()
+                    result = plan.run()
+                assert plan.progress is not None
+                plan.progress.finish()
+            except (ImageError, RestoreError):
+                if started and not plan.changed:  # refused: the process started is no use
+                    gdb.execute("kill", to_string=True)
+                raise
             finally:
                 for b in breakpoints:
                     b.enabled = True
@@ -175,7 +197,7 @@ has written, signal state and TLS. v1 (the default) is this project's format; v0
     def invoke(self, argument: str, from_tty: bool) -> None:
         args = _parse(self.parser, argument)
         try:
-            with _quiet():
+            with _quiet(), _scheduler_locked():
                 line = _progress("img-dump", args.progress)
                 result = dump(GdbTarget(), _path(args.file), args.format, line)
                 line.finish()
@@ -212,6 +234,9 @@ class ImgInfo(gdb.Command):
 
 
 def register() -> None:
+    exiting = getattr(gdb.events, "gdb_exiting", None)
+    if exiting is not None:
+        exiting.connect(kill_started_here)
     ImgRestore()
     ImgDump()
     ImgInfo()

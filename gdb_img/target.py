@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import gdb
 
 from binfmt_img.errors import RestoreError
 
 _MASK = (1 << 64) - 1
+# Processes GDB started that a re-attach turned into attached ones, which GDB would only
+# detach on exit; kill_started_here() ends them as GDB ends the processes it started.
+STARTED_HERE: set[int] = set()
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _traced_by_us(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split() == ["TracerPid:", str(os.getpid())] for line in f)
+    except OSError:
+        return False
+
+
+def kill_started_here(_event: object = None) -> None:
+    """On GDB's exit: the processes in STARTED_HERE it still traces (not those the user
+    detached) go as GDB's own would."""
+    for pid in list(STARTED_HERE):
+        if _traced_by_us(pid):
+            os.kill(pid, signal.SIGKILL)
+    STARTED_HERE.clear()
 
 
 class GdbTarget:
@@ -45,17 +74,8 @@ class GdbTarget:
             gdb.execute(f"set ${name} = {value & _MASK:#x}", to_string=True)
 
     def step_instruction(self) -> None:
-        """stepi with scheduler-locking on: with the default, GDB lets every other thread
-        run while one steps."""
-        mode = gdb.parameter("scheduler-locking")
-        if mode in ("on", "step"):
-            gdb.execute("stepi", to_string=True)
-            return
-        gdb.execute("set scheduler-locking on", to_string=True)
-        try:
-            gdb.execute("stepi", to_string=True)
-        finally:
-            gdb.execute(f"set scheduler-locking {mode}", to_string=True)
+        # The commands set scheduler-locking on around a restore or dump: one thread moves.
+        gdb.execute("stepi", to_string=True)
 
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()
@@ -95,6 +115,8 @@ class GdbTarget:
     def _attach_again(self, settings: dict[str, str]) -> None:
         """Detach, then attach to the same process with GDB settings changed meanwhile."""
         pid = self.inferior.pid
+        if _parent_of(pid) == os.getpid():
+            STARTED_HERE.add(pid)  # GDB must still kill it on exit, as one it started
         saved = {name: gdb.parameter(name) for name in settings}
         gdb.execute("detach", to_string=True)
         try:

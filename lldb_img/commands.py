@@ -16,7 +16,7 @@ from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import PROT_EXEC, Image
-from binfmt_img.restore import restore
+from binfmt_img.restore import RestorePlan
 
 from .modules import sync_modules
 from .target import LldbTarget
@@ -143,12 +143,15 @@ class _Command:
 
 class ImgRestore(_Command):
     """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
+[--progress]
 
 Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
 then leaves it stopped at the checkpoint with LLDB's modules set to the image's files at the
 image's addresses. With no live process, the image's executable (or /bin/true) is launched
 first, stopped at its first instruction. --via fast writes pages through /proc/PID/mem,
-debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 images."""
+debugger through LLDB; auto picks fast for a local process. --progress shows a progress line
+in batch mode too. Accepts v0 and v1 images and ELF cores: a crash core stops at the faulting
+instruction with its signal raised again."""
 
     name = "img-restore"
     short_help = "Restore a process image into the inferior: img-restore FILE [--via ...]"
@@ -164,12 +167,22 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
         image = image_file.load_any(_path(args.file), warn=lambda text: result.AppendMessage(
             f"img-restore: warning: {text}"))
         with _synchronous(debugger):
+            had_process = debugger.GetSelectedTarget().GetProcess().IsValid()
             process = _ensure_process(debugger, image, result)
             target = process.GetTarget()
+            plan = RestorePlan(LldbTarget(process), image, via=args.via,
+                               progress=progress.on_stderr("img-restore", args.progress,
+                                                           _batch()))
             with _breakpoints_lifted(target):
-                line = progress.on_stderr("img-restore", args.progress, _batch())
-                done = restore(LldbTarget(process), image, via=args.via, progress=line)
-                line.finish()
+                try:
+                    plan.check()
+                    done = plan.run()
+                except (ImageError, RestoreError):
+                    if not had_process and not plan.changed:  # refused: no use for it
+                        process.Kill()
+                    raise
+                assert plan.progress is not None
+                plan.progress.finish()
                 warnings = done.warnings + sync_modules(target, image)
         for warning in warnings:
             result.AppendMessage(f"img-restore: warning: {warning}")
@@ -178,10 +191,16 @@ debugger through LLDB; auto picks fast for a local process. Accepts v0 and v1 im
         if image.signal is not None and elfcore.is_fault(image.signal):
             # A crash core: the faulting instruction runs again and raises the same signal,
             # which LLDB then shows as the stop reason, as for a live fault.
+            name = report.signal_name(image.signal.number)
             with _synchronous(debugger):
-                process.GetSelectedThread().StepInstruction(False)
-            result.AppendMessage(f"img-restore: {report.signal_name(image.signal.number)} "
-                                 "raised again at the faulting instruction")
+                # A continue, not a step: a step's plan would outlive the signal and stop the
+                # next continue after one instruction.
+                process.Continue()
+                # As in GDB: not passed on, so `continue` after a fix retries the instruction.
+                debugger.HandleCommand(f"process handle {name} --pass false")
+            result.AppendMessage(f"img-restore: {name} raised again at the faulting "
+                                 f"instruction; not passed on (process handle {name} "
+                                 "--pass true delivers it)")
         # As `frame select 0` shows it; the interpreter's own context may predate the process.
         frame = lldb.SBCommandReturnObject()
         context = lldb.SBExecutionContext(process.GetSelectedThread().GetFrameAtIndex(0))
