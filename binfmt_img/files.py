@@ -90,11 +90,7 @@ def _check_one(f: OpenFile) -> None:
     if (f.kind == FD_DIRECTORY) != stat.S_ISDIR(st.st_mode):
         raise RestoreError(f"fd {f.fd}: {f.path} is no longer a "
                            f"{'directory' if f.kind == FD_DIRECTORY else 'file'}")
-    fields = [("inode", f.file.inode, st.st_ino)]
-    if f.kind == FD_FILE and not _writable(f):
-        fields += [("size", f.file.size, st.st_size), ("mtime_ns", f.file.mtime_ns,
-                                                         st.st_mtime_ns)]
-    changes = [f"{what} {old} -> {new}" for what, old, new in fields if old != new]
+    changes = f.file.changes(st, contents=f.kind == FD_FILE and not _writable(f))
     if changes:
         raise RestoreError(f"fd {f.fd}: {f.path} changed since the dump: " + ", ".join(changes))
     wanted = os.W_OK if f.flags & O_ACCMODE in (O_WRONLY, O_RDWR) else os.R_OK

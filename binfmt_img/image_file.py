@@ -122,7 +122,12 @@ def save(path: str, image: Image, fmt: str = "v1",
         pages = ((run.vaddr, b"".join(image.run_data(run)) if run.stride != 4096
                   else next(image.run_data(run))) for run in image.runs)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".img-", dir=directory)
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory; give a file name")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".img-", dir=directory)
+    except OSError as error:
+        raise ImageError(f"cannot write {path}: {error.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out:
             if fmt == "v0":

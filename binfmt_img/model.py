@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mmap
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,20 @@ class FileIdentity:
     mtime_ns: int
     inode: int
     device: int
+
+    def changes(self, now: os.stat_result, contents: bool = True) -> list[str]:
+        """How the file differs from what was recorded, in words; the inode only when its
+        `contents` may change legitimately (a log open for appending, a directory)."""
+        out = [f"inode {self.inode} -> {now.st_ino}"] if self.inode != now.st_ino else []
+        if contents and self.size != now.st_size:
+            out.append(f"size {self.size} -> {now.st_size} bytes")
+        if contents and self.mtime_ns != now.st_mtime_ns:
+            out.append(f"modified {_when(self.mtime_ns)} -> {_when(now.st_mtime_ns)}")
+        return out
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
 @dataclass

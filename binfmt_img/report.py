@@ -35,7 +35,8 @@ AUXV_NAMES = {
     8: "AT_FLAGS", 9: "AT_ENTRY", 11: "AT_UID", 12: "AT_EUID", 13: "AT_GID", 14: "AT_EGID",
     15: "AT_PLATFORM", 16: "AT_HWCAP", 17: "AT_CLKTCK", 23: "AT_SECURE",
     24: "AT_BASE_PLATFORM", 25: "AT_RANDOM", 26: "AT_HWCAP2", 31: "AT_EXECFN",
-    33: "AT_SYSINFO_EHDR", 51: "AT_MINSIGSTKSZ",
+    27: "AT_RSEQ_FEATURE_SIZE", 28: "AT_RSEQ_ALIGN", 33: "AT_SYSINFO_EHDR",
+    51: "AT_MINSIGSTKSZ",
 }
 EFLAGS_BITS = ((0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"),
                (10, "DF"), (11, "OF"))

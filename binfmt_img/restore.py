@@ -50,6 +50,7 @@ USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
 # request first, so they are left to the kernel's init state.
 XSAVE_RESTORABLE = 0x2FF
 AT_NULL = 0
+PR_SET_NAME = 15
 ERESTARTNOINTR = (1 << 64) - 513
 ERESTART_RESTARTBLOCK = (1 << 64) - 516
 
@@ -172,9 +173,7 @@ class RestorePlan:
             ident = vma.file
             if ident is None:
                 continue
-            changes = [f"{what} {old} -> {new}" for what, old, new in (
-                ("size", ident.size, st.st_size), ("mtime_ns", ident.mtime_ns, st.st_mtime_ns),
-                ("inode", ident.inode, st.st_ino)) if old != new]
+            changes = ident.changes(st)
             if changes:
                 raise RestoreError(f"mapped file {vma.path} changed since the dump: "
                                    + ", ".join(changes))
@@ -215,6 +214,7 @@ class RestorePlan:
         self._create_vmas()
         self._write_pages()
         self._set_mm()
+        self._set_name()
         self._set_signals()
         self._set_thread_state()
         restore_open_files(self)
@@ -378,6 +378,14 @@ class RestorePlan:
         if sc.is_error(result):
             raise RestoreError(f"setting the mm fields (prctl PR_SET_MM_MAP): "
                                f"{sc.errno_text(result)}")
+
+    def _set_name(self) -> None:
+        """The command name ps and /proc/PID/comm show: the image's program's, not the one
+        started to restore into (the kernel keeps 15 bytes of it)."""
+        if self.image.exe_path:
+            self.injector.reset_data()
+            name = os.path.basename(self.image.exe_path).encode()[:15] + b"\0"
+            self.injector.raw(sc.PRCTL, PR_SET_NAME, self.injector.put(name), 0, 0, 0)
 
     def _same_exe(self) -> bool:
         """The kernel refuses (EBUSY) to relink an exe that is mapped again; none is needed."""

@@ -130,12 +130,13 @@ last_dump = None
 class ImgRestore(gdb.Command):
     """Restore a process image into the inferior: img-restore FILE [--via V] [--progress]
 
---via fast writes pages through /proc/PID/mem (chosen for a local process), --via debugger
-through the debugger's memory API (remote targets); --progress shows a progress line in batch
-mode too. Replaces the inferior's memory, registers, FPU state, signal state and TLS with the
-image's, then leaves it stopped at the checkpoint with symbols reloaded. With no live inferior, the
-image's executable is started first (stopped at its first instruction). Accepts v0 and v1
-images and ELF cores; a crash core stops at the faulting instruction with its signal shown."""
+Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
+files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
+no live inferior, the image's executable is started first (stopped at its first instruction).
+Accepts v0 and v1 images and ELF cores; a crash core stops at the faulting instruction with
+its signal shown.
+--via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
+memory API (slower); auto picks fast. --progress: a progress line in batch mode too."""
 
     def __init__(self) -> None:
         super().__init__("img-restore", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)

@@ -153,3 +153,48 @@ def test_dump_leaves_the_process_to_carry_on(tmp_path: Path) -> None:
     finally:
         gdb.close()
     assert out.read_text() == expected
+
+
+def test_damaged_page_data_is_refused_and_nothing_is_left_running(tmp_path: Path) -> None:
+    binary = compile_program("tls", tmp_path)
+    image = tmp_path / "tls.img"
+    dump_at_checkpoint(binary, image)
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the page data, which only the run checksums cover
+    damaged = tmp_path / "damaged.img"
+    damaged.write_bytes(bytes(data))
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError, match="page data damaged"):
+            gdb.console(f"img-restore {damaged}")
+        assert "process" not in gdb.console("info inferiors")  # the process it started: gone
+    finally:
+        gdb.close()
+
+
+def test_dump_at_a_syscall_entry_is_refused_and_harmless(tmp_path: Path) -> None:
+    binary = compile_program("stdio_buffer", tmp_path)
+    expected = run_uninterrupted(binary)
+    out = tmp_path / "out"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("catch syscall write")
+        assert gdb.until_stopped(f"run > {out}")["reason"] == "syscall-entry"
+        with pytest.raises(GdbError, match="entry of system call"):
+            gdb.console(f"img-dump {tmp_path / 'x.img'}")
+        gdb.console("delete")
+        assert gdb.until_stopped("continue")["reason"] == "exited-normally"
+    finally:
+        gdb.close()
+    assert out.read_text() == expected
+
+
+def test_restored_process_has_the_image_programs_name(debugme, tmp_path: Path) -> None:
+    binary, image, _, _ = debugme
+    gdb = restored_in_other_program(image, tmp_path / "out")
+    try:
+        pid = int(gdb.console("python print(gdb.selected_inferior().pid)").split()[-1])
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == binary.name
+        assert Path(f"/proc/{pid}/exe").resolve() == binary.resolve()
+    finally:
+        gdb.close()
