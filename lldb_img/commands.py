@@ -197,7 +197,8 @@ instruction with its signal raised again."""
                 # next continue after one instruction.
                 process.Continue()
                 # As in GDB: not passed on, so `continue` after a fix retries the instruction.
-                debugger.HandleCommand(f"process handle {name} --pass false")
+                debugger.GetCommandInterpreter().HandleCommand(
+                    f"process handle {name} --pass false", lldb.SBCommandReturnObject())
             result.AppendMessage(f"img-restore: {name} raised again at the faulting "
                                  f"instruction; not passed on (process handle {name} "
                                  "--pass true delivers it)")

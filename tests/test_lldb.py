@@ -239,3 +239,15 @@ def test_img_info_and_errors(tmp_path: Path) -> None:
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], result.stderr
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_crash_core_in_lldb_stops_at_the_fault_and_runs_on_after_a_fix(tmp_path: Path) -> None:
+    from test_postmortem import crash_core
+
+    binary, core = crash_core(tmp_path)
+    out = tmp_path / "out"
+    result = lldb_batch(f"target create {binary}", f"settings set target.output-path {out}",
+                        f"img-restore {core}", "expr $rax = (long)&target", "continue")
+    assert "SIGSEGV raised again at the faulting instruction" in result.stdout, result.stdout
+    assert "exited with status = 0" in result.stdout, result.stdout + result.stderr
+    assert read(out) == "before the crash\nafter the crash: target=42\n"
