@@ -106,6 +106,10 @@ def check_open_files(plan: RestorePlan) -> None:
         return  # not recorded: the inferior keeps its descriptors and directory
     if image.cwd and not os.path.isdir(image.cwd):
         raise RestoreError(f"the working directory {image.cwd} is gone")
+    if not plan.local:
+        plan.report.warnings.append("remote inferior: open files are not restored")
+        image.files, image.cwd = None, None  # the image is this command's own
+        return
     for f in image.files:
         if f.fd < STANDARD_FDS:
             continue

@@ -6,7 +6,9 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .errors import RestoreError
 from .model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
+from .target import Target
 
 
 @dataclass
@@ -39,15 +41,32 @@ class Mapping:
 
 
 def read_maps(pid: int) -> list[Mapping]:
-    out = []
     with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            fields = line.rstrip("\n").split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            path = fields[5] if len(fields) > 5 else ""
-            out.append(Mapping(start, end, fields[1], int(fields[2], 16), fields[3],
-                               int(fields[4]), path))
+        return parse_maps(f.read())
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    out = []
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        path = fields[5] if len(fields) > 5 else ""
+        out.append(Mapping(start, end, fields[1], int(fields[2], 16), fields[3],
+                           int(fields[4]), path))
     return out
+
+
+def proc_file(target: Target, pid: int, name: str) -> bytes:
+    """/proc/PID/NAME of the inferior wherever it runs: through the target when it can
+    fetch files (a remote one), else from this machine's /proc."""
+    if not target.is_local():
+        fetch = getattr(target, "read_proc", None)
+        if fetch is None:
+            raise RestoreError("the inferior is remote and this debugger's adapter cannot "
+                               "read its /proc")
+        return fetch(name)
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read()
 
 
 PM_PRESENT, PM_SWAPPED, PM_FILE = 1 << 63, 1 << 62, 1 << 61
@@ -83,9 +102,12 @@ def stat_fields(pid: int) -> list[str]:
 
 def read_auxv(pid: int) -> list[tuple[int, int]]:
     with open(f"/proc/{pid}/auxv", "rb") as f:
-        raw = f.read()
-    pairs = list(struct.iter_unpack("<QQ", raw))
-    return [(t, v) for t, v in pairs]
+        return parse_auxv(f.read())
+
+
+def parse_auxv(raw: bytes) -> list[tuple[int, int]]:
+    usable = len(raw) - len(raw) % 16
+    return list(struct.iter_unpack("<QQ", raw[:usable]))
 
 
 class ProcMem:

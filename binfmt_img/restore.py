@@ -31,7 +31,7 @@ from .model import (
     Thread,
     Vma,
 )
-from .procfs import Mapping, ProcMem, read_auxv, read_maps
+from .procfs import Mapping, ProcMem, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .target import Target
 from .threads import (
@@ -51,6 +51,7 @@ USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
 XSAVE_RESTORABLE = 0x2FF
 AT_NULL = 0
 PR_SET_NAME = 15
+EBUSY = (1 << 64) - 16
 ERESTARTNOINTR = (1 << 64) - 513
 ERESTART_RESTARTBLOCK = (1 << 64) - 516
 
@@ -112,19 +113,21 @@ class RestorePlan:
         self.live_tids: dict[int, int] = {}  # image tid -> the restored thread's tid
         self.live_fds: list[int] = []
         self.changed = False
+        self.local = True
 
     # ---- checks: nothing in the inferior changes here ----
     def check(self) -> None:
         pid = self.target.pid()
         if pid is None:
             raise RestoreError("no live process to restore into")
-        if not self.target.is_local():
-            raise RestoreError("the inferior is not on this machine; restore needs its /proc")
+        self.local = self.target.is_local()
+        if not self.local and self.via == "fast":
+            raise RestoreError("--via fast needs the inferior on this machine; it is remote")
         if self.via not in ("auto", "fast", "debugger"):
             raise RestoreError(f"unknown --via {self.via!r}: choose debugger or fast")
         check_not_in_syscall_entry(self.target)
         self.pid = pid
-        self.live = read_maps(pid)
+        self.live = parse_maps(proc_file(self.target, pid, "maps").decode())
         self.live_rseq = self._live_rseq()
         self._check_files()
         self._check_pages()
@@ -136,7 +139,7 @@ class RestorePlan:
         self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
 
     def _live_rseq(self) -> tuple[int, int] | None:
-        auxv = read_auxv(self.pid)
+        auxv = parse_auxv(proc_file(self.target, self.pid, "auxv"))
         base = dict(auxv).get(AT_BASE)
         ld = next((m.path for m in self.live if base and m.start == base and m.is_file), None)
         fs_base = self.target.read_registers(("fs_base",)).get("fs_base", 0)
@@ -162,6 +165,11 @@ class RestorePlan:
                              f"the first at {run.vaddr:#x} ({run.count} pages)", run.offset)
 
     def _check_files(self) -> None:
+        if not self.local:  # the files are on the inferior's machine: opening them will tell
+            if any(vma.is_file for vma in self.image.vmas):
+                self.report.warnings.append("remote inferior: mapped files not compared with "
+                                            "the image's record of them")
+            return
         for vma in self.image.vmas:
             if not vma.is_file:
                 continue
@@ -299,7 +307,7 @@ class RestorePlan:
                     runs.append(piece)
                 cursor = max(cursor, end)
         self.total_pages = sum(run.count for run in runs)
-        fast = self.via == "fast" or (self.via == "auto" and self.target.is_local())
+        fast = self.via == "fast" or (self.via == "auto" and self.local)
         self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
         mem = ProcMem(self.pid, writable=True) if fast else None
         self._staging = None
@@ -371,7 +379,9 @@ class RestorePlan:
                            len(record), 0)
         result = prctl_map(exe_fd)
         if sc.is_error(result) and exe_fd >= 0:
-            self.report.warnings.append(f"the exe link was not changed: {sc.errno_text(result)}")
+            if result != EBUSY:  # EBUSY: that very file is mapped again, the link is right
+                self.report.warnings.append(
+                    f"the exe link was not changed: {sc.errno_text(result)}")
             result = prctl_map(-1)
         if exe_fd >= 0:
             inj.raw(sc.CLOSE, exe_fd)
@@ -389,6 +399,8 @@ class RestorePlan:
 
     def _same_exe(self) -> bool:
         """The kernel refuses (EBUSY) to relink an exe that is mapped again; none is needed."""
+        if not self.local:
+            return False  # PR_SET_MM_MAP's EBUSY then says it; a retry without exe follows
         try:
             live = os.stat(f"/proc/{self.pid}/exe")
             wanted = os.stat(self.image.exe_path or "")

@@ -36,6 +36,9 @@ class Target(Protocol):
     def select_thread(self, tid: int) -> None:
         """Optional. Make register reads and writes and single-steps apply to thread `tid`."""
 
+    def read_proc(self, name: str) -> bytes:
+        """Optional. /proc/PID/NAME of a remote inferior, fetched by the debugger."""
+
     def before_changes(self) -> None:
         """Optional. Called once all checks passed, just before the first change."""
 

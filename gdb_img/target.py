@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 
 import gdb
 
@@ -94,10 +95,21 @@ class GdbTarget:
         gdb.execute("maintenance flush dcache", to_string=True)
         gdb.execute("maintenance flush register-cache", to_string=True)
 
+    def read_proc(self, name: str) -> bytes:
+        """A remote inferior's /proc/PID/NAME, fetched with `remote get` (gdbserver's vFile)."""
+        fd, local = tempfile.mkstemp(prefix="img-proc-")
+        os.close(fd)
+        try:
+            gdb.execute(f"remote get /proc/{self.inferior.pid}/{name} {local}", to_string=True)
+            with open(local, "rb") as f:
+                return f.read()
+        finally:
+            os.unlink(local)
+
     def before_changes(self) -> None:
         """libthread_db reads the process's libc data, which a restore replaces mid-way, and
         GDB then cannot step. Attach again without it (reload_process brings it back)."""
-        if "Thread 0x" in gdb.execute("info threads", to_string=True):
+        if self.is_local() and "Thread 0x" in gdb.execute("info threads", to_string=True):
             self._attach_again({"libthread-db-search-path": "/nonexistent"})
 
     def reload_process(self) -> None:
@@ -108,6 +120,13 @@ class GdbTarget:
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
         if exe is not None:
             gdb.execute(f"file {exe}", to_string=True)
+        if not self.is_local():
+            # gdbserver ends with a detach. Setting the library search path (to what it is)
+            # makes GDB run its solib start-up again: the PIE from the new auxv, the
+            # libraries from the restored link map.
+            path = gdb.parameter("solib-search-path") or ""
+            gdb.execute(f"set solib-search-path {path}", to_string=True)
+            return
         linked = exe is not None and os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(exe)
         # Where the kernel kept the old exe link, trust the file loaded above.
         self._attach_again({} if linked else {"exec-file-mismatch": "off"})
