@@ -27,10 +27,21 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(f"{self.prog}: {message}")
 
 
+class _HelpShown(Exception):
+    pass
+
+
 def _parse(parser: argparse.ArgumentParser, argument: str) -> argparse.Namespace:
     try:
-        return parser.parse_args(shlex.split(argument))
-    except (_ArgumentError, ValueError) as error:
+        words = shlex.split(argument)
+    except ValueError as error:
+        raise gdb.GdbError(f"{parser.prog}: {error}") from None
+    if "-h" in words or "--help" in words:
+        gdb.execute(f"help {parser.prog}")
+        raise _HelpShown
+    try:
+        return parser.parse_args(words)
+    except _ArgumentError as error:
         raise gdb.GdbError(str(error)) from None
 
 
@@ -146,7 +157,10 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
         self.parser.add_argument("--progress", action="store_true")
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        args = _parse(self.parser, argument)
+        try:
+            args = _parse(self.parser, argument)
+        except _HelpShown:
+            return
         try:
             image = image_file.load_any(_path(args.file), warn=_warn("img-restore"))
             started = _ensure_process(image)  # not quieted: it inherits GDB's stdout
@@ -196,7 +210,10 @@ has written, signal state and TLS. v1 (the default) is this project's format; v0
         self.parser.add_argument("--progress", action="store_true")
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        args = _parse(self.parser, argument)
+        try:
+            args = _parse(self.parser, argument)
+        except _HelpShown:
+            return
         try:
             with _quiet(), _scheduler_locked():
                 line = _progress("img-dump", args.progress)
@@ -221,7 +238,10 @@ class ImgInfo(gdb.Command):
         self.parser.add_argument("--verify", action="store_true")
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        args = _parse(self.parser, argument)
+        try:
+            args = _parse(self.parser, argument)
+        except _HelpShown:
+            return
         try:
             image = image_file.load_any(_path(args.file), warn=_warn("img-info"))
             if args.json:
