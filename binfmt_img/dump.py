@@ -25,8 +25,9 @@ from .model import (
     Vma,
     Xsave,
 )
+from .pagewrite import Progress
 from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
-from .restore import USER_TOP, XSAVE_RESTORABLE, Progress
+from .restore import USER_TOP, XSAVE_RESTORABLE
 from .target import Target
 from .threads import (
     find_tid_addresses,

@@ -6,7 +6,6 @@ in the inferior by the Injector; nothing here knows which debugger is in use.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import time
@@ -27,11 +26,11 @@ from .model import (
     PROT_WRITE,
     VSYSCALL_START,
     Image,
-    PageRun,
     Thread,
     Vma,
 )
-from .procfs import Mapping, ProcMem, parse_auxv, parse_maps, proc_file
+from .pagewrite import PageWriter, Progress, outside
+from .procfs import Mapping, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .target import Target
 from .threads import (
@@ -56,7 +55,6 @@ ERESTARTNOINTR = (1 << 64) - 513
 ERESTART_RESTARTBLOCK = (1 << 64) - 516
 
 Log = Callable[[str], None]
-Progress = Callable[[int, int], None]  # pages done, pages in all
 
 
 @dataclass
@@ -67,16 +65,6 @@ class RestoreReport:
     page_seconds: float = 0.0
     path: str = ""
     warnings: list[str] = field(default_factory=list)
-
-
-WRITE_PIECE = 16 << 20  # bytes per write: large enough to be fast, small to stay flat
-DEBUGGER_PIECE = 1 << 20
-
-
-def _pieces(run: PageRun, size: int) -> list[PageRun]:
-    per = max(1, size // PAGE_SIZE)
-    return [PageRun(run.vaddr + i * PAGE_SIZE, min(per, run.count - i),
-                    run.offset + i * run.stride, run.stride) for i in range(0, run.count, per)]
 
 
 def _overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
@@ -96,8 +84,6 @@ class RestorePlan:
                  log: Log | None = None, progress: Progress | None = None) -> None:
         self.target, self.image, self.via = target, image, via
         self.progress = progress
-        self.total_pages = image.page_count
-        self._staging: tuple[int, memoryview] | None = None  # image fd, reused buffer
         self.log = log or (lambda _msg: None)
         self.report = RestoreReport()
         self.injector = Injector(target)
@@ -295,65 +281,13 @@ class RestorePlan:
             self.report.vmas += 1
 
     def _write_pages(self) -> None:
-        image = self.image
         # The vDSO block is the live kernel's, moved into place: its stored pages stay out.
-        holes = sorted((v.start, v.end) for v in self.vdso_block) + [(VSYSCALL_START, 1 << 64)]
-        runs = []
-        for run in image.runs:
-            cursor = run.vaddr
-            for start, end in holes + [(1 << 64, 1 << 64)]:
-                piece = image.clip_run(run, cursor, start)
-                if piece is not None:
-                    runs.append(piece)
-                cursor = max(cursor, end)
-        self.total_pages = sum(run.count for run in runs)
+        holes = [(v.start, v.end) for v in self.vdso_block] + [(VSYSCALL_START, 1 << 64)]
         fast = self.via == "fast" or (self.via == "auto" and self.local)
-        self.report.path = "fast (/proc/PID/mem)" if fast else "debugger"
-        mem = ProcMem(self.pid, writable=True) if fast else None
-        self._staging = None
-        if fast and image.path is not None:
-            self._staging = (os.open(image.path, os.O_RDONLY),
-                             memoryview(mmap.mmap(-1, WRITE_PIECE)))
-        started = time.monotonic()
-        try:
-            for run in runs:
-                for piece in _pieces(run, WRITE_PIECE if fast else DEBUGGER_PIECE):
-                    try:
-                        self._write_piece(piece, mem)
-                    except (OSError, RuntimeError) as error:
-                        raise RestoreError(f"writing pages at {piece.vaddr:#x}: "
-                                           f"{error}") from None
-                    image.release(piece.offset, piece.count * piece.stride)
-                    self.report.pages += piece.count
-                    if self.progress is not None:
-                        self.progress(self.report.pages, self.total_pages)
-        finally:
-            if mem is not None:
-                mem.close()
-            if self._staging is not None:
-                os.close(self._staging[0])
-        self.report.page_seconds = time.monotonic() - started
-
-    def _write_piece(self, piece: PageRun, mem: ProcMem | None) -> None:
-        if mem is not None and self._staging is not None and piece.stride == PAGE_SIZE:
-            # Through one reused buffer: reading the file into it costs a copy, while
-            # pwrite from the file's mapping would fault in every source page, 4x slower here.
-            fd, buffer = self._staging
-            size = piece.count * PAGE_SIZE
-            if os.preadv(fd, [buffer[:size]], piece.offset) == size:
-                mem.write(piece.vaddr, buffer[:size])
-                return
-        chunks = list(self.image.run_data(piece))
-        if mem is not None:
-            if len(chunks) == 1:
-                mem.write(piece.vaddr, chunks[0])
-            else:
-                mem.writev(piece.vaddr, chunks)
-            return
-        addr = piece.vaddr
-        for chunk in chunks:
-            self.target.write_memory(addr, chunk)
-            addr += len(chunk)
+        writer = PageWriter(self.target, self.image, self.pid, fast, self.progress)
+        writer.write(outside(self.image, self.image.runs, holes))
+        self.report.path, self.report.pages = writer.path, writer.pages
+        self.report.page_seconds = writer.seconds
 
     def _set_mm(self) -> None:
         mm, image, inj = self.image.mm, self.image, self.injector
