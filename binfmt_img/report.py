@@ -292,7 +292,8 @@ def _verify_text(bad: list[PageRun] | None, runs: int) -> list[str]:
 def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = None) -> str:
     """The human report; with `verify`, page checksums too (pass `bad` if already computed)."""
     head = (f"image format {image.format} (version {VERSIONS[image.format]:#x}), "
-            f"{len(image.vmas)} VMAs, {image.page_count} pages, {len(image.threads)} threads")
+            f"{len(image.vmas)} VMAs, {image.page_count} pages, "
+            f"{plural(len(image.threads), 'thread')}")
     lines = [head]
     for part in (_registers_text, _mm_text, _vmas_text, _signals_text, _threads_text,
                  _files_text, _code_text):
@@ -300,3 +301,7 @@ def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = 
     if verify:
         lines += _verify_text(bad if bad is not None else bad_runs(image), len(image.runs))
     return "\n".join(lines)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -147,8 +147,9 @@ class RestorePlan:
         bad = v1.verify_pages(self.image)
         if bad:
             run = bad[0]
-            raise ImageError(f"page data damaged: {len(bad)} page runs fail their checksum, "
-                             f"the first at {run.vaddr:#x} ({run.count} pages)", run.offset)
+            raise ImageError(f"page data damaged: {len(bad)} of {len(self.image.runs)} page "
+                             f"runs fail their checksum, the first at {run.vaddr:#x} "
+                             f"({run.count} pages)", run.offset)
 
     def _check_files(self) -> None:
         if not self.local:  # the files are on the inferior's machine: opening them will tell

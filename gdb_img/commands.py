@@ -15,7 +15,7 @@ from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.restore import RestorePlan
 
-from .target import GdbTarget, kill_started_here
+from .target import GdbTarget, forget_detached, kill_started_here
 
 
 class _ArgumentError(Exception):
@@ -67,18 +67,6 @@ def _ensure_process(image: image_file.Image) -> bool:
     return True
 
 
-@contextmanager
-def _scheduler_locked() -> Iterator[None]:
-    """Only the stepped thread moves during the many single steps (GDB's default lets the
-    others run); set once, not per step."""
-    mode = gdb.parameter("scheduler-locking")
-    gdb.execute("set scheduler-locking on", to_string=True)
-    try:
-        yield
-    finally:
-        gdb.execute(f"set scheduler-locking {mode}", to_string=True)
-
-
 def _machine_interface() -> bool:
     """True when GDB talks MI on its stdout (started with --interpreter=mi*)."""
     args = progress.command_line()
@@ -97,22 +85,30 @@ def _progress(label: str, asked: bool) -> progress.ProgressLine:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Hide the stop reports of the many single-steps a restore or dump makes: GDB prints them
-    to its stdout whatever to_string says, so stdout itself points at /dev/null meanwhile."""
-    if _machine_interface():
-        yield  # an MI client reads stop records as data; it needs its stream intact
-        return
-    gdb.flush()
-    saved = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
+    """Hide the stop reports of the many single steps a restore or dump makes (to_string
+    does not: GDB prints stops through its own channel)."""
+    saved = gdb.parameter("suppress-cli-notifications")
+    gdb.execute("set suppress-cli-notifications on", to_string=True)
     try:
         yield
     finally:
-        gdb.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        gdb.execute(f"set suppress-cli-notifications {'on' if saved else 'off'}",
+                    to_string=True)
+
+
+@contextmanager
+def _scheduler_locked() -> Iterator[None]:
+    """Only the stepped thread moves during the many single steps (GDB's default lets the
+    others run); set once, not per step."""
+    if not gdb.selected_inferior().pid:
+        yield  # no process: the command itself says so
+        return
+    mode = gdb.parameter("scheduler-locking")
+    gdb.execute("set scheduler-locking on", to_string=True)
+    try:
+        yield
+    finally:
+        gdb.execute(f"set scheduler-locking {mode}", to_string=True)
 
 
 def _warn(command: str) -> Callable[[str], None]:
@@ -163,7 +159,8 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
             return
         try:
             image = image_file.load_any(_path(args.file), warn=_warn("img-restore"))
-            started = _ensure_process(image)  # not quieted: it inherits GDB's stdout
+            with _quiet():
+                started = _ensure_process(image)
             plan = RestorePlan(GdbTarget(image.exe_path), image, via=args.via,
                                progress=_progress("img-restore", args.progress))
             breakpoints = [b for b in gdb.breakpoints() if b.enabled]
@@ -258,6 +255,7 @@ def register() -> None:
     exiting = getattr(gdb.events, "gdb_exiting", None)
     if exiting is not None:
         exiting.connect(kill_started_here)
+        gdb.events.before_prompt.connect(forget_detached)
     ImgRestore()
     ImgDump()
     ImgInfo()

@@ -32,6 +32,14 @@ def _traced_by_us(pid: int) -> bool:
         return False
 
 
+def forget_detached(_event: object = None) -> None:
+    """At each prompt: a process the user detached leaves STARTED_HERE for good, even if
+    attached again later (then it is the user's, to detach on exit)."""
+    for pid in list(STARTED_HERE):
+        if not _traced_by_us(pid):
+            STARTED_HERE.discard(pid)
+
+
 def kill_started_here(_event: object = None) -> None:
     """On GDB's exit: the processes in STARTED_HERE it still traces (not those the user
     detached) go as GDB's own would."""
