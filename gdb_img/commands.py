@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 from collections.abc import Callable, Iterator
@@ -134,7 +135,33 @@ last_restore = None
 last_dump = None
 
 
-class ImgRestore(gdb.Command):
+class _ImgCommand(gdb.Command):
+    """What the three commands share: a file argument with completion, options parsed with
+    argparse, -h/--help, and every expected failure as one line through gdb.GdbError."""
+
+    name = ""
+    category = gdb.COMMAND_DATA
+
+    def __init__(self) -> None:
+        super().__init__(self.name, self.category, gdb.COMPLETE_FILENAME)
+        self.parser = _Parser(prog=self.name, add_help=False)
+        self.parser.add_argument("file")
+
+    def invoke(self, argument: str, from_tty: bool) -> None:
+        try:
+            args = _parse(self.parser, argument)
+        except _HelpShown:
+            return
+        try:
+            self.run(args, from_tty)
+        except (ImageError, RestoreError, OSError) as error:
+            raise gdb.GdbError(f"{self.name}: {error}") from None
+
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
+        raise NotImplementedError
+
+
+class ImgRestore(_ImgCommand):
     """Restore a process image into the inferior: img-restore FILE [--via V] [--progress]
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
@@ -145,43 +172,36 @@ its signal shown.
 --via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
 memory API (slower); auto picks fast. --progress: a progress line in batch mode too."""
 
+    name, category = "img-restore", gdb.COMMAND_RUNNING
+
     def __init__(self) -> None:
-        super().__init__("img-restore", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
-        self.parser = _Parser(prog="img-restore", add_help=False)
-        self.parser.add_argument("file")
+        super().__init__()
         self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
         self.parser.add_argument("--progress", action="store_true")
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = _parse(self.parser, argument)
-        except _HelpShown:
-            return
-        try:
-            image = image_file.load_any(_path(args.file), warn=_warn("img-restore"))
-            with _quiet():
-                started = _ensure_process(image)
-            plan = RestorePlan(GdbTarget(image.exe_path), image, via=args.via,
-                               progress=_progress("img-restore", args.progress))
-            breakpoints = [b for b in gdb.breakpoints() if b.enabled]
-            for b in breakpoints:
-                b.enabled = False
-            try:
-                with _quiet(), _scheduler_locked():
-                    plan.check()
-                    result = plan.run()
-                assert plan.progress is not None
-                plan.progress.finish()
-            except (ImageError, RestoreError):
-                if started and not plan.changed:  # refused: the process started is no use
-                    gdb.execute("kill", to_string=True)
-                raise
-            finally:
-                for b in breakpoints:
-                    b.enabled = True
-        except (ImageError, RestoreError) as error:
-            raise gdb.GdbError(f"img-restore: {error}") from None
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
+        image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        with _quiet():
+            started = _ensure_process(image)
+        plan = RestorePlan(GdbTarget(image.exe_path), image, via=args.via,
+                           progress=_progress(self.name, args.progress))
+        breakpoints = [b for b in gdb.breakpoints() if b.enabled]
+        for b in breakpoints:
+            b.enabled = False
+        try:
+            with _quiet(), _scheduler_locked():
+                plan.check()
+                result = plan.run()
+            assert plan.progress is not None
+            plan.progress.finish()
+        except (ImageError, RestoreError):
+            if started and not plan.changed:  # refused: the process started is no use
+                gdb.execute("kill", to_string=True)
+            raise
+        finally:
+            for b in breakpoints:
+                b.enabled = True
         last_restore = result
         for warning in result.warnings:
             gdb.write(f"img-restore: warning: {warning}\n")
@@ -193,62 +213,51 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
             gdb.execute("frame", from_tty)
 
 
-class ImgDump(gdb.Command):
+class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
-has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's."""
+has written, signal state, TLS, threads and open files. v1 (the default) is this project's
+format; v0 is the seed's."""
+
+    name = "img-dump"
 
     def __init__(self) -> None:
-        super().__init__("img-dump", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
-        self.parser = _Parser(prog="img-dump", add_help=False)
-        self.parser.add_argument("file")
+        super().__init__()
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
         self.parser.add_argument("--progress", action="store_true")
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = _parse(self.parser, argument)
-        except _HelpShown:
-            return
-        try:
-            with _quiet(), _scheduler_locked():
-                line = _progress("img-dump", args.progress)
-                result = dump(GdbTarget(), _path(args.file), args.format, line)
-                line.finish()
-        except (ImageError, RestoreError, OSError) as error:
-            raise gdb.GdbError(f"img-dump: {error}") from None
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
+        with _quiet(), _scheduler_locked():
+            line = _progress(self.name, args.progress)
+            result = dump(GdbTarget(), _path(args.file), args.format, line)
+            line.finish()
         last_dump = result
         gdb.write(f"img-dump: {result.vmas} VMAs, {result.pages} pages, {result.bytes} bytes "
                   f"in {result.seconds:.2f} s\n")
 
 
-class ImgInfo(gdb.Command):
-    """Describe a process image without changing anything: img-info FILE [--json] [--verify]"""
+class ImgInfo(_ImgCommand):
+    """Describe a process image without changing anything: img-info FILE [--json] [--verify]
+
+Shows registers, mm fields, the VMA table, threads, open files and the code at rip;
+--verify checks every page run's checksum; --json prints one JSON object."""
+
+    name = "img-info"
 
     def __init__(self) -> None:
-        super().__init__("img-info", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
-        self.parser = _Parser(prog="img-info", add_help=False)
-        self.parser.add_argument("file")
+        super().__init__()
         self.parser.add_argument("--json", action="store_true")
         self.parser.add_argument("--verify", action="store_true")
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = _parse(self.parser, argument)
-        except _HelpShown:
-            return
-        try:
-            image = image_file.load_any(_path(args.file), warn=_warn("img-info"))
-            if args.json:
-                import json
-
-                gdb.write(json.dumps(report.report_json(image)) + "\n")
-            else:
-                gdb.write(report.report_text(image, verify=args.verify) + "\n")
-        except ImageError as error:
-            raise gdb.GdbError(f"img-info: {error}") from None
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
+        image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        bad = report.bad_runs(image) if args.verify else None
+        if args.json:
+            gdb.write(json.dumps(report.report_json(image, bad)) + "\n")
+        else:
+            gdb.write(report.report_text(image, verify=args.verify, bad=bad) + "\n")
 
 
 def register() -> None:
