@@ -13,10 +13,11 @@ from . import image_file
 from . import syscalls as sc
 from .errors import RestoreError
 from .files import read_open_files
-from .inject import SCRATCH_SIZE, Injector, check_not_in_syscall_entry
+from .inject import SCRATCH_SIZE, Injector, check_not_in_syscall_entry, free_area
 from .model import (
     MAP_SHARED,
     PAGE_SIZE,
+    USER_TOP,
     AltStack,
     FileIdentity,
     Image,
@@ -27,16 +28,15 @@ from .model import (
 )
 from .pagewrite import Progress
 from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
-from .restore import USER_TOP, XSAVE_RESTORABLE
+from .restore import XSAVE_RESTORABLE
 from .target import Target
 from .threads import (
     find_tid_addresses,
-    hold_threads,
     put_back_registers,
     read_threads,
-    release_threads,
     save_registers,
     select,
+    while_spinning,
 )
 from .tls import GDT_ENTRY_TLS_MIN, USER_DESC, USER_DESC_SIZE, user_desc_to_descriptor
 
@@ -90,21 +90,12 @@ class DumpPlan:
         self.pid = pid
         self.maps = read_maps(pid)
 
-    def _scratch_address(self) -> int:
-        candidate = 0x10000000
-        while candidate + SCRATCH_SIZE < USER_TOP:
-            if not any(m.start < candidate + SCRATCH_SIZE and candidate < m.end
-                       for m in self.maps):
-                return candidate
-            candidate += 0x10000000
-        raise RestoreError("no free address range for the scratch area")
-
     def _thread_state(self, threads: list[Thread]) -> int:
         """What only the process itself can tell: each thread's FPU, signal mask, TLS..., and
         the process's signal handlers and brk. Returns brk."""
         inj = Injector(self.target)
         saved = save_registers(self.target, threads)
-        inj.open_scratch(self._scratch_address())
+        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], SCRATCH_SIZE))
         try:
             for thread in threads:  # the other threads stay stopped meanwhile
                 if len(threads) > 1:
@@ -220,11 +211,7 @@ def dump(target: Target, path: str, fmt: str = "v1",
     if reload_process is not None:
         # The injected steps left the debugger's idea of where the inferior stopped behind;
         # seeing it stop there afresh, it steps over a breakpoint at that pc on `continue`.
-        saved = hold_threads(target)
-        try:
-            reload_process()
-        finally:
-            release_threads(target, saved)
+        while_spinning(target, reload_process)
     plan.report.bytes = os.path.getsize(path)
     plan.report.seconds = time.monotonic() - started
     return plan.report

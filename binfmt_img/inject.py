@@ -6,6 +6,7 @@ import struct
 
 from . import syscalls as sc
 from .errors import RestoreError
+from .model import USER_TOP
 from .target import Target
 
 SCRATCH_SIZE = 0x10000  # code on the first page, data on the rest
@@ -34,6 +35,16 @@ def check_not_in_syscall_entry(target: Target) -> None:
         raise RestoreError(f"the inferior is stopped at the entry of system call "
                            f"{regs['orig_rax']} (catch syscall): `stepi` or `continue` to "
                            "its return first")
+
+
+def free_area(taken: list[tuple[int, int]], size: int) -> int:
+    """An address range of `size` bytes clear of every range in `taken`, for the scratch
+    area: tried at 256 MiB steps from 256 MiB up."""
+    step = 0x10000000
+    for candidate in range(step, USER_TOP - size, step):
+        if not any(candidate < end and start < candidate + size for start, end in taken):
+            return candidate
+    raise RestoreError("no free address range for the scratch area")
 
 
 def _unsigned(value: int) -> int:
@@ -121,19 +132,20 @@ class Injector:
         return self.put(text.encode() + b"\0", 1)
 
     def xrstor(self, area: bytes, features: int) -> None:
-        assert self.scratch is not None
-        addr = self.put(area, 64)
-        self.target.write_registers({"rip": self.scratch + XRSTOR_AT, "rdi": addr,
-                                     "rax": features & 0xFFFFFFFF, "rdx": features >> 32})
-        self.target.step_instruction()
+        self._xstate(XRSTOR_AT, self.put(area, 64), features)
 
     def xsave(self, size: int, features: int) -> bytes:
-        assert self.scratch is not None
         addr = self.reserve(size, 64)
-        self.target.write_registers({"rip": self.scratch + XSAVE_AT, "rdi": addr,
+        self._xstate(XSAVE_AT, addr, features)
+        return self.target.read_memory(addr, size)
+
+
+    def _xstate(self, at: int, area: int, features: int) -> None:
+        """One xsave64/xrstor64 on the 64-byte aligned `area`, features in edx:eax."""
+        assert self.scratch is not None
+        self.target.write_registers({"rip": self.scratch + at, "rdi": area,
                                      "rax": features & 0xFFFFFFFF, "rdx": features >> 32})
         self.target.step_instruction()
-        return self.target.read_memory(addr, size)
 
 
 def pack_u64(*values: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import time
@@ -32,6 +33,7 @@ MAP_GROWSDOWN = 0x100
 
 SPECIAL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]", "[stack]", "[heap]", "[vsyscall]")
 VSYSCALL_START = 0xFFFFFFFFFF600000
+USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
 # Highest user address with 4-level paging (47 bits) and with LA57 (56 bits).
 USER_ADDRESS_LIMIT = 0x00FFFFFFFFFFF000
 
@@ -195,6 +197,7 @@ class Image:
     source: memoryview | None = None
     mapping: Any = None  # the mmap behind source, when it is a file
     path: str | None = None  # that file
+    _starts: Any = field(default=None, repr=False, compare=False)
 
     def release(self, offset: int, length: int) -> None:
         """Drop mapped file pages a restore has finished with: the debugger's memory use
@@ -258,10 +261,10 @@ class Image:
         return bytes(out)
 
     def page_at(self, vaddr: int) -> bytes | None:
-        import bisect
-
-        starts = [run.vaddr for run in self.runs]
-        i = bisect.bisect_right(starts, vaddr) - 1
+        # The runs are sorted once validated; their starts are kept until the list changes.
+        if self._starts is None or self._starts[0] is not self.runs:
+            self._starts = (self.runs, [run.vaddr for run in self.runs])
+        i = bisect.bisect_right(self._starts[1], vaddr) - 1
         if i >= 0 and vaddr < self.runs[i].end:
             run = self.runs[i]
             at = run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride

@@ -16,7 +16,13 @@ from . import syscalls as sc
 from . import v1
 from .errors import ImageError, RestoreError
 from .files import check_open_files, restore_open_files
-from .inject import SCRATCH_SIZE, Injector, check_not_in_syscall_entry, pack_u64
+from .inject import (
+    SCRATCH_SIZE,
+    Injector,
+    check_not_in_syscall_entry,
+    free_area,
+    pack_u64,
+)
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -24,6 +30,7 @@ from .model import (
     MAP_SHARED,
     PAGE_SIZE,
     PROT_WRITE,
+    USER_TOP,
     VSYSCALL_START,
     Image,
     Thread,
@@ -35,16 +42,14 @@ from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .target import Target
 from .threads import (
     check_threads,
-    hold_threads,
     main_thread,
-    release_threads,
     restore_threads,
     select_stopped_thread,
+    while_spinning,
 )
 from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
 from .vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
 
-USER_TOP = 0x7FFFFFFFF000  # TASK_SIZE with 4-level paging
 # XSAVE components restored: x87, SSE, AVX, MPX, AVX-512, PKRU; AMX tiles need a permission
 # request first, so they are left to the kernel's init state.
 XSAVE_RESTORABLE = 0x2FF
@@ -65,10 +70,6 @@ class RestoreReport:
     page_seconds: float = 0.0
     path: str = ""
     warnings: list[str] = field(default_factory=list)
-
-
-def _overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
-    return a_start < b_end and b_start < a_end
 
 
 def _is_stack(image: Image, vma: Vma) -> bool:
@@ -121,7 +122,9 @@ class RestorePlan:
         check_open_files(self)
         self.vdso = VdsoMove(self.image, self.live)
         self.vdso.check(self.report.warnings)
-        self.scratch = self._free_area(SCRATCH_SIZE + self.vdso.size + PAGE_SIZE)
+        taken = [(v.start, v.end) for v in self.image.vmas] + [(m.start, m.end)
+                                                                 for m in self.live]
+        self.scratch = free_area(taken, SCRATCH_SIZE + self.vdso.size + PAGE_SIZE)
         self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
 
     def _live_rseq(self) -> tuple[int, int] | None:
@@ -172,16 +175,6 @@ class RestorePlan:
             if changes:
                 raise RestoreError(f"mapped file {vma.path} changed since the dump: "
                                    + ", ".join(changes))
-
-    def _free_area(self, size: int) -> int:
-        taken = [(v.start, v.end) for v in self.image.vmas]
-        taken += [(m.start, m.end) for m in self.live]
-        candidate = 0x10000000
-        while candidate + size < USER_TOP:
-            if not any(_overlaps(candidate, candidate + size, s, e) for s, e in taken):
-                return candidate
-            candidate += 0x10000000
-        raise RestoreError("no free address range for the scratch area")
 
     # ---- the restore itself ----
     def run(self) -> RestoreReport:
@@ -234,11 +227,7 @@ class RestorePlan:
         """Run an adapter's action that lets go of the inferior for a moment (a detach and
         attach): a `jmp .` at each thread's rip holds it still meanwhile, and goes again
         afterwards."""
-        saved = hold_threads(self.target)
-        try:
-            action()
-        finally:
-            release_threads(self.target, saved)
+        while_spinning(self.target, action)
 
     def _unmap_everything(self) -> None:
         assert self.vdso is not None

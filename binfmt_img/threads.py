@@ -226,3 +226,13 @@ def hold_threads(target: Target) -> list[tuple[int, bytes]]:
 def release_threads(target: Target, saved: list[tuple[int, bytes]]) -> None:
     for rip, data in reversed(saved):
         target.write_memory(rip, data)
+
+
+def while_spinning(target: Target, action: Callable[[], None]) -> None:
+    """Run an adapter's action that lets go of the inferior for a moment (a detach and
+    attach): a `jmp .` at each thread's rip holds it still meanwhile, and goes again after."""
+    saved = hold_threads(target)
+    try:
+        action()
+    finally:
+        release_threads(target, saved)
