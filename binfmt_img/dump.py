@@ -6,10 +6,11 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from . import image_file
+from . import image_file, state
 from . import syscalls as sc
 from .errors import RestoreError
 from .files import read_open_files
@@ -51,6 +52,7 @@ class DumpReport:
     pages: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def _vma_of(mapping: Mapping) -> Vma:
@@ -89,11 +91,37 @@ class DumpPlan:
         check_not_in_syscall_entry(target)
         self.pid = pid
         self.maps = read_maps(pid)
+        self.injector = Injector(target)
+        self.threads: list[Thread] = []
+
+    def each_thread(self, action: Callable[[Thread], Any]) -> dict[int, Any]:
+        """action(thread) with each thread selected in turn (for system calls that only the
+        thread itself can make); the first thread is selected again afterwards."""
+        out = {}
+        for thread in self.threads:
+            if len(self.threads) > 1:
+                select(self.target, thread.tid)
+            out[thread.tid] = action(thread)
+        if len(self.threads) > 1:
+            select(self.target, self.threads[0].tid)
+        return out
+
+    def _states(self) -> None:
+        """Every kind of binfmt_img.state, read by the process itself."""
+        for kind in state.KINDS:
+            self.injector.reset_data()
+            value = kind.dump(self)
+            if value is not None:
+                self.image.states[kind.name] = value
+        if self.fmt == "v0" and self.image.states:
+            self.report.warnings.append("a v0 image cannot hold " + ", ".join(
+                self.image.states) + ": not recorded (v1 keeps them)")
 
     def _thread_state(self, threads: list[Thread]) -> int:
         """What only the process itself can tell: each thread's FPU, signal mask, TLS..., and
         the process's signal handlers and brk. Returns brk."""
-        inj = Injector(self.target)
+        inj = self.injector
+        self.threads = threads
         saved = save_registers(self.target, threads)
         inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], SCRATCH_SIZE))
         try:
@@ -110,6 +138,7 @@ class DumpPlan:
                 inj.call(sc.RT_SIGACTION, number, 0, out, 8, step="reading signal handlers")
                 actions.append(SigAction(*struct.unpack("<4Q", self.target.read_memory(out, 32))))
             self.image.sigactions = actions
+            self._states()
         finally:
             if len(threads) > 1:
                 select(self.target, threads[0].tid)

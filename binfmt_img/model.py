@@ -193,6 +193,10 @@ class Image:
     pid: int = 0
     cwd: str | None = None
     files: list[OpenFile] | None = None
+    # Further process state, one value per kind of binfmt_img.state (by its name), and the
+    # v1 section types of kinds this version does not know (a newer writer's).
+    states: dict[str, Any] = field(default_factory=dict)
+    unknown_states: list[int] = field(default_factory=list)
     # Where PageRun offsets point: the mapped image file (or bytes of a synthetic one).
     source: memoryview | None = None
     mapping: Any = None  # the mmap behind source, when it is a file

@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from . import v0, v1
+from . import state, v0, v1
 from .model import (
     ALL_REGISTERS,
     FD_DEVICE,
@@ -170,6 +170,9 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
         result.update(pid=image.pid, cwd=image.cwd, files=[
             {"fd": f.fd, "kind": FD_KINDS.get(f.kind), "path": f.path, "flags": f.flags,
              "pos": f.pos} for f in image.files])
+    if image.states or image.unknown_states:
+        result["states"] = {name: _plain(value) for name, value in image.states.items()}
+        result["unknown_states"] = image.unknown_states
     if bad is not None:
         result["verify"] = {"ok": not bad, "bad_runs": [
             {"vaddr": run.vaddr, "pages": run.count, "offset": run.offset} for run in bad]}
@@ -270,6 +273,29 @@ def _files_text(image: Image) -> list[str]:
     return lines
 
 
+def _plain(value: Any) -> Any:
+    """A parsed construct record as JSON values (Containers are dicts and lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _states_text(image: Image) -> list[str]:
+    lines = []
+    for kind in state.KINDS:
+        if kind.name in image.states:
+            value = image.states[kind.name]
+            text = kind.describe(value) if kind.describe else "recorded"
+            lines.append(f"{kind.name}: {text}")
+    for section in image.unknown_states:
+        lines.append(f"unknown state section {section:#x} (a newer binfmt-img's)")
+    return lines
+
+
 def _code_text(image: Image) -> list[str]:
     rip = image.registers.get("rip", 0)
     lines = disassemble(image, rip)
@@ -296,7 +322,7 @@ def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = 
             f"{plural(len(image.threads), 'thread')}")
     lines = [head]
     for part in (_registers_text, _mm_text, _vmas_text, _signals_text, _threads_text,
-                 _files_text, _code_text):
+                 _files_text, _states_text, _code_text):
         lines += part(image)
     if verify:
         lines += _verify_text(bad if bad is not None else bad_runs(image), len(image.runs))

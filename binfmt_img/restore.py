@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import state, v1
 from . import syscalls as sc
-from . import v1
 from .errors import ImageError, RestoreError
 from .files import check_open_files, restore_open_files
 from .inject import (
@@ -82,8 +82,12 @@ class RestorePlan:
     """Checks made before the first change, then the steps that rebuild the process."""
 
     def __init__(self, target: Target, image: Image, via: str = "auto",
-                 log: Log | None = None, progress: Progress | None = None) -> None:
+                 log: Log | None = None, progress: Progress | None = None,
+                 accept_loss: bool = False) -> None:
         self.target, self.image, self.via = target, image, via
+        # What the restore cannot bring back, found by the checks: refused unless accepted.
+        self.losses: list[str] = []
+        self.accept_loss = accept_loss
         self.progress = progress
         self.log = log or (lambda _msg: None)
         self.report = RestoreReport()
@@ -120,12 +124,37 @@ class RestorePlan:
         self._check_pages()
         check_threads(self)
         check_open_files(self)
+        self._check_states()
         self.vdso = VdsoMove(self.image, self.live)
         self.vdso.check(self.report.warnings)
         taken = [(v.start, v.end) for v in self.image.vmas] + [(m.start, m.end)
                                                                  for m in self.live]
         self.scratch = free_area(taken, SCRATCH_SIZE + self.vdso.size + PAGE_SIZE)
         self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
+        self._check_losses()
+
+    def _check_states(self) -> None:
+        for section in self.image.unknown_states:
+            self.losses.append(f"state in v1 section {section:#x}, unknown to this version "
+                               "(an image from a newer binfmt-img)")
+        for kind in state.KINDS:
+            if kind.name in self.image.states:
+                kind.check(self, self.image.states[kind.name])
+
+    def _check_losses(self) -> None:
+        """Faithful or loud: what will not come back is refused, or with --accept-loss said."""
+        if not self.losses:
+            return
+        if not self.accept_loss:
+            raise RestoreError("the restore would not bring back: " + "; ".join(self.losses)
+                               + " (--accept-loss restores without them)")
+        self.report.warnings += [f"not restored: {loss}" for loss in self.losses]
+
+    def _restore_states(self, phase: str) -> None:
+        for kind in state.KINDS:
+            if kind.phase == phase and kind.name in self.image.states:
+                self.injector.reset_data()
+                kind.restore(self, self.image.states[kind.name])
 
     def _live_rseq(self) -> tuple[int, int] | None:
         auxv = parse_auxv(proc_file(self.target, self.pid, "auxv"))
@@ -204,9 +233,11 @@ class RestorePlan:
         self._set_mm()
         self._set_name()
         self._set_signals()
+        self._restore_states("process")
         self._set_thread_state()
         restore_open_files(self)
         restore_threads(self)
+        self._restore_states("late")
         inj.close_scratch()
         self._set_registers()
         reload_process = getattr(self.target, "reload_process", None)
@@ -380,6 +411,10 @@ class RestorePlan:
                 inj.call(sc.ARCH_PRCTL, code, thread.registers[name], step=f"setting {name}")
         inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, inj.put(pack_u64(thread.sigmask)), 0, 8,
                  step="setting the signal mask")
+        for kind in state.KINDS:
+            if kind.restore_thread is not None and kind.name in self.image.states:
+                inj.reset_data()
+                kind.restore_thread(self, self.image.states[kind.name], thread)
 
     def _image_rseq(self, thread: Thread) -> tuple[int, int] | None:
         base = dict(self.image.auxv).get(AT_BASE)
@@ -410,7 +445,7 @@ class RestorePlan:
 
 
 def restore(target: Target, image: Image, via: str = "auto", log: Log | None = None,
-            progress: Progress | None = None) -> RestoreReport:
-    plan = RestorePlan(target, image, via, log, progress)
+            progress: Progress | None = None, accept_loss: bool = False) -> RestoreReport:
+    plan = RestorePlan(target, image, via, log, progress, accept_loss)
     plan.check()
     return plan.run()

@@ -28,6 +28,7 @@ from construct import (
     Struct,
 )
 
+from . import state
 from .errors import ImageError
 from .model import (
     ALL_REGISTERS,
@@ -156,6 +157,9 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
     seen: set[int] = set()
     for i in range(header.section_count):
         entry = SectionEntry.parse(bytes(table[i * ENTRY_SIZE:(i + 1) * ENTRY_SIZE]))
+        if entry.type >= state.SECTION_BASE:
+            _read_state(image, buf, entry, HEADER_SIZE + i * ENTRY_SIZE)
+            continue
         if entry.type not in SECTION_NAMES:
             continue  # a later version's section: skip it
         what = SECTION_NAMES[entry.type]
@@ -185,6 +189,20 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
         if needed not in seen:
             raise ImageError(f"no {SECTION_NAMES[needed]} section", HEADER_SIZE)
     return image, offsets
+
+
+def _read_state(image: Image, buf: memoryview, entry, table_at: int) -> None:
+    """A section of one kind of binfmt_img.state; a kind this version does not know is kept
+    by number, so that a restore can say what it would leave out."""
+    kind = state.BY_SECTION.get(entry.type)
+    if kind is None:
+        image.unknown_states.append(entry.type)
+        return
+    if kind.name in image.states:
+        raise ImageError(f"second {kind.name} section", table_at)
+    what = f"{kind.name} state"
+    image.states[kind.name] = _parse(kind.record, _entry_checked(buf, entry, what),
+                                     entry.offset, what)
 
 
 def _read_mm(image: Image, mm) -> None:
@@ -331,6 +349,9 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
 
     if image.files is not None:
         metadata.append((SECTION_PROCESS, _process_record(image)))
+    for kind in state.KINDS:
+        if kind.name in image.states:
+            metadata.append((kind.section, kind.record.build(image.states[kind.name])))
 
     entries: list[tuple[int, int, int, int]] = []  # type, crc, offset, length
     table_size = (len(metadata) + 2) * ENTRY_SIZE

@@ -162,7 +162,7 @@ class _ImgCommand(gdb.Command):
 
 
 class ImgRestore(_ImgCommand):
-    """Restore a process image into the inferior: img-restore FILE [--via V] [--progress]
+    """Restore a process image into the inferior: img-restore FILE [--via V] [--accept-loss]
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
 files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
@@ -170,7 +170,9 @@ no live inferior, the image's executable is started first (stopped at its first 
 Accepts v0 and v1 images and ELF cores; a crash core stops at the faulting instruction with
 its signal shown.
 --via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
-memory API (slower); auto picks fast. --progress: a progress line in batch mode too."""
+memory API (slower); auto picks fast. --progress: a progress line in batch mode too.
+State the restore cannot bring back (a pipe to another process, children, ...) is listed and
+the restore refused before any change; --accept-loss restores without it, one warning each."""
 
     name, category = "img-restore", gdb.COMMAND_RUNNING
 
@@ -178,6 +180,7 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
         super().__init__()
         self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
         self.parser.add_argument("--progress", action="store_true")
+        self.parser.add_argument("--accept-loss", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
@@ -185,7 +188,8 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
         with _quiet():
             started = _ensure_process(image)
         plan = RestorePlan(GdbTarget(image.exe_path), image, via=args.via,
-                           progress=_progress(self.name, args.progress))
+                           progress=_progress(self.name, args.progress),
+                           accept_loss=args.accept_loss)
         breakpoints = [b for b in gdb.breakpoints() if b.enabled]
         for b in breakpoints:
             b.enabled = False
@@ -234,6 +238,8 @@ format; v0 is the seed's."""
             result = dump(GdbTarget(), _path(args.file), args.format, line)
             line.finish()
         last_dump = result
+        for warning in result.warnings:
+            gdb.write(f"img-dump: warning: {warning}\n")
         gdb.write(f"img-dump: {result.vmas} VMAs, {result.pages} pages, {result.bytes} bytes "
                   f"in {result.seconds:.2f} s\n")
 

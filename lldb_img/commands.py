@@ -150,8 +150,10 @@ then leaves it stopped at the checkpoint with LLDB's modules set to the image's 
 image's addresses. With no live process, the image's executable (or /bin/true) is launched
 first, stopped at its first instruction. --via fast writes pages through /proc/PID/mem,
 debugger through LLDB; auto picks fast for a local process. --progress shows a progress line
-in batch mode too. Accepts v0 and v1 images and ELF cores: a crash core stops at the faulting
-instruction with its signal raised again."""
+in batch mode too. State the restore cannot bring back (a pipe to another process, children,
+...) is listed and the restore refused; --accept-loss restores without it, one warning each.
+Accepts v0 and v1 images and ELF cores: a crash core stops at the faulting instruction with
+its signal raised again."""
 
     name = "img-restore"
     short_help = "Restore a process image into the inferior: img-restore FILE [--via ...]"
@@ -161,6 +163,7 @@ instruction with its signal raised again."""
         self.parser.add_argument("file")
         self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
         self.parser.add_argument("--progress", action="store_true")
+        self.parser.add_argument("--accept-loss", action="store_true")
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
@@ -172,7 +175,8 @@ instruction with its signal raised again."""
             target = process.GetTarget()
             plan = RestorePlan(LldbTarget(process), image, via=args.via,
                                progress=progress.on_stderr("img-restore", args.progress,
-                                                           _batch()))
+                                                           _batch()),
+                               accept_loss=args.accept_loss)
             with _breakpoints_lifted(target):
                 try:
                     plan.check()
@@ -250,6 +254,8 @@ The process is left as it was and can be continued."""
                 image_file.save(path, image, args.format, _masked_pages(plan, inferior, line))
                 line.finish()
             inferior.memory_changed()
+        for warning in plan.report.warnings:
+            result.AppendMessage(f"img-dump: warning: {warning}")
         result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {plan.report.pages} pages, "
                              f"{os.path.getsize(path)} bytes in "
                              f"{time.monotonic() - started:.2f} s")

@@ -1,0 +1,72 @@
+"""Kinds of process state beyond memory and registers, one module each.
+
+Every module in this package defines `KIND`, a `Kind` that holds, side by side, the kind's
+record (a construct Struct: its bytes in a v1 section of type 0x100 + id), how the dump
+reads it from the stopped inferior, what the restore checks before the first change, and how
+the restore puts it back. Adding a kind is adding one module here: the dump, the restore, the
+v1 reader and writer and img-info find it by walking this package.
+
+The dump calls `dump(plan)` with the scratch area open and the main thread selected
+(`plan.injector`, `plan.each_thread`, `plan.pid`, `plan.report.warnings`); it returns the
+value to record, or None for nothing. The restore calls `check(plan, value)` while nothing has
+changed yet (append to `plan.report.warnings`, or to `plan.losses` for state that cannot come
+back: the restore is then refused unless the user accepts the loss), and `restore(plan,
+value)` in its phase: "process" (memory and signal handlers are in place, before the other
+threads exist), or "late" (every thread exists, just before the registers; timers go there so
+their remaining time starts as late as possible). `restore_thread(plan, value, thread)` runs
+for every thread of the image with that thread selected (main thread first).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..dump import DumpPlan
+    from ..model import Thread
+    from ..restore import RestorePlan
+
+SECTION_BASE = 0x100  # v1 section type of kind id 0; ids are never reused
+PHASES = ("process", "late")
+
+
+def _nothing(_plan: Any, _value: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Kind:
+    id: int
+    name: str  # a word for messages and img-info: "umask", "itimers"
+    record: Any  # construct Struct of the recorded value
+    dump: Callable[[DumpPlan], Any]
+    restore: Callable[[RestorePlan, Any], None] = _nothing
+    check: Callable[[RestorePlan, Any], None] = _nothing
+    restore_thread: Callable[[RestorePlan, Any, Thread], None] | None = None
+    phase: str = "process"
+    describe: Callable[[Any], str] | None = None  # one line for img-info
+
+    @property
+    def section(self) -> int:
+        return SECTION_BASE + self.id
+
+
+def _discover() -> tuple[Kind, ...]:
+    kinds: dict[int, Kind] = {}
+    for module in pkgutil.iter_modules(__path__):
+        kind = getattr(importlib.import_module(f"{__name__}.{module.name}"), "KIND", None)
+        if kind is None:
+            continue
+        assert kind.id not in kinds, f"state kind id {kind.id} used twice"
+        assert kind.phase in PHASES, kind
+        kinds[kind.id] = kind
+    return tuple(kinds[i] for i in sorted(kinds))
+
+
+KINDS: tuple[Kind, ...] = _discover()
+BY_SECTION = {kind.section: kind for kind in KINDS}
+BY_NAME = {kind.name: kind for kind in KINDS}
