@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from . import elfcore, v0, v1
 from .errors import ImageError
 from .model import Image
+from .safeio import open_regular_file
 from .validate import validate
 
 FORMATS = ("v0", "v1")
@@ -89,7 +90,7 @@ def parse(buf: memoryview) -> Image:
 def load(path: str) -> Image:
     """Map an image file read-only and parse it; the pages stay in the file until used."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise ImageError(f"{path}: empty file", 0)

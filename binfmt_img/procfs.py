@@ -120,6 +120,9 @@ class ProcMem:
         view = memoryview(data)
         while view:
             done = os.pwrite(self.fd, view, addr)
+            if done <= 0:  # the process is gone (its mm torn down): no progress is possible
+                raise OSError(f"the inferior's memory at {addr:#x} can no longer be written "
+                              "(has the process exited?)")
             view, addr = view[done:], addr + done
 
     def writev(self, addr: int, chunks: list[memoryview]) -> None:

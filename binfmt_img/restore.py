@@ -7,6 +7,7 @@ in the inferior by the Injector; nothing here knows which debugger is in use.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from .model import (
 from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from .safeio import kind_of
 from .target import Target
 from .threads import (
     check_threads,
@@ -48,6 +50,7 @@ from .threads import (
     while_spinning,
 )
 from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
+from .validate import check_restorable
 from .vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
 
 # XSAVE components restored: x87, SSE, AVX, MPX, AVX-512, PKRU; AMX tiles need a permission
@@ -117,6 +120,7 @@ class RestorePlan:
         if self.via not in ("auto", "fast", "debugger"):
             raise RestoreError(f"unknown --via {self.via!r}: choose debugger or fast")
         check_not_in_syscall_entry(self.target)
+        check_restorable(self.image)
         self.pid = pid
         self.live = parse_maps(proc_file(self.target, pid, "maps").decode())
         self.live_rseq = self._live_rseq()
@@ -197,6 +201,9 @@ class RestorePlan:
             except OSError as error:
                 raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x}: "
                                    f"{error.strerror}") from None
+            if not stat.S_ISREG(st.st_mode):  # the inferior's open would block or act
+                raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x} is "
+                                   f"{kind_of(st.st_mode)}, not a regular file")
             ident = vma.file
             if ident is None:
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.restore import RestorePlan
+from binfmt_img.safeio import executable_problem, printable
 
 from .target import GdbTarget, forget_detached, kill_started_here
 
@@ -50,20 +52,33 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def _gdb_quoted(path: str) -> str:
+    """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
+    no control characters (validated), so no second command can follow."""
+    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
+
+
 def _ensure_process(image: image_file.Image) -> bool:
-    """With no live inferior, start the image's executable (or a small system program)
-    stopped at its first instruction; True when it did."""
+    """With no live inferior, start the image's executable (or the program loaded in GDB,
+    for an image that names none) stopped at its first instruction; True when it did."""
     if gdb.selected_inferior().pid:
         return False
-    program = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
     current = gdb.current_progspace().filename
-    if program is None and current is None:
-        program = "/bin/true"
-        gdb.write("img-restore: warning: the image names no executable (a v0 image): symbols "
-                  "need the program loaded first (gdb PROGRAM)\n")
-    if program is not None and program != current:
-        gdb.execute(f"file {program}", to_string=True)
-    gdb.write(f"img-restore: starting {program or current} to restore into\n")
+    program = image.exe_path
+    problem = executable_problem(program) if program else None
+    if program is None or problem is not None:
+        what = (f"the image's executable {printable(program)} cannot be started: {problem}"
+                if program else "the image names no executable (a v0 image)")
+        if current is None and program is not None:
+            raise RestoreError(f"{what}; load the program first (`file PATH`), then "
+                               "img-restore")
+        fallback = current or "/bin/true"  # a v0 image restores into any process
+        gdb.write(f"img-restore: warning: {what}; restoring into {fallback}"
+                  + ("" if current else " (symbols need the program: gdb PROGRAM)") + "\n")
+        program = fallback
+    if program != current:
+        gdb.execute(f"file {_gdb_quoted(program)}", to_string=True)
+    gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
     gdb.execute("starti", to_string=True)
     return True
 
