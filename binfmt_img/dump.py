@@ -234,13 +234,15 @@ def dump(target: Target, path: str, fmt: str = "v1",
          progress: Progress | None = None) -> DumpReport:
     started = time.monotonic()
     plan = DumpPlan(target, fmt)
-    image = plan.collect()
-    image_file.save(path, image, fmt, plan.pages(progress))
-    reload_process = getattr(target, "reload_process", None)
-    if reload_process is not None:
-        # The injected steps left the debugger's idea of where the inferior stopped behind;
-        # seeing it stop there afresh, it steps over a breakpoint at that pc on `continue`.
-        while_spinning(target, reload_process)
+    try:
+        image = plan.collect()
+        image_file.save(path, image, fmt, plan.pages(progress))
+    finally:  # a failed or interrupted dump too: the next command finds the stop as it was
+        reload_process = getattr(target, "reload_process", None)
+        if reload_process is not None:
+            # The injected steps left the debugger's idea of where the inferior stopped
+            # behind; seeing it stop there afresh, it steps over a breakpoint at that pc.
+            while_spinning(target, reload_process)
     plan.report.bytes = os.path.getsize(path)
     plan.report.seconds = time.monotonic() - started
     return plan.report

@@ -201,6 +201,10 @@ class Image:
     source: memoryview | None = None
     mapping: Any = None  # the mmap behind source, when it is a file
     path: str | None = None  # that file
+    # The image file held open from load to restore: checks and page writes read this one
+    # file, whatever happens to its path meanwhile, and with pread (a file truncated under
+    # a mapping would kill the debugger with SIGBUS).
+    fd: int | None = None
     _starts: Any = field(default=None, repr=False, compare=False)
 
     def release(self, offset: int, length: int) -> None:
@@ -227,6 +231,8 @@ class Image:
         low, high = max(run.vaddr, start), min(run.end, end)
         if low >= high:
             return None
+        if (low, high) == (run.vaddr, run.end):
+            return run  # whole: it keeps its checksum
         skip = (low - run.vaddr) // PAGE_SIZE
         return PageRun(low, (high - low) // PAGE_SIZE, run.offset + skip * run.stride,
                        run.stride)
@@ -272,6 +278,8 @@ class Image:
         if i >= 0 and vaddr < self.runs[i].end:
             run = self.runs[i]
             at = run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride
+            if self.fd is not None:
+                return os.pread(self.fd, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0")
             assert self.source is not None
             return bytes(self.source[at:at + PAGE_SIZE])
         if self.format == "v1" and any(v.start <= vaddr < v.end and not v.is_file

@@ -279,23 +279,22 @@ def verify_pages(image: Image) -> list[PageRun]:
     reused buffer: checksumming its mapping would fault in every page, several times slower."""
     assert image.source is not None
     checked = [run for run in image.runs if run.checksum is not None]
-    if image.path is None:
+    if image.fd is None:
         return [run for run in checked if zlib.crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
     buffer = memoryview(mmap.mmap(-1, VERIFY_CHUNK))
     bad = []
-    with open(image.path, "rb", buffering=0) as f:
-        for run in checked:
-            crc, done, size = 0, 0, run.count * PAGE_SIZE
-            while done < size:
-                got = os.preadv(f.fileno(), [buffer[:min(VERIFY_CHUNK, size - done)]],
-                                run.offset + done)
-                if got <= 0:
-                    break
-                crc = zlib.crc32(buffer[:got], crc)
-                done += got
-            if done < size or crc != run.checksum:
-                bad.append(run)
+    for run in checked:  # the very file the restore will read its pages from
+        crc, done, size = 0, 0, run.count * PAGE_SIZE
+        while done < size:
+            got = os.preadv(image.fd, [buffer[:min(VERIFY_CHUNK, size - done)]],
+                            run.offset + done)
+            if got <= 0:
+                break
+            crc = zlib.crc32(buffer[:got], crc)
+            done += got
+        if done < size or crc != run.checksum:
+            bad.append(run)
     return bad
 
 

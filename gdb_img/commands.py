@@ -171,6 +171,8 @@ class _ImgCommand(gdb.Command):
             self.run(args, from_tty)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"{self.name}: {error}") from None
+        except KeyboardInterrupt:
+            raise gdb.GdbError(f"{self.name}: interrupted") from None
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         raise NotImplementedError
@@ -214,10 +216,8 @@ the restore refused before any change; --accept-loss restores without it, one wa
                 result = plan.run()
             assert plan.progress is not None
             plan.progress.finish()
-        except (ImageError, RestoreError):
-            if started and not plan.changed:  # refused: the process started is no use
-                gdb.execute("kill", to_string=True)
-            raise
+        except (ImageError, RestoreError, KeyboardInterrupt, gdb.error) as error:
+            raise RestoreError(_failed(plan, started, error)) from None
         finally:
             for b in breakpoints:
                 b.enabled = True
@@ -230,6 +230,20 @@ the restore refused before any change; --accept-loss restores without it, one wa
             _fault_again(report.signal_name(image.signal.number), from_tty)
         else:
             gdb.execute("frame", from_tty)
+
+
+def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
+    """The one line for a restore that did not finish: what happened and what state the
+    inferior is in. A process started for the restore is killed either way."""
+    what = "interrupted" if isinstance(error, KeyboardInterrupt) or str(error) == "Quit" \
+        else str(error)
+    if started:
+        gdb.execute("kill", to_string=True)
+    if not plan.changed:
+        return what + ("" if started else "; the inferior was not changed")
+    if started:
+        return f"{what}; the process started for the restore was half-restored and is killed"
+    return f"{what}; the inferior is half-restored and no longer usable: `kill` it"
 
 
 class ImgDump(_ImgCommand):

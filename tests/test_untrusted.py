@@ -154,3 +154,85 @@ def test_a_mapped_file_that_became_a_fifo_is_not_opened(good, tmp_path: Path) ->
         vma.path, vma.file = str(fifo), None
     line = refused_in_fresh_gdb(mutated(good_image, tmp_path / "bad.img", edit))
     assert "FIFO" in line
+
+
+CHANGE_MID_RESTORE = '''
+import os, gdb
+from binfmt_img import image_file
+from binfmt_img.errors import RestoreError
+from binfmt_img.restore import RestorePlan
+from gdb_img.target import GdbTarget
+image = image_file.load({image!r})
+plan = RestorePlan(GdbTarget(image.exe_path), image)
+plan.check()
+run = max(image.runs, key=lambda r: r.count)
+with open({image!r}, "r+b") as f:
+    if {truncate!r}:
+        f.truncate(run.offset)
+    else:
+        f.seek(run.offset + 100)
+        f.write(b"changed")
+try:
+    plan.run()
+    print("RESULT restored")
+except RestoreError as error:
+    print("RESULT", error)
+'''
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_image_changed_or_truncated_during_the_restore(good, tmp_path: Path,
+                                                       truncate: bool) -> None:
+    """The pages are read from the one descriptor that was checked, with pread, and their
+    checksums computed again as they are written: a change is caught, a truncation is an
+    error and not a SIGBUS that kills GDB."""
+    binary, good_image = good
+    image = tmp_path / "changing.img"
+    shutil.copy(good_image, image)
+    script = tmp_path / "script.py"
+    script.write_text(CHANGE_MID_RESTORE.format(image=str(image), truncate=truncate))
+    done = gdb_batch("break checkpoint", "run > /dev/null", f"source {script}",
+                     program=binary)
+    result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT")),
+                  done.stdout + done.stderr)
+    expected = "ends before its page data" if truncate else "changed during the restore"
+    assert expected in result, result
+
+
+INTERRUPTED_DUMP = '''
+import gdb
+from binfmt_img import dump as dumping
+real_pages = dumping.DumpPlan.pages
+def interrupted(self, progress=None):
+    for n, chunk in enumerate(real_pages(self, progress)):
+        if n == 1:
+            raise KeyboardInterrupt
+        yield chunk
+dumping.DumpPlan.pages = interrupted
+try:
+    gdb.execute("img-dump {image}")
+except gdb.error as error:
+    print("RESULT", error)
+dumping.DumpPlan.pages = real_pages
+'''
+
+
+def test_an_interrupted_dump_keeps_the_old_image_and_the_stop(good, tmp_path: Path) -> None:
+    """Interrupted half way (Ctrl-C, a full disk): the image already at that path is intact,
+    no partial file is left, and the next img-dump and `continue` work."""
+    binary, good_image = good
+    where = tmp_path / "images"
+    where.mkdir()
+    image = where / "app.img"
+    shutil.copy(good_image, image)
+    before = image.read_bytes()
+    script = tmp_path / "script.py"
+    script.write_text(INTERRUPTED_DUMP.format(image=str(image)))
+    out = tmp_path / "out"
+    done = gdb_batch("break checkpoint", f"run > {out}", f"source {script}",
+                     f"img-dump {where / 'second.img'}", "continue", program=binary)
+    text = done.stdout + done.stderr
+    assert "RESULT img-dump: interrupted" in text, text
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in where.iterdir()) == ["app.img", "second.img"], text
+    assert "exited normally" in text, text
