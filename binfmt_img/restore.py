@@ -40,7 +40,7 @@ from .model import (
 from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
-from .safeio import kind_of
+from .safeio import executable_problem, kind_of
 from .target import Target
 from .threads import (
     check_threads,
@@ -125,6 +125,7 @@ class RestorePlan:
         self.live = parse_maps(proc_file(self.target, pid, "maps").decode())
         self.live_rseq = self._live_rseq()
         self._check_files()
+        self._check_exe()
         self._check_pages()
         check_threads(self)
         check_open_files(self)
@@ -186,6 +187,18 @@ class RestorePlan:
             raise ImageError(f"page data damaged: {len(bad)} of {len(self.image.runs)} page "
                              f"runs fail their checksum, the first at {run.vaddr:#x} "
                              f"({run.count} pages)", run.offset)
+
+    def _check_exe(self) -> None:
+        """The exe link (/proc/PID/exe) is set to the image's executable: it must be one."""
+        path = self.image.exe_path
+        if not path or not self.local:
+            return
+        problem = executable_problem(path)
+        if problem is not None and os.path.lexists(path):
+            raise RestoreError(f"the image's executable {path}: {problem}")
+        if problem is not None:
+            self.report.warnings.append(f"the image's executable {path} is gone: "
+                                        "/proc/PID/exe keeps naming the process's own")
 
     def _check_files(self) -> None:
         if not self.local:  # the files are on the inferior's machine: opening them will tell
@@ -291,7 +304,8 @@ class RestorePlan:
                 inj.reset_data()
                 writable = vma.flags & MAP_SHARED and vma.prot & PROT_WRITE
                 fd = inj.call(sc.OPEN, inj.put_string(vma.path),
-                              (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC, 0,
+                              (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC
+                              | sc.O_NOBLOCK_NOTTY, 0,
                               step=f"opening {vma.path}", address=vma.start)
                 flags &= ~MAP_ANONYMOUS
             else:
@@ -332,7 +346,8 @@ class RestorePlan:
         auxv_addr = inj.put(auxv) if auxv else 0
         exe_fd = -1
         if image.exe_path and os.path.exists(image.exe_path) and not self._same_exe():
-            exe_fd = inj.call(sc.OPEN, inj.put_string(image.exe_path), sc.O_RDONLY, 0,
+            exe_fd = inj.call(sc.OPEN, inj.put_string(image.exe_path),
+                              sc.O_RDONLY | sc.O_NOBLOCK_NOTTY, 0,
                               step=f"opening the executable {image.exe_path}")
         def prctl_map(fd: int) -> int:
             record = pack_u64(*(mm[n] for n in names), auxv_addr) + struct.pack(
