@@ -185,3 +185,28 @@ def test_children_lldb(tmp_path: Path) -> None:
     assert f"would not bring back: child process {child} (napper)" in said, said
     text = lldb_round_trip(tmp_path, "proc_children", restore_options="--accept-loss")
     assert "PASS waitpid" in text
+
+
+# ---- a seccomp filter: refused, or with --accept-loss gone ----
+
+@needs_gdb
+def test_seccomp_refused_gdb(tmp_path: Path) -> None:
+    binary = compile_program("proc_seccomp", tmp_path)
+    image = tmp_path / "seccomp.img"
+    dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,))
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError, match=r"would not bring back: the seccomp filter mode of "
+                                           r"the process, 1 filter \(a filter cannot"):
+            gdb.console(f"img-restore {image}")
+    finally:
+        gdb.close()
+    out = tmp_path / "seccomp.part2"
+    said = _restore_in_gdb(image, out, options="--accept-loss")
+    assert "warning: not restored: the seccomp filter mode" in said, said
+    passes(out.read_text(), 1)
+
+
+@needs_lldb
+def test_seccomp_accepted_lldb(tmp_path: Path) -> None:
+    lldb_round_trip(tmp_path, "proc_seccomp", restore_options="--accept-loss")

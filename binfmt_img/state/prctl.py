@@ -58,7 +58,8 @@ ThreadEntry = Struct("tid" / Int32ul, "pdeathsig" / Int32sl, "timerslack" / Int6
                      "no_new_privs" / Int32sl, "keepcaps" / Int32sl, "io_flusher" / Int32sl,
                      "tsc" / Int32sl)
 Record = Struct("thp_disable" / Int32sl, "dumpable" / Int32sl, "child_subreaper" / Int32sl,
-                "seccomp" / Int32sl, "threads" / PrefixedArray(Int32ul, ThreadEntry))
+                "seccomp" / Int32sl, "seccomp_filters" / Int32sl,
+                "threads" / PrefixedArray(Int32ul, ThreadEntry))
 
 
 def _get(plan: DumpPlan, option: int) -> int:
@@ -85,11 +86,12 @@ def dump(plan: DumpPlan) -> dict:
                 "io_flusher": _get(plan, PR_GET_IO_FLUSHER), "tsc": _get_into(plan, PR_GET_TSC)}
     threads = list(plan.each_thread(one).values())
     with open(f"/proc/{plan.pid}/status") as f:
-        seccomp = int(status_fields(f.read()).get("Seccomp", "0"))
+        status = status_fields(f.read())
     return {"thp_disable": _get(plan, PR_GET_THP_DISABLE),
             "dumpable": _get(plan, PR_GET_DUMPABLE),
             "child_subreaper": _get_into(plan, PR_GET_CHILD_SUBREAPER),
-            "seccomp": seccomp, "threads": threads}
+            "seccomp": int(status.get("Seccomp", "0")),
+            "seccomp_filters": int(status.get("Seccomp_filters", "-1")), "threads": threads}
 
 
 # ---- restore ----
@@ -114,10 +116,8 @@ def check(plan: RestorePlan, value) -> None:
     if not _valid(value):
         raise RestoreError("the image's prctl state holds values prctl does not take")
     warn = plan.report.warnings.append
-    if value.seccomp:
-        plan.losses.append(f"the seccomp {SECCOMP_MODES[value.seccomp]} mode of the process "
-                           "(a filter cannot be read back and installed again)")
     status = inferior_status(plan)
+    _check_seccomp(plan, value, status)
     main = _entry(value, plan.main_thread)
     if main is not None and main.no_new_privs == 0 and status.get("NoNewPrivs") == "1":
         warn("no_new_privs: set in the process restored into (inherited from the debugger) "
@@ -135,6 +135,29 @@ def check(plan: RestorePlan, value) -> None:
     if any(t.io_flusher == 1 for t in value.threads) and not has_capability(status,
                                                                              CAP_SYS_RESOURCE):
         warn("the IO flusher flag is not restored: setting it needs CAP_SYS_RESOURCE")
+
+
+def _check_seccomp(plan: RestorePlan, value, status: dict[str, str]) -> None:
+    """Filters cannot be read back and installed again from here, nor removed. Under a
+    container runtime every process inherits the same ones: the process restored into has
+    them too, so as many filters as the image had is taken for them (a warning)."""
+    live_mode = int(status.get("Seccomp", "0"))
+    live_filters = int(status.get("Seccomp_filters", "-1"))
+    if value.seccomp == 0 and live_mode:
+        plan.report.warnings.append(
+            f"the process restored into runs under seccomp ({SECCOMP_MODES.get(live_mode)} "
+            "mode, inherited from the debugger), which the image did not have and which cannot "
+            "be removed")
+    elif value.seccomp == 2 and live_mode == 2 and value.seccomp_filters == live_filters >= 0:
+        plan.report.warnings.append(
+            f"seccomp: the image had {value.seccomp_filters} filter(s) and the process "
+            "restored into has as many (inherited from the debugger): taken to be the same, "
+            "not compared")
+    elif value.seccomp:
+        n = value.seccomp_filters
+        count = f", {n} filter{'s' * (n != 1)}" if n > 0 else ""
+        plan.losses.append(f"the seccomp {SECCOMP_MODES[value.seccomp]} mode of the process"
+                           f"{count} (a filter cannot be read back and installed again)")
 
 
 def _entry(value, thread: Thread):
@@ -182,7 +205,8 @@ def restore(plan: RestorePlan, value) -> None:
 def describe(value) -> str:
     main = value.threads[0] if value.threads else None
     text = (f"THP disable {value.thp_disable}, dumpable {value.dumpable}, child subreaper "
-            f"{value.child_subreaper}, seccomp {value.seccomp}")
+            f"{value.child_subreaper}, seccomp {value.seccomp} ({value.seccomp_filters} "
+            "filters)")
     if main is not None:
         text += (f"; thread {main.tid}: pdeathsig {main.pdeathsig}, timer slack "
                  f"{main.timerslack} ns, no_new_privs {main.no_new_privs}, keep-caps "

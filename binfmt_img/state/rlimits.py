@@ -160,8 +160,11 @@ def restore(plan: RestorePlan, value) -> None:
 
 
 def describe(value) -> str:
-    return ", ".join(f"{NAMES[lim.resource] if lim.resource < len(NAMES) else lim.resource}"
-                     f" {_text(lim.cur)}/{_text(lim.max)}" for lim in value.limits)
+    finite = [f"{NAMES[lim.resource] if lim.resource < len(NAMES) else lim.resource} "
+              f"{_text(lim.cur)}/{_text(lim.max)}" for lim in value.limits
+              if (lim.cur, lim.max) != (INFINITY, INFINITY)]
+    rest = len(value.limits) - len(finite)
+    return ", ".join(finite) + (f"; {rest} more unlimited" if rest else "")
 
 
 KIND = Kind(id=31, name="rlimits", record=Record, dump=dump, check=check, restore=restore,
