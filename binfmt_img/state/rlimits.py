@@ -14,6 +14,7 @@ naming the limit and the value kept, and brings the soft limit as close as that 
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import TYPE_CHECKING
 
 from construct import Int32ul, Int64ul, PrefixedArray, Struct
@@ -35,6 +36,11 @@ INFINITY = (1 << 64) - 1
 NAMES = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS",
          "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME")
 CPU, NOFILE = 0, 7
+
+# The limits the process has now, per plan: read from /proc at the check, then kept up to
+# date by every change, so that no injected step is spent reading them.
+_NOW: weakref.WeakKeyDictionary[RestorePlan, list[tuple[int, int]]] = (
+    weakref.WeakKeyDictionary())
 
 Limit = Struct("resource" / Int32ul, "cur" / Int64ul, "max" / Int64ul)
 Record = Struct("limits" / PrefixedArray(Int32ul, Limit))
@@ -88,7 +94,7 @@ def check(plan: RestorePlan, value) -> None:
             raise RestoreError(f"the image's {_name(limit.resource)} has its soft limit "
                                f"{limit.cur} above its hard limit {limit.max}")
         seen.add(limit.resource)
-    live = _live_limits(plan)
+    live = _NOW[plan] = _live_limits(plan)
     can_raise = has_capability(inferior_status(plan), CAP_SYS_RESOURCE)
     for limit in value.limits:
         live_max = live[limit.resource][1]
@@ -110,16 +116,12 @@ def check(plan: RestorePlan, value) -> None:
                            "CAP_SYS_RESOURCE): run the debugger with a higher `ulimit -Hn`")
 
 
-def _get(plan: RestorePlan, resource: int) -> tuple[int, int]:
-    out = plan.injector.reserve(16)
-    plan.injector.call(PRLIMIT64, 0, resource, 0, out, step=f"reading {_name(resource)}")
-    cur, max_ = struct.unpack("<QQ", plan.target.read_memory(out, 16))
-    return cur, max_
-
-
 def _set(plan: RestorePlan, resource: int, cur: int, max_: int) -> int:
-    return plan.injector.raw(PRLIMIT64, 0, resource,
-                             plan.injector.put(struct.pack("<QQ", cur, max_)), 0)
+    result = plan.injector.raw(PRLIMIT64, 0, resource,
+                               plan.injector.put(struct.pack("<QQ", cur, max_)), 0)
+    if not sc.is_error(result):
+        _NOW[plan][resource] = (cur, max_)
+    return result
 
 
 def raise_limits(plan: RestorePlan, value, thread: Thread) -> None:
@@ -128,7 +130,7 @@ def raise_limits(plan: RestorePlan, value, thread: Thread) -> None:
     if thread is not plan.main_thread:
         return  # limits belong to the process: once is enough
     for limit in value.limits:
-        cur, max_ = _get(plan, limit.resource)
+        cur, max_ = _NOW[plan][limit.resource]
         want_max = max(max_, limit.max)
         need = _fds_needed(plan) if limit.resource == NOFILE else 0
         want_cur = min(max(cur, limit.cur, need), want_max)
@@ -147,7 +149,7 @@ def raise_limits(plan: RestorePlan, value, thread: Thread) -> None:
 def restore(plan: RestorePlan, value) -> None:
     """Late: each limit exactly the image's, or as close as the hard limit now allows."""
     for limit in value.limits:
-        cur, max_ = _get(plan, limit.resource)
+        cur, max_ = _NOW[plan][limit.resource]
         want_max = min(max_, limit.max)
         want_cur = min(limit.cur, want_max)
         if (want_cur, want_max) == (cur, max_):
