@@ -210,3 +210,16 @@ def test_seccomp_refused_gdb(tmp_path: Path) -> None:
 @needs_lldb
 def test_seccomp_accepted_lldb(tmp_path: Path) -> None:
     lldb_round_trip(tmp_path, "proc_seccomp", restore_options="--accept-loss")
+
+
+@needs_gdb
+def test_no_new_privs_cannot_be_cleared_gdb(tmp_path: Path) -> None:
+    """GDB with no_new_privs set starts the process to restore into with it: an image without
+    it is restored with a warning (the flag cannot be cleared)."""
+    binary = compile_program("proc_personality", tmp_path)
+    image, out = tmp_path / "nnp.img", tmp_path / "nnp.part2"
+    before = dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,))
+    said = _restore_in_gdb(image, out, "python import ctypes; ctypes.CDLL(None).prctl(38, 1, 0, "
+                           "0, 0)")
+    assert "warning: no_new_privs: set in the process restored into" in said, said
+    passes(before + out.read_text(), 2)

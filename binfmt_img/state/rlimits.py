@@ -137,9 +137,12 @@ def raise_limits(plan: RestorePlan, value, thread: Thread) -> None:
         if (want_cur, want_max) == (cur, max_):
             continue
         result = _set(plan, limit.resource, want_cur, want_max)
-        if result == EPERM and want_max > max_:  # no CAP_SYS_RESOURCE: check() warned
-            want_cur = min(want_cur, max_)
-            result = _set(plan, limit.resource, want_cur, max_)
+        if result == EPERM and want_max > max_:
+            if has_capability(inferior_status(plan), CAP_SYS_RESOURCE):  # else check() said
+                plan.report.warnings.append(
+                    f"{_name(limit.resource)}: the hard limit {_text(want_max)} was refused "
+                    f"(EPERM, above a system maximum such as fs.nr_open): kept at {_text(max_)}")
+            result = _set(plan, limit.resource, min(want_cur, max_), max_)
         if sc.is_error(result):
             plan.report.warnings.append(f"{_name(limit.resource)}: raising it to "
                                         f"{_text(want_cur)}/{_text(want_max)} failed: "
