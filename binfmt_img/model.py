@@ -286,3 +286,12 @@ class Image:
                                        for v in self.vmas):
             return bytes(PAGE_SIZE)  # v1 leaves zero pages of anonymous memory out
         return None
+
+
+def last_stored_page(image: Image, start: int, end: int) -> int | None:
+    """The address of the highest page the image stores in [start, end), or None."""
+    runs = image.runs  # sorted by address once validated
+    i = bisect.bisect_left([run.vaddr for run in runs], end) - 1
+    if i < 0 or runs[i].end <= start:
+        return None
+    return min(runs[i].end, end) - PAGE_SIZE

@@ -36,6 +36,7 @@ from .model import (
     Image,
     Thread,
     Vma,
+    last_stored_page,
 )
 from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
@@ -49,7 +50,7 @@ from .threads import (
     select_stopped_thread,
     while_spinning,
 )
-from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
+from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc, gdt_tls_supported
 from .validate import check_restorable
 from .vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
 
@@ -128,6 +129,12 @@ class RestorePlan:
         self._check_exe()
         self._check_pages()
         check_threads(self)
+        if self.local and any(any(t.tls) for t in self.image.threads) and \
+                not gdt_tls_supported():
+            self.losses.append("GDT TLS entries (set_thread_area): this kernel has no 32-bit "
+                               "emulation")
+            for thread in self.image.threads:
+                thread.tls = [0, 0, 0]  # the image is this command's own
         check_open_files(self)
         self._check_states()
         self.vdso = VdsoMove(self.image, self.live)
@@ -188,6 +195,18 @@ class RestorePlan:
                              f"runs fail their checksum, the first at {run.vaddr:#x} "
                              f"({run.count} pages)", run.offset)
 
+    def _check_file_extent(self, vma: Vma, size: int) -> None:
+        """Pages stored for a file mapping beyond the file's end cannot be written (the kernel
+        gives EIO there, as the program would get SIGBUS): refused before any change."""
+        last = last_stored_page(self.image, vma.start, vma.end)
+        if last is None:
+            return
+        offset = (vma.pgoff + (last - vma.start) // PAGE_SIZE) * PAGE_SIZE
+        if offset >= size:
+            raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x}: the image "
+                               f"holds a page at file offset {offset:#x}, beyond the "
+                               f"file's {size} bytes")
+
     def _check_exe(self) -> None:
         """The exe link (/proc/PID/exe) is set to the image's executable: it must be one."""
         path = self.image.exe_path
@@ -217,6 +236,7 @@ class RestorePlan:
             if not stat.S_ISREG(st.st_mode):  # the inferior's open would block or act
                 raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x} is "
                                    f"{kind_of(st.st_mode)}, not a regular file")
+            self._check_file_extent(vma, st.st_size)
             ident = vma.file
             if ident is None:
                 continue
@@ -297,7 +317,7 @@ class RestorePlan:
             if vma in self.vdso_block or vma.name in MOVABLE_NAMES or vma.start >= VSYSCALL_START:
                 continue
             flags = (vma.flags & ~MAP_GROWSDOWN) | MAP_FIXED
-            if _is_stack(self.image, vma):
+            if _is_stack(self.image, vma) and not vma.is_file:
                 flags |= MAP_GROWSDOWN
             fd = -1
             if vma.is_file:

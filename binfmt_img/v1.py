@@ -117,6 +117,8 @@ ProcessSection = Struct(
 RUN_RECORD = struct.Struct("<QQQII")  # vaddr, page count, file offset, crc32, reserved
 RUN_COUNT = struct.Struct("<I")
 
+# One section per thread and per state kind: enough for validate.MAX_THREADS threads.
+MAX_SECTIONS = 8192
 ZERO_PAGE = bytes(PAGE_SIZE)
 VERIFY_CHUNK = 16 << 20
 
@@ -152,6 +154,9 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
     if zlib.crc32(table) != header.table_crc:
         raise ImageError("checksum mismatch in section table", HEADER_SIZE)
 
+    if header.section_count > MAX_SECTIONS:  # a thread is a section: bound the parse
+        raise ImageError(f"section table of {header.section_count} entries, more than "
+                         f"{MAX_SECTIONS}", HEADER_SIZE)
     image = Image(format="v1", threads=[], source=buf)
     offsets: dict[str, list[int]] = {"vmas": [], "runs": []}
     seen: set[int] = set()

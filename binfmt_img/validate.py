@@ -6,13 +6,32 @@ import bisect
 import struct
 
 from .errors import ImageError
-from .model import PAGE_SIZE, USER_ADDRESS_LIMIT, USER_TOP, VSYSCALL_START, Image, Thread, Vma
+from .model import (
+    MAP_ANONYMOUS,
+    MAP_GROWSDOWN,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    USER_ADDRESS_LIMIT,
+    USER_TOP,
+    VSYSCALL_START,
+    Image,
+    Thread,
+    Vma,
+)
 from .safeio import has_control_characters, printable
 
 # Limits on counts an image gives, far above any real process's, so that a hostile image
 # cannot make the restore run for hours: the message names the limit.
 MAX_THREADS = 4096
 MAX_AUXV = 64  # pairs; the kernel keeps fewer than 30
+# The kernel's saved_auxv: AT_VECTOR_SIZE longs, 2 * (3 for x86 + 22 + 1), pairs with AT_NULL.
+KERNEL_AUXV = 26
+MAP_TYPE, MAP_SHARED_VALIDATE = 0x0F, 0x03
+MAP_KNOWN = MAP_ANONYMOUS | MAP_GROWSDOWN | 0x4000  # MAP_NORESERVE
+MAX_FILE_OFFSET = 1 << 44  # ext4's largest file with 4 KiB blocks; mmap refuses beyond
+ROBUST_LIST_HEAD = 24  # sizeof(struct robust_list_head)
+SS_DISABLE, MINSIGSTKSZ = 2, 2048
 MAX_XSAVE = 16384  # bytes; every XSAVE component up to AMX tiles fits in 11 KiB
 MAX_FD = 1 << 20  # the kernel's NR_OPEN
 XSAVE_HEADER = 512  # the XSAVE header: XSTATE_BV, XCOMP_BV, then 48 reserved bytes
@@ -93,6 +112,27 @@ def check_restorable(image: Image) -> None:
     before the first change, so that a refusal leaves the inferior untouched."""
     if not image.vmas:
         raise ImageError("image holds no VMA: nothing to restore")
+    auxv_pairs = len(image.auxv) + (0 if image.auxv and image.auxv[-1][0] == 0 else 1)
+    if auxv_pairs > KERNEL_AUXV:
+        raise ImageError(f"auxiliary vector of {auxv_pairs} entries; the kernel keeps at "
+                         f"most {KERNEL_AUXV} (prctl PR_SET_MM_MAP refuses more)")
+    for vma in image.vmas:
+        span = f"VMA {vma.start:#x}-{vma.end:#x}"
+        if vma.flags & MAP_TYPE not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE) or \
+                vma.flags & ~(MAP_TYPE | MAP_KNOWN):
+            raise ImageError(f"{span}: mapping flags {vma.flags:#x} that mmap refuses")
+        if vma.is_file and vma.pgoff * PAGE_SIZE + vma.size > MAX_FILE_OFFSET:
+            raise ImageError(f"{span}: file offset {vma.pgoff * PAGE_SIZE:#x} lies beyond "
+                             "what file systems allow")
+    for thread in image.threads:
+        alt = thread.altstack
+        if not alt.flags & SS_DISABLE and alt.size < MINSIGSTKSZ:
+            raise ImageError(f"thread {thread.tid}: alternate signal stack of {alt.size} "
+                             f"bytes; sigaltstack refuses less than {MINSIGSTKSZ}")
+        if thread.robust_list and thread.robust_list_len != ROBUST_LIST_HEAD:
+            raise ImageError(f"thread {thread.tid}: robust list head of "
+                             f"{thread.robust_list_len} bytes; the kernel takes "
+                             f"{ROBUST_LIST_HEAD}")
     _check_mm(image)
 
 
