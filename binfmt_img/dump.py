@@ -28,7 +28,15 @@ from .model import (
     Xsave,
 )
 from .pagewrite import Progress
-from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
+from .procfs import (
+    Mapping,
+    ProcMem,
+    read_auxv,
+    read_maps,
+    readable_pages,
+    resident_pages,
+    stat_fields,
+)
 from .restore import XSAVE_RESTORABLE
 from .target import Target
 from .threads import (
@@ -65,6 +73,8 @@ def _vma_of(mapping: Mapping) -> Vma:
             ident = FileIdentity(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         except OSError:
             pass  # gone since it was mapped: restore will say so
+    # An in-memory shared object (shared anonymous memory, memfd, SysV) has no path: its pages
+    # are in the image like anonymous memory's, its identity in the vma_extra state.
     return Vma(start=mapping.start, end=mapping.end, prot=mapping.prot, flags=mapping.flags,
                pgoff=mapping.offset // PAGE_SIZE if path else 0, path=path,
                name=mapping.special, file=ident)
@@ -204,8 +214,11 @@ class DumpPlan:
                 continue
             if m.is_file and m.flags & MAP_SHARED:
                 continue
-            if (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
-                plan.append((m.start, (m.end - m.start) // PAGE_SIZE))  # no path to reread
+            if ((self.fmt == "v0" and m.is_file) or m.special == "[vdso]"
+                    or m.shared_object is not None):
+                # No path to reread; an in-memory object may hold pages this mapping never
+                # touched (written through another mapping or its fd): every page but guards.
+                plan += readable_pages(self.pid, m.start, m.end)
             else:
                 plan += resident_pages(self.pid, m.start, m.end,
                                        skip_file_pages=self.fmt == "v1" and m.is_file)
@@ -221,13 +234,32 @@ class DumpPlan:
             for vaddr, count in plan:
                 for at in range(0, count * PAGE_SIZE, CHUNK):
                     size = min(CHUNK, count * PAGE_SIZE - at)
-                    mem.read_into(vaddr + at, view[:size])
+                    self._read(mem, vaddr + at, view[:size])
                     self.report.pages += size // PAGE_SIZE
                     yield vaddr + at, view[:size]
                     if progress is not None:
                         progress(self.report.pages, total)
         finally:
             mem.close()  # the buffer goes with its last view
+
+
+    def _read(self, mem: ProcMem, addr: int, view: memoryview) -> None:
+        try:
+            mem.read_into(addr, view)
+        except OSError:
+            raise RestoreError(self._unreadable(mem, addr, len(view))) from None
+
+    def _unreadable(self, mem: ProcMem, addr: int, size: int) -> str:
+        """One line naming the first page of the range that cannot be read, and its mapping."""
+        for page in range(addr, addr + size, PAGE_SIZE):
+            try:
+                mem.read(page, PAGE_SIZE)
+            except OSError as error:
+                where = next((m.path or "anonymous memory" for m in self.maps
+                              if m.start <= page < m.end), "no mapping")
+                reason = error.strerror or str(error)
+                return f"the page at {page:#x} ({where}) cannot be read: {reason}"
+        return f"the pages at {addr:#x} ({size // PAGE_SIZE}) could not be read"
 
 
 def dump(target: Target, path: str, fmt: str = "v1",

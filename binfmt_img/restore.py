@@ -27,7 +27,9 @@ from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_GROWSDOWN,
+    MAP_PRIVATE,
     MAP_SHARED,
+    MAP_TYPE,
     PAGE_SIZE,
     PROT_WRITE,
     USER_TOP,
@@ -39,6 +41,7 @@ from .model import (
 from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from .state import vma_extra
 from .target import Target
 from .threads import (
     check_threads,
@@ -103,6 +106,9 @@ class RestorePlan:
         self.tid_addresses: dict[int, int] = {}  # image tid -> where glibc caches it
         self.live_tids: dict[int, int] = {}  # image tid -> the restored thread's tid
         self.live_fds: list[int] = []
+        # memfd objects made for mappings, image inode -> live fd (O_CLOEXEC): kept open only
+        # when the image also holds a descriptor of that memfd, for the fd side to claim.
+        self.memfd_fds: dict[int, int] = {}
         self.changed = False
         self.local = True
 
@@ -273,16 +279,28 @@ class RestorePlan:
 
     def _create_vmas(self) -> None:
         inj = self.injector
+        extra = vma_extra.entries(self)
+        shared_done: set[int] = set()
         for vma in sorted(self.image.vmas, key=lambda v: v.start):
             if vma in self.vdso_block or vma.name in MOVABLE_NAMES or vma.start >= VSYSCALL_START:
                 continue
-            flags = (vma.flags & ~MAP_GROWSDOWN) | MAP_FIXED
-            if _is_stack(self.image, vma):
+            entry = extra.get(vma.start)
+            if entry is not None and entry.object:
+                vma_extra.create_shared(self, vma, entry, shared_done)
+                self.report.vmas += 1
+                continue
+            # The type as the kernel reads it (MAP_SHARED_VALIDATE is shared), given plainly.
+            flags = ((vma.flags & ~(MAP_GROWSDOWN | MAP_TYPE)) | MAP_FIXED
+                     | (MAP_SHARED if vma.is_shared else MAP_PRIVATE))
+            grows_down = vma_extra.grows_down(entry)
+            if grows_down or (grows_down is None and _is_stack(self.image, vma)):
                 flags |= MAP_GROWSDOWN
             fd = -1
             if vma.is_file:
                 inj.reset_data()
-                writable = vma.flags & MAP_SHARED and vma.prot & PROT_WRITE
+                # Opened as the dumped process had it: a shared mapping that may become
+                # writable (VmFlags mw) needs the file open for writing.
+                writable = vma.is_shared and (vma.prot & PROT_WRITE or vma_extra.may_write(entry))
                 fd = inj.call(sc.OPEN, inj.put_string(vma.path),
                               (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC, 0,
                               step=f"opening {vma.path}", address=vma.start)
@@ -304,6 +322,9 @@ class RestorePlan:
     def _write_pages(self) -> None:
         # The vDSO block is the live kernel's, moved into place: its stored pages stay out.
         holes = [(v.start, v.end) for v in self.vdso_block] + [(VSYSCALL_START, 1 << 64)]
+        # A restore never writes a file: a shared file mapping's pages are the file's own
+        # (validation refuses an image that stores some; this keeps it so whatever the image).
+        holes += [(v.start, v.end) for v in self.image.vmas if v.is_file and v.is_shared]
         fast = self.via == "fast" or (self.via == "auto" and self.local)
         writer = PageWriter(self.target, self.image, self.pid, fast, self.progress)
         writer.write(outside(self.image, self.image.runs, holes))

@@ -5,7 +5,18 @@ from __future__ import annotations
 import bisect
 
 from .errors import ImageError
-from .model import PAGE_SIZE, USER_ADDRESS_LIMIT, VSYSCALL_START, Image, Vma
+from .model import (
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MAP_SHARED_VALIDATE,
+    MAP_TYPE,
+    PAGE_SIZE,
+    USER_ADDRESS_LIMIT,
+    VMA_FLAGS,
+    VSYSCALL_START,
+    Image,
+    Vma,
+)
 
 
 def _is_vsyscall(vma: Vma) -> bool:
@@ -28,6 +39,12 @@ def validate(image: Image, offsets: dict[str, list[int]]) -> None:
             raise ImageError(f"{span} is inverted (end before start)", at)
         if vma.end > USER_ADDRESS_LIMIT and not _is_vsyscall(vma):
             raise ImageError(f"{span} lies outside the canonical user address range", at)
+        if vma.flags & MAP_TYPE not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
+            raise ImageError(f"{span} has no valid sharing type in its flags "
+                             f"{vma.flags:#x} (mmap takes shared or private)", at)
+        if vma.flags & ~(MAP_TYPE | VMA_FLAGS):
+            raise ImageError(f"{span} has unknown flag bits "
+                             f"{vma.flags & ~(MAP_TYPE | VMA_FLAGS):#x}", at)
         if previous is not None and vma.start < previous.end:
             raise ImageError(f"{span} overlaps VMA {previous.start:#x}-{previous.end:#x}", at)
         previous = vma
