@@ -4,12 +4,24 @@ state. Each is checked by a program of its own after a restore, in GDB and in LL
 
 from __future__ import annotations
 
+import errno
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from lldb_helpers import lldb_missing
+import synthetic
+from cprogs import compile_program
+from gdbmi import Gdb, GdbError
+from lldb_helpers import lldb_batch, lldb_missing
 from selfcheck import gdb_round_trip, lldb_round_trip
+from test_gdb_restore import dump_at_checkpoint
+
+from binfmt_img import image_file, v1
+from binfmt_img.dump import DumpPlan
+from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Vma
+from binfmt_img.procfs import parse_maps
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 _NO_LLDB = lldb_missing()
@@ -29,3 +41,111 @@ def test_memory_gdb(tmp_path: Path, name: str, expected: int) -> None:
 @pytest.mark.parametrize(("name", "expected"), PROGRAMS.items())
 def test_memory_lldb(tmp_path: Path, name: str, expected: int) -> None:
     lldb_round_trip(tmp_path, name, expected=expected)
+
+
+# --- a restore never writes a file (issue 11, defect 2) ---------------------------------------
+
+def _forged(image_path: Path, target: Path, flags: int) -> Path:
+    """The image with the shared mapping of `target` given `flags` and a page of 'X's stored
+    in it: what an image crafted to overwrite a file looks like."""
+    image = image_file.load(str(image_path))
+    vma = next(v for v in image.vmas if v.path == str(target))
+    vma.flags = flags
+    pages = sorted([(vaddr, bytes(data)) for vaddr, data in image.iter_pages()]
+                   + [(vma.start, b"X" * PAGE_SIZE)])
+    out = image_path.with_suffix(".forged.img")
+    with open(out, "wb") as f:
+        v1.write(f, image, pages)
+    return out
+
+
+@needs_gdb
+@pytest.mark.parametrize("flags", [MAP_SHARED, MAP_SHARED | MAP_PRIVATE],
+                         ids=["MAP_SHARED", "MAP_SHARED_VALIDATE"])
+def test_restore_never_writes_a_mapped_file(tmp_path: Path, flags: int) -> None:
+    target = tmp_path / "mapped.bin"
+    binary = compile_program("mem_shared_file", tmp_path)
+    image = tmp_path / "shared_file.img"
+    dump_at_checkpoint(binary, image, str(target))
+    before = target.read_bytes()
+    forged = _forged(image, target, flags)
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError) as refused:
+            gdb.console(f"img-restore {forged}")
+    finally:
+        gdb.close()
+    assert f"would land in shared file mapping {target}" in str(refused.value)
+    assert "\n" not in str(refused.value).strip()
+    assert target.read_bytes() == before
+
+
+@needs_gdb
+@needs_lldb
+def test_restore_never_writes_a_mapped_file_lldb(tmp_path: Path) -> None:
+    target = tmp_path / "mapped.bin"
+    binary = compile_program("mem_shared_file", tmp_path)
+    image = tmp_path / "shared_file.img"
+    dump_at_checkpoint(binary, image, str(target))
+    before = target.read_bytes()
+    forged = _forged(image, target, MAP_SHARED | MAP_PRIVATE)
+    result = lldb_batch(f"img-restore {forged}")
+    assert f"would land in shared file mapping {target}" in result.stdout + result.stderr
+    assert target.read_bytes() == before
+
+
+def test_unknown_vma_flag_bits_are_refused() -> None:
+    image = synthetic.make_image("v1")
+    image.vmas[3].flags |= 0x40000  # MAP_HUGETLB: not a flag a dump records
+    data = synthetic.encode(image, "v1")
+    with pytest.raises(ImageError, match=r"has unknown flag bits 0x40000"):
+        image_file.parse(memoryview(data))
+
+
+def test_vma_without_a_sharing_type_is_refused() -> None:
+    image = synthetic.make_image("v1")
+    image.vmas[3].flags = MAP_ANONYMOUS | 0x04
+    data = synthetic.encode(image, "v1")
+    with pytest.raises(ImageError, match=r"no valid sharing type"):
+        image_file.parse(memoryview(data))
+
+
+def test_shared_validate_is_shared() -> None:
+    assert Vma(0, PAGE_SIZE, 3, MAP_SHARED | MAP_PRIVATE).is_shared
+    assert not Vma(0, PAGE_SIZE, 3, MAP_PRIVATE | MAP_ANONYMOUS).is_shared
+
+
+# --- what the restore says -------------------------------------------------------------------
+
+@needs_gdb
+def test_sysv_identity_is_warned_about(tmp_path: Path) -> None:
+    binary = compile_program("mem_shared", tmp_path)
+    image = tmp_path / "mem_shared.img"
+    dump_at_checkpoint(binary, image)
+    gdb = Gdb()
+    try:
+        said = gdb.console(f"img-restore {image}")
+    finally:
+        gdb.close()
+    assert re.search(r"SysV shared memory at 0x[0-9a-f]+ \(key 0x0\) comes back as a new "
+                     "private segment", said), said
+
+
+def test_unreadable_page_is_named() -> None:
+    """A page that cannot be read gives one line naming its address, not a bare errno."""
+    plan = DumpPlan.__new__(DumpPlan)
+    plan.maps = parse_maps("7f0000000000-7f0000004000 rw-s 00000000 00:05 9 /dev/weird\n")
+
+    class Mem:
+        def read(self, addr: int, size: int) -> bytes:
+            if addr == 0x7F0000002000:
+                raise OSError(errno.EIO, "Input/output error")
+            return bytes(size)
+
+        def read_into(self, addr: int, view: memoryview) -> None:
+            self.read(0x7F0000002000, PAGE_SIZE)
+
+    with pytest.raises(RestoreError) as caught:
+        plan._read(Mem(), 0x7F0000000000, memoryview(bytearray(4 * PAGE_SIZE)))  # type: ignore[arg-type]
+    assert str(caught.value) == ("the page at 0x7f0000002000 (/dev/weird) cannot be read: "
+                                 "Input/output error")

@@ -7,9 +7,10 @@
 #include "selfcheck.h"
 /* A file opened O_RDWR, mapped MAP_SHARED with PROT_READ only: after the restore,
  * mprotect(PROT_WRITE) still succeeds and writes reach the file. */
-int main(void) {
-    char path[] = "/tmp/selfcheck-sharedXXXXXX";
-    int fd = mkstemp(path);
+int main(int argc, char **argv) {
+    char temp[] = "/tmp/selfcheck-sharedXXXXXX";
+    char *path = argc > 1 ? argv[1] : temp;
+    int fd = argc > 1 ? open(path, O_RDWR | O_CREAT | O_TRUNC, 0600) : mkstemp(temp);
     char block[4096] = "file contents";
     write(fd, block, sizeof block);
     char *map = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
