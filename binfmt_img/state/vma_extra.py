@@ -103,10 +103,6 @@ def dump(plan: DumpPlan) -> dict:
                         "object": obj, "inode": m.inode if obj else 0,
                         "pgoff": m.offset // PAGE_SIZE if obj else 0, "key": key,
                         "name": name, "guards": [{"start": s, "count": c} for s, c in guards]})
-        if guards:
-            pages = sum(c for _, c in guards)
-            plan.report.warnings.append(f"{pages} guard page{'s' if pages > 1 else ''} in "
-                                        f"{m.start:#x}-{m.end:#x}: recorded, not read")
     return {"vmas": entries}
 
 
