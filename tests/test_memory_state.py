@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,26 @@ def test_unreadable_page_is_named() -> None:
         plan._read(Mem(), 0x7F0000000000, memoryview(bytearray(4 * PAGE_SIZE)))  # type: ignore[arg-type]
     assert str(caught.value) == ("the page at 0x7f0000002000 (/dev/weird) cannot be read: "
                                  "Input/output error")
+
+
+@needs_gdb
+@pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("prlimit") is None,
+                    reason="setpriv and prlimit are needed to take the mlock right away")
+def test_refused_mlock_is_warned_about(tmp_path: Path) -> None:
+    """Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0 mlock is refused: the restore goes on
+    and says which range is no longer locked, naming the limit."""
+    binary = compile_program("mem_madvise", tmp_path)
+    image = tmp_path / "mem_madvise.img"
+    dump_at_checkpoint(binary, image)
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock", "prlimit",
+         "--memlock=0:0", "gdb", "-nx", "-q", "-batch", "-ex",
+         f"source {Path(__file__).parent.parent / 'gdb_img' / 'init.py'}",
+         "-ex", f"set args > {tmp_path / 'out'}", "-ex", f"img-restore {image}",
+         "-ex", "continue"], capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL)
+    said = result.stdout + result.stderr
+    assert re.search(r"0x[0-9a-f]+-0x[0-9a-f]+ was locked in memory \(mlock\) and is not now: "
+                     r"EPERM .*RLIMIT_MEMLOCK", said), said
+    assert "exited normally" in said, said
+    assert "FAIL VmFlags lo kept" in (tmp_path / "out").read_text()
