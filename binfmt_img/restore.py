@@ -26,11 +26,8 @@ from .inject import (
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
-    MAP_GROWSDOWN,
-    MAP_PRIVATE,
-    MAP_SHARED,
-    MAP_TYPE,
     PAGE_SIZE,
+    PROT_READ,
     PROT_WRITE,
     USER_TOP,
     VSYSCALL_START,
@@ -79,6 +76,15 @@ def _is_stack(image: Image, vma: Vma) -> bool:
     if vma.name == "[stack]":
         return True
     return vma.name is None and vma.start <= image.mm.get("start_stack", 0) < vma.end
+
+
+def _mapped_prot(vma: Vma) -> int:
+    """The protection a VMA is first mapped with: shared memory that is not a file takes its
+    pages through the mapping (the kernel refuses to force a write into a read-only shared
+    mapping), so it is writable until they are in."""
+    if vma.is_shared and not vma.is_file:
+        return vma.prot | PROT_READ | PROT_WRITE
+    return vma.prot
 
 
 class RestorePlan:
@@ -198,6 +204,11 @@ class RestorePlan:
         for vma in self.image.vmas:
             if not vma.is_file:
                 continue
+            if vma.path == "/dev/zero" and vma.is_shared:
+                # Shared anonymous memory as binfmt-img before vma_extra took it: a file.
+                self.losses.append(f"shared anonymous memory at {vma.start:#x}-{vma.end:#x} "
+                                   "(the image holds no contents for it)")
+                continue
             try:
                 st = os.stat(vma.path)
             except OSError as error:
@@ -236,6 +247,7 @@ class RestorePlan:
         self.vdso.place(inj)
         self._create_vmas()
         self._write_pages()
+        self._protect_shared()
         self._set_mm()
         self._set_name()
         self._set_signals()
@@ -289,12 +301,7 @@ class RestorePlan:
                 vma_extra.create_shared(self, vma, entry, shared_done)
                 self.report.vmas += 1
                 continue
-            # The type as the kernel reads it (MAP_SHARED_VALIDATE is shared), given plainly.
-            flags = ((vma.flags & ~(MAP_GROWSDOWN | MAP_TYPE)) | MAP_FIXED
-                     | (MAP_SHARED if vma.is_shared else MAP_PRIVATE))
-            grows_down = vma_extra.grows_down(entry)
-            if grows_down or (grows_down is None and _is_stack(self.image, vma)):
-                flags |= MAP_GROWSDOWN
+            flags = vma_extra.mmap_flags(vma, entry, _is_stack(self.image, vma)) | MAP_FIXED
             fd = -1
             if vma.is_file:
                 inj.reset_data()
@@ -308,7 +315,7 @@ class RestorePlan:
             else:
                 flags |= MAP_ANONYMOUS
             try:
-                got = inj.call(sc.MMAP, vma.start, vma.size, vma.prot, flags, fd,
+                got = inj.call(sc.MMAP, vma.start, vma.size, _mapped_prot(vma), flags, fd,
                                vma.pgoff * PAGE_SIZE if fd >= 0 else 0,
                                step=f"mapping {vma.label or 'anonymous memory'}",
                                address=vma.start)
@@ -318,6 +325,13 @@ class RestorePlan:
             if got != vma.start:
                 raise RestoreError(f"mapping {vma.label} landed at {got:#x}, not {vma.start:#x}")
             self.report.vmas += 1
+
+    def _protect_shared(self) -> None:
+        """Shared memory was mapped writable for its pages: its own protection now."""
+        for vma in sorted(self.image.vmas, key=lambda v: v.start):
+            if _mapped_prot(vma) != vma.prot and vma not in self.vdso_block:
+                self.injector.call(sc.MPROTECT, vma.start, vma.size, vma.prot,
+                                   step="protecting shared memory", address=vma.start)
 
     def _write_pages(self) -> None:
         # The vDSO block is the live kernel's, moved into place: its stored pages stay out.

@@ -29,7 +29,7 @@ _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 
 PROGRAMS = {"mem_shared": 9, "mem_shared_file": 3, "mem_growsdown": 3, "mem_guard": 3,
-            "mem_madvise": 10}
+            "mem_madvise": 12}
 
 
 @needs_gdb
@@ -173,3 +173,32 @@ def test_refused_mlock_is_warned_about(tmp_path: Path) -> None:
                      r"EPERM .*RLIMIT_MEMLOCK", said), said
     assert "exited normally" in said, said
     assert "FAIL VmFlags lo kept" in (tmp_path / "out").read_text()
+
+
+@needs_gdb
+def test_old_image_shared_anonymous_is_a_loss(tmp_path: Path) -> None:
+    """An image made before vma_extra recorded shared anonymous memory as a /dev/zero file
+    mapping with no pages: refused, naming it; with --accept-loss restored with a warning."""
+    binary = compile_program("mem_shared", tmp_path)
+    image_path = tmp_path / "mem_shared.img"
+    dump_at_checkpoint(binary, image_path)
+    image = image_file.load(str(image_path))
+    old = {e.start for e in image.states.pop("vma_extra").vmas if e.object == 1}
+    for vma in image.vmas:
+        if vma.start in old:
+            vma.path, vma.flags = "/dev/zero", MAP_SHARED
+    pages = [(vaddr, bytes(data)) for vaddr, data in image.iter_pages()
+             if not any(v.start <= vaddr < v.end for v in image.vmas if v.start in old)]
+    forged = tmp_path / "old.img"
+    with open(forged, "wb") as f:
+        v1.write(f, image, pages)
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError) as refused:
+            gdb.console(f"img-restore {forged}")
+        said = gdb.console(f"img-restore {forged} --accept-loss")
+    finally:
+        gdb.close()
+    assert re.search(r"would not bring back: shared anonymous memory at 0x[0-9a-f]+-0x[0-9a-f]+ "
+                     r"\(the image holds no contents for it\)", str(refused.value))
+    assert "not restored: shared anonymous memory at" in said, said

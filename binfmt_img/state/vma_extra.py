@@ -6,8 +6,8 @@ again after the restore.
 
 The restore consults it in three places: `_create_vmas` asks `create_shared` to make the
 shared objects and `grows_down`/`may_write` for the other VMAs; the page data then goes in
-(shared objects are mapped writable for that); this kind's `restore` (phase "process", after
-the pages) sets the final protection of shared objects, installs the guard pages again,
+(shared memory is mapped writable for that, and given its own protection right after);
+this kind's `restore` (phase "process", after the pages) installs the guard pages again,
 replays the madvise state, mlock, and mseal last.
 """
 
@@ -24,8 +24,11 @@ from ..inject import free_area
 from ..model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
+    MAP_GROWSDOWN,
+    MAP_NORESERVE,
     MAP_PRIVATE,
     MAP_SHARED,
+    MAP_TYPE,
     PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
@@ -59,6 +62,7 @@ Entry = Struct(
 Record = Struct("vmas" / PrefixedArray(Int32ul, Entry))
 
 MMAP_RW = PROT_READ | PROT_WRITE
+MAP_DROPPABLE = 0x08  # a mapping type of its own (6.11+): the kernel may drop its pages
 MADV_NORMAL = 0
 # VmFlags codes (fs/proc/task_mmu.c show_smap_vma_flags) that madvise sets, with the advice.
 MADVICE = {"sr": ("MADV_SEQUENTIAL", 2), "rr": ("MADV_RANDOM", 1),
@@ -122,9 +126,19 @@ def codes(entry) -> set[str]:
     return set(entry.vmflags.split()) if entry is not None else set()
 
 
-def grows_down(entry) -> bool | None:
-    """VmFlags gd; None when the image does not say (an older image)."""
-    return None if entry is None else "gd" in codes(entry)
+def mmap_flags(vma: Vma, entry, is_stack: bool) -> int:
+    """The flags to map `vma` again with (MAP_FIXED aside): the type as the kernel reads it
+    (MAP_SHARED_VALIDATE is shared) given plainly, and what VmFlags say: gd MAP_GROWSDOWN
+    (an image without VmFlags: the stack alone), nr MAP_NORESERVE, dp MAP_DROPPABLE."""
+    flags = vma.flags & ~(MAP_GROWSDOWN | MAP_TYPE | MAP_NORESERVE)
+    flags |= MAP_SHARED if vma.is_shared else MAP_PRIVATE
+    if entry is None:
+        return flags | (vma.flags & MAP_NORESERVE) | (MAP_GROWSDOWN if is_stack else 0)
+    flags |= (MAP_GROWSDOWN if "gd" in codes(entry) else 0) | (
+        MAP_NORESERVE if "nr" in codes(entry) else 0)
+    if "dp" in codes(entry) and not vma.is_file and not vma.is_shared:
+        flags = flags & ~MAP_TYPE | MAP_DROPPABLE
+    return flags
 
 
 def may_write(entry) -> bool:
@@ -138,7 +152,7 @@ def _extent(members: list[tuple[Vma, object]]) -> int:
 
 def create_shared(plan: RestorePlan, vma: Vma, entry, done: set[int]) -> None:
     """Map every VMA of `vma`'s shared object at once (one object, one creation): writable for
-    the page data; the final protection is set by `restore` once the pages are in."""
+    the page data; the restore sets their own protection once the pages are in."""
     if vma.start in done:
         return
     members = [(v, e) for v in sorted(plan.image.vmas, key=lambda v: v.start)
@@ -169,7 +183,7 @@ def _create_memfd(plan: RestorePlan, entry, members: list[tuple[Vma, object]]) -
         inj.call(FTRUNCATE, fd, _extent(members), step=f"sizing {what}")
         for vma, e in members:
             shared = vma.is_shared
-            _map_fixed(plan, vma, MMAP_RW if shared else vma.prot,
+            _map_fixed(plan, vma, vma.prot | MMAP_RW if shared else vma.prot,
                        MAP_SHARED if shared else MAP_PRIVATE, fd, e.pgoff * PAGE_SIZE, what)
     except RestoreError:
         inj.raw(sc.CLOSE, fd)
@@ -197,8 +211,10 @@ def _create_by_remap(plan: RestorePlan, entry, members: list[tuple[Vma, object]]
     whole = free_area(taken, size)
     what = OBJECT_WORDS[entry.object]
     if entry.object == ANON:
-        got = inj.call(sc.MMAP, whole, size, MMAP_RW, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
-                       -1, 0, step=f"creating {what}", address=whole)
+        noreserve = MAP_NORESERVE if any("nr" in codes(e) for _, e in members) else 0
+        got = inj.call(sc.MMAP, whole, size, MMAP_RW,
+                       MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED | noreserve, -1, 0,
+                       step=f"creating {what}", address=whole)
     else:
         shmid = inj.call(SHMGET, IPC_PRIVATE, size, IPC_CREAT | 0o600,
                          step=f"creating {what} of {size} bytes")
@@ -208,12 +224,15 @@ def _create_by_remap(plan: RestorePlan, entry, members: list[tuple[Vma, object]]
             raise RestoreError(f"attaching {what} at {whole:#x}: {sc.errno_text(got)}")
     if got != whole:
         raise RestoreError(f"{what} landed at {got:#x}, not {whole:#x}")
-    for vma, e in members:
+    for vma, e in members:  # writable like the first (RestorePlan._protect_shared)
         moved = inj.call(sc.MREMAP, whole + e.pgoff * PAGE_SIZE, 0, vma.size,
                          sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, vma.start,
                          step=f"mapping {what}", address=vma.start)
         if moved != vma.start:
             raise RestoreError(f"mapping {what} landed at {moved:#x}, not {vma.start:#x}")
+        if vma.prot | MMAP_RW != MMAP_RW:  # executable too: as RestorePlan maps shared memory
+            inj.call(sc.MPROTECT, vma.start, vma.size, vma.prot | MMAP_RW,
+                     step=f"protecting {what}", address=vma.start)
     inj.call(sc.MUNMAP, whole, size, step=f"unmapping the first mapping of {what}",
              address=whole)
 
@@ -271,9 +290,6 @@ def restore(plan: RestorePlan, value) -> None:
             if by_start[e.start].name not in NOT_TOUCHED
             and by_start[e.start] not in plan.vdso_block]
     for vma, e in todo:
-        if e.object and vma.is_shared and vma.prot != MMAP_RW:
-            plan.injector.call(sc.MPROTECT, vma.start, vma.size, vma.prot,
-                               step=f"protecting {OBJECT_WORDS[e.object]}", address=vma.start)
         for g in e.guards:
             _advise(plan, g.start, g.count * PAGE_SIZE, "MADV_GUARD_INSTALL",
                     MADV_GUARD_INSTALL)

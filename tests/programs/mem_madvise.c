@@ -4,13 +4,17 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "selfcheck.h"
-/* madvise state, mlock and mseal, one page each, visible in /proc/self/smaps after the
+/* madvise state, mlock, mseal, MAP_NORESERVE and MAP_DROPPABLE, one page each, visible in /proc/self/smaps after the
  * restore. */
 static struct { int advice; const char *code; } pages[] = {
     {MADV_DONTDUMP, "dd"}, {MADV_DONTFORK, "dc"}, {MADV_HUGEPAGE, "hg"},
     {MADV_NOHUGEPAGE, "nh"}, {MADV_WIPEONFORK, "wf"}, {MADV_MERGEABLE, "mg"},
     {MADV_SEQUENTIAL, "sr"}, {MADV_RANDOM, "rr"}, {-1, "lo"}, {-2, "sl"},
+    {-3, "nr"}, {-4, "dp"},
 };
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
 #define COUNT (sizeof pages / sizeof pages[0])
 
 /* Whether the VmFlags of the mapping holding `at` show `code`. */
@@ -36,8 +40,16 @@ int main(void) {
     int ok[COUNT];
     for (unsigned i = 0; i < COUNT; i++) {  /* every other page: no two VMAs merge */
         char *at = p + i * 2 * 4096;
+        if (pages[i].advice == -3)  /* mmap flags, not advice: the page mapped again */
+            mmap(at, 4096, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        if (pages[i].advice == -4)
+            mmap(at, 4096, PROT_READ | PROT_WRITE, MAP_DROPPABLE | MAP_ANONYMOUS | MAP_FIXED,
+                 -1, 0);
         snprintf(at, 64, "page %u", i);
-        if (pages[i].advice == -1)
+        if (pages[i].advice < -2)
+            ok[i] = 1;
+        else if (pages[i].advice == -1)
             ok[i] = mlock(at, 4096) == 0;
         else if (pages[i].advice == -2)
             ok[i] = syscall(462, at, 4096, 0) == 0;
