@@ -71,7 +71,8 @@ MADVICE = {"sr": ("MADV_SEQUENTIAL", 2), "rr": ("MADV_RANDOM", 1),
            "wf": ("MADV_WIPEONFORK", 18), "mg": ("MADV_MERGEABLE", 12)}
 MADV_GUARD_INSTALL = 102
 MADVISE, MLOCK, MLOCK2, MSEAL = 28, 149, 325, 462
-MEMFD_CREATE, FTRUNCATE = 319, 77
+MEMFD_CREATE, FTRUNCATE, FCNTL = 319, 77, 72
+F_DUPFD_CLOEXEC = 1030
 SHMGET, SHMAT, SHMCTL = 29, 30, 31
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 MLOCK_ONFAULT = 1
@@ -188,16 +189,29 @@ def _create_memfd(plan: RestorePlan, entry, members: list[tuple[Vma, object]]) -
     except RestoreError:
         inj.raw(sc.CLOSE, fd)
         raise
-    if _fd_wanted(plan, entry):
-        plan.memfd_fds[entry.inode] = fd  # the fd side puts it at its number (dup3)
-    else:
-        inj.raw(sc.CLOSE, fd)
+    _offer(plan, entry, fd)
 
 
-def _fd_wanted(plan: RestorePlan, entry) -> bool:
-    """The image holds a descriptor of a memfd of this name: the fd side may claim ours."""
-    return any(f.path.removesuffix(" (deleted)") == f"/memfd:{entry.name}"
-               for f in plan.image.files or [])
+def _offer(plan: RestorePlan, entry, fd: int) -> None:
+    """When the image holds a descriptor of a memfd of this name, keep ours open for the fd
+    side to claim (pop it from plan.memfd_fds by the image inode, dup3 it to its number):
+    above every fd number of the image, so that placing those never closes it. Unclaimed ones
+    are closed after the fds are in place (close_unclaimed)."""
+    files = [f for f in plan.image.files or []
+             if f.path.removesuffix(" (deleted)") == f"/memfd:{entry.name}"]
+    kept = -1
+    if files:
+        above = max([f.fd for f in plan.image.files or []] + [2]) + 1
+        kept = plan.injector.raw(FCNTL, fd, F_DUPFD_CLOEXEC, above)
+    plan.injector.raw(sc.CLOSE, fd)
+    if files and not sc.is_error(kept):
+        plan.memfd_fds[entry.inode] = kept
+
+
+def close_unclaimed(plan: RestorePlan) -> None:
+    for fd in plan.memfd_fds.values():
+        plan.injector.raw(sc.CLOSE, fd)
+    plan.memfd_fds.clear()
 
 
 def _create_by_remap(plan: RestorePlan, entry, members: list[tuple[Vma, object]]) -> None:

@@ -2,6 +2,8 @@
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <dirent.h>
+#include <stdlib.h>
 #include <sys/shm.h>
 #include <unistd.h>
 #include "selfcheck.h"
@@ -19,6 +21,17 @@ static int mapped_as(void *addr, const char *what) {
             found = 1;
     fclose(maps);
     return found;
+}
+
+static int highest_fd(void) {
+    int high = -1;
+    DIR *dir = opendir("/proc/self/fd");
+    struct dirent *e;
+    while ((e = readdir(dir)))
+        if (e->d_name[0] != '.' && atoi(e->d_name) != dirfd(dir) && atoi(e->d_name) > high)
+            high = atoi(e->d_name);
+    closedir(dir);
+    return high;
 }
 
 int main(void) {
@@ -40,6 +53,11 @@ int main(void) {
     char *s1 = shmat(id, NULL, 0), *s2 = shmat(id, NULL, SHM_RDONLY);
     shmctl(id, IPC_RMID, NULL);
     strcpy(s1 + 100, "sysv segment");
+    /* A memfd both mapped and held open: the restore's own descriptor of it must not stay. */
+    int kept = memfd_create("kept-open", MFD_CLOEXEC);
+    ftruncate(kept, 4096);
+    char *k = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, kept, 0);
+    strcpy(k, "kept open");
 
     checkpoint();
 
@@ -57,5 +75,8 @@ int main(void) {
     s1[100] = 'S';
     CHECK(s2[100] == 'S', "SysV: one segment through two attachments");
     CHECK(mapped_as(s1, "/SYSV"), "SysV shows as a SysV segment");
+    CHECK(strcmp(k, "kept open") == 0, "memfd held open: contents");
+    CHECK(highest_fd() <= kept, "no descriptor above the program's (highest %d, kept %d)",
+          highest_fd(), kept);
     return 0;
 }
