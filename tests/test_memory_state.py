@@ -9,9 +9,11 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import synthetic
+from construct import Container
 from cprogs import compile_program
 from gdbmi import Gdb, GdbError
 from lldb_helpers import lldb_batch, lldb_missing
@@ -23,6 +25,7 @@ from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Vma
 from binfmt_img.procfs import parse_maps
+from binfmt_img.state import vma_extra
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 _NO_LLDB = lldb_missing()
@@ -202,3 +205,35 @@ def test_old_image_shared_anonymous_is_a_loss(tmp_path: Path) -> None:
     assert re.search(r"would not bring back: shared anonymous memory at 0x[0-9a-f]+-0x[0-9a-f]+ "
                      r"\(the image holds no contents for it\)", str(refused.value))
     assert "not restored: shared anonymous memory at" in said, said
+
+
+# --- the vma_extra record is checked before any change ---------------------------------------
+
+def _entry(**fields: object) -> Container:
+    entry = {"start": synthetic.SHM, "vmflags": "rd mr mw me sh", "object": 1, "inode": 7,
+             "pgoff": 0, "key": 0, "name": "", "guards": []}
+    entry.update(fields)
+    return vma_extra.Record.parse(vma_extra.Record.build({"vmas": [entry]}))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"start": 0x1000}, "names a VMA at 0x1000 the image lacks"),
+    ({"vmflags": "rd; shell"}, "are not two-letter codes"),
+    ({"object": 9}, "unknown object kind 9"),
+    ({"object": 2, "name": "a/b"}, "is not one memfd_create takes"),
+    ({"pgoff": 1 << 40}, "is beyond any object"),
+    ({"pgoff": (1 << 46) // PAGE_SIZE}, "more than 64 TiB"),
+    ({"guards": [{"start": synthetic.SHM + PAGE_SIZE, "count": 1}]}, "lie outside it"),
+])
+def test_vma_extra_refused(fields: dict, message: str) -> None:
+    image = synthetic.make_image("v1")
+    image.vmas[5] = Vma(synthetic.SHM, synthetic.SHM + PAGE_SIZE, 3, MAP_SHARED | MAP_ANONYMOUS)
+    plan = SimpleNamespace(image=image, report=SimpleNamespace(warnings=[]))
+    with pytest.raises(RestoreError, match=re.escape(message)):
+        vma_extra.check(plan, _entry(**fields))  # type: ignore[arg-type]
+
+
+def test_vma_extra_object_on_a_file_is_refused() -> None:
+    plan = SimpleNamespace(image=synthetic.make_image("v1"), report=SimpleNamespace(warnings=[]))
+    with pytest.raises(RestoreError, match="a shared object on a VMA that is not shared memory"):
+        vma_extra.check(plan, _entry())  # type: ignore[arg-type]

@@ -63,7 +63,6 @@ Record = Struct("vmas" / PrefixedArray(Int32ul, Entry))
 
 MMAP_RW = PROT_READ | PROT_WRITE
 MAP_DROPPABLE = 0x08  # a mapping type of its own (6.11+): the kernel may drop its pages
-MADV_NORMAL = 0
 # VmFlags codes (fs/proc/task_mmu.c show_smap_vma_flags) that madvise sets, with the advice.
 MADVICE = {"sr": ("MADV_SEQUENTIAL", 2), "rr": ("MADV_RANDOM", 1),
            "dc": ("MADV_DONTFORK", 10), "dd": ("MADV_DONTDUMP", 16),
@@ -80,6 +79,7 @@ IPC_PRIVATE, IPC_CREAT, IPC_RMID = 0, 0o1000, 0
 MEMFD_NAME_MAX = 249  # memfd_create(2): 249 bytes besides the "memfd:" prefix
 NOT_TOUCHED = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")  # the kernel's own
 CODE = re.compile(r"[a-z0-9]{2}")
+OBJECT_LIMIT = 1 << 46  # bytes of one shared object: a quarter of the user address space
 
 
 # ---- dump ----
@@ -91,8 +91,9 @@ def _object(path: str, kind: str | None) -> tuple[int, int, str]:
     path = path.removesuffix(" (deleted)")
     if kind == "memfd":
         return MEMFD, 0, path.removeprefix("/memfd:")
-    if kind == "sysv":
-        return SYSV, int(path.removeprefix("/SYSV")[:8] or "0", 16), ""
+    if kind == "sysv":  # the kernel names it /SYSV%08x after the key
+        key = path.removeprefix("/SYSV")[:8]
+        return SYSV, int(key, 16) if re.fullmatch(r"[0-9a-fA-F]{8}", key) else 0, ""
     return ANON, 0, ""
 
 
@@ -256,6 +257,7 @@ def _create_by_remap(plan: RestorePlan, entry, members: list[tuple[Vma, object]]
 def check(plan: RestorePlan, value) -> None:
     by_start = {v.start: v for v in plan.image.vmas}
     seen: dict[int, int] = {}
+    extents: dict[int, int] = {}
     for e in value.vmas:
         vma = by_start.get(e.start)
         if vma is None:
@@ -263,6 +265,12 @@ def check(plan: RestorePlan, value) -> None:
         _check_entry(vma, e)
         if e.object and seen.setdefault(e.inode, e.object) != e.object:
             raise RestoreError(f"vma_extra state: inode {e.inode} is two kinds of object")
+        if e.object:
+            extents[e.inode] = max(extents.get(e.inode, 0), e.pgoff * PAGE_SIZE + vma.size)
+            if extents[e.inode] > OBJECT_LIMIT:
+                raise RestoreError(f"vma_extra state: the shared object of VMA "
+                                   f"{vma.start:#x} would be {extents[e.inode]} bytes, more "
+                                   f"than {OBJECT_LIMIT >> 40} TiB")
         if e.object == SYSV:
             plan.report.warnings.append(
                 f"SysV shared memory at {vma.start:#x} (key {e.key:#x}) comes back as a new "
