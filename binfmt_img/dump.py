@@ -31,6 +31,7 @@ from .pagewrite import Progress
 from .procfs import (
     Mapping,
     ProcMem,
+    object_pages,
     read_auxv,
     read_maps,
     readable_pages,
@@ -78,6 +79,20 @@ def _vma_of(mapping: Mapping) -> Vma:
     return Vma(start=mapping.start, end=mapping.end, prot=mapping.prot, flags=mapping.flags,
                pgoff=mapping.offset // PAGE_SIZE if path else 0, path=path,
                name=mapping.special, file=ident)
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The overlap of two sorted lists of disjoint [start, end) ranges."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low < high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def _mm_fields(pid: int, brk: int) -> dict[str, int]:
@@ -214,15 +229,26 @@ class DumpPlan:
                 continue
             if m.is_file and m.flags & MAP_SHARED:
                 continue
-            if ((self.fmt == "v0" and m.is_file) or m.special == "[vdso]"
-                    or m.shared_object is not None):
-                # No path to reread; an in-memory object may hold pages this mapping never
-                # touched (written through another mapping or its fd): every page but guards.
-                plan += readable_pages(self.pid, m.start, m.end)
+            if m.shared_object is not None:
+                plan += self._object_pages(m)
+            elif (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
+                plan += readable_pages(self.pid, m.start, m.end)  # no path to reread
             else:
                 plan += resident_pages(self.pid, m.start, m.end,
                                        skip_file_pages=self.fmt == "v1" and m.is_file)
         return plan
+
+    def _object_pages(self, m: Mapping) -> list[tuple[int, int]]:
+        """An in-memory object may hold pages this mapping never touched (written through
+        another mapping or its fd, or swapped out): where it holds data when /proc tells,
+        else every page. Guard pages are never read."""
+        readable = readable_pages(self.pid, m.start, m.end)
+        data = object_pages(self.pid, m)
+        if data is None:
+            return readable
+        return [(start, (end - start) // PAGE_SIZE) for start, end in
+                _intersect([(s, s + c * PAGE_SIZE) for s, c in data],
+                           [(s, s + c * PAGE_SIZE) for s, c in readable])]
 
     def pages(self, progress: Progress | None = None) -> Iterator[tuple[int, memoryview]]:
         plan = self._page_plan()

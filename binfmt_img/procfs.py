@@ -132,6 +132,36 @@ def readable_pages(pid: int, start: int, end: int) -> list[tuple[int, int]]:
     return _runs(start, [not e & PM_GUARD for e in _pagemap(pid, start, end)])
 
 
+def object_pages(pid: int, m: Mapping) -> list[tuple[int, int]] | None:
+    """Runs (vaddr, count) of an in-memory shared object's mapping where the object holds
+    data (SEEK_DATA on /proc/PID/map_files, which counts swapped-out pages as data): reading
+    its holes through the mapping would allocate them in the inferior. None when map_files
+    cannot be opened (it needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)."""
+    try:
+        fd = os.open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY)
+    except OSError:
+        return None
+    runs: list[tuple[int, int]] = []
+    try:
+        pos, end = m.offset, m.offset + m.end - m.start
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: no data after pos
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            first, last = data & ~0xFFF, (hole + 0xFFF) & ~0xFFF
+            if first >= end:
+                break
+            runs.append((m.start + first - m.offset, (last - first) >> 12))
+            pos = last
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return runs
+
+
 def resident_pages(pid: int, start: int, end: int, skip_file_pages: bool) -> list[tuple[int, int]]:
     """Runs (vaddr, count) of pages that hold data: present or swapped (a guard page's marker
     counts as swapped: left out), and, where asked, not a page still shared with its file

@@ -5,6 +5,7 @@ state. Each is checked by a program of its own after a restore, in GDB and in LL
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 
 PROGRAMS = {"mem_shared": 11, "mem_shared_file": 3, "mem_growsdown": 3, "mem_guard": 3,
-            "mem_madvise": 12}
+            "mem_madvise": 12, "mem_sparse": 2}
 
 
 @needs_gdb
@@ -237,3 +238,22 @@ def test_vma_extra_object_on_a_file_is_refused() -> None:
     plan = SimpleNamespace(image=synthetic.make_image("v1"), report=SimpleNamespace(warnings=[]))
     with pytest.raises(RestoreError, match="a shared object on a VMA that is not shared memory"):
         vma_extra.check(plan, _entry())  # type: ignore[arg-type]
+
+
+@needs_gdb
+@pytest.mark.skipif(not os.access("/proc/self/map_files", os.R_OK) or os.geteuid() != 0,
+                    reason="map_files needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN")
+def test_sparse_shared_object_dumps_its_data_only(tmp_path: Path) -> None:
+    """2 GiB of shared objects holding two pages of data: the dump reads (and so allocates in
+    the inferior) only those, not every page of the mappings."""
+    binary = compile_program("mem_sparse", tmp_path)
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        gdb.until_stopped(f"run > {tmp_path / 'out'}")
+        said = gdb.console(f"img-dump {tmp_path / 'sparse.img'}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    read = re.search(r"(\d+) pages", said)
+    assert read and int(read.group(1)) < 1000, said
