@@ -136,6 +136,18 @@ def test_sysv_identity_is_warned_about(tmp_path: Path) -> None:
                      "private segment", said), said
 
 
+@needs_gdb
+@needs_lldb
+def test_sysv_identity_is_warned_about_lldb(tmp_path: Path) -> None:
+    binary = compile_program("mem_shared", tmp_path)
+    image = tmp_path / "mem_shared.img"
+    dump_at_checkpoint(binary, image)
+    result = lldb_batch(f"img-restore {image}")
+    said = result.stdout + result.stderr
+    assert re.search(r"SysV shared memory at 0x[0-9a-f]+ \(key 0x0\) comes back as a new "
+                     "private segment", said), said
+
+
 def test_unreadable_page_is_named() -> None:
     """A page that cannot be read gives one line naming its address, not a bare errno."""
     plan = DumpPlan.__new__(DumpPlan)
@@ -179,10 +191,9 @@ def test_refused_mlock_is_warned_about(tmp_path: Path) -> None:
     assert "FAIL VmFlags lo kept" in (tmp_path / "out").read_text()
 
 
-@needs_gdb
-def test_old_image_shared_anonymous_is_a_loss(tmp_path: Path) -> None:
-    """An image made before vma_extra recorded shared anonymous memory as a /dev/zero file
-    mapping with no pages: refused, naming it; with --accept-loss restored with a warning."""
+def _old_style(tmp_path: Path) -> Path:
+    """mem_shared's image as a binfmt-img before vma_extra made it: shared anonymous memory
+    recorded as a /dev/zero file mapping with no pages."""
     binary = compile_program("mem_shared", tmp_path)
     image_path = tmp_path / "mem_shared.img"
     dump_at_checkpoint(binary, image_path)
@@ -196,6 +207,17 @@ def test_old_image_shared_anonymous_is_a_loss(tmp_path: Path) -> None:
     forged = tmp_path / "old.img"
     with open(forged, "wb") as f:
         v1.write(f, image, pages)
+    return forged
+
+
+OLD_LOSS = (r"would not bring back: shared anonymous memory at 0x[0-9a-f]+-0x[0-9a-f]+ "
+            r"\(the image holds no contents for it\)")
+
+
+@needs_gdb
+def test_old_image_shared_anonymous_is_a_loss(tmp_path: Path) -> None:
+    """Refused, naming it; with --accept-loss restored with a warning."""
+    forged = _old_style(tmp_path)
     gdb = Gdb()
     try:
         with pytest.raises(GdbError) as refused:
@@ -203,8 +225,18 @@ def test_old_image_shared_anonymous_is_a_loss(tmp_path: Path) -> None:
         said = gdb.console(f"img-restore {forged} --accept-loss")
     finally:
         gdb.close()
-    assert re.search(r"would not bring back: shared anonymous memory at 0x[0-9a-f]+-0x[0-9a-f]+ "
-                     r"\(the image holds no contents for it\)", str(refused.value))
+    assert re.search(OLD_LOSS, str(refused.value)), str(refused.value)
+    assert "not restored: shared anonymous memory at" in said, said
+
+
+@needs_gdb
+@needs_lldb
+def test_old_image_shared_anonymous_is_a_loss_lldb(tmp_path: Path) -> None:
+    forged = _old_style(tmp_path)
+    refused = lldb_batch(f"img-restore {forged}")
+    assert re.search(OLD_LOSS, refused.stdout + refused.stderr), refused.stdout + refused.stderr
+    accepted = lldb_batch(f"img-restore {forged} --accept-loss")
+    said = accepted.stdout + accepted.stderr
     assert "not restored: shared anonymous memory at" in said, said
 
 
