@@ -261,15 +261,26 @@ def _entry(**fields: object) -> Container:
 def test_vma_extra_refused(fields: dict, message: str) -> None:
     image = synthetic.make_image("v1")
     image.vmas[5] = Vma(synthetic.SHM, synthetic.SHM + PAGE_SIZE, 3, MAP_SHARED | MAP_ANONYMOUS)
-    plan = SimpleNamespace(image=image, report=SimpleNamespace(warnings=[]))
+    plan = SimpleNamespace(image=image, report=SimpleNamespace(warnings=[]), local=True)
     with pytest.raises(RestoreError, match=re.escape(message)):
         vma_extra.check(plan, _entry(**fields))  # type: ignore[arg-type]
 
 
 def test_vma_extra_object_on_a_file_is_refused() -> None:
-    plan = SimpleNamespace(image=synthetic.make_image("v1"), report=SimpleNamespace(warnings=[]))
+    plan = SimpleNamespace(image=synthetic.make_image("v1"), report=SimpleNamespace(warnings=[]),
+                           local=True)
     with pytest.raises(RestoreError, match="a shared object on a VMA that is not shared memory"):
         vma_extra.check(plan, _entry())  # type: ignore[arg-type]
+
+
+def test_shared_file_no_longer_writable_is_refused(tmp_path: Path) -> None:
+    """VmFlags mw: the file must be opened for writing again; a file that is not writable now
+    is refused before any change, not found out at the open."""
+    image = synthetic.make_image("v1")
+    image.vmas[5].path = str(tmp_path / "gone")
+    plan = SimpleNamespace(image=image, report=SimpleNamespace(warnings=[]), local=True)
+    with pytest.raises(RestoreError, match=r"had it open for writing; it is not writable now"):
+        vma_extra.check(plan, _entry(object=0, inode=0))  # type: ignore[arg-type]
 
 
 @needs_gdb

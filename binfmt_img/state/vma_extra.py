@@ -13,6 +13,7 @@ replays the madvise state, mlock, and mseal last.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -263,6 +264,10 @@ def check(plan: RestorePlan, value) -> None:
         if vma is None:
             raise RestoreError(f"vma_extra state names a VMA at {e.start:#x} the image lacks")
         _check_entry(vma, e)
+        if vma.is_file and vma.is_shared and "mw" in codes(e) and plan.local \
+                and not os.access(vma.path or "", os.W_OK):
+            raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x}: the dumped "
+                               "process had it open for writing; it is not writable now")
         if e.object and seen.setdefault(e.inode, e.object) != e.object:
             raise RestoreError(f"vma_extra state: inode {e.inode} is two kinds of object")
         if e.object:
