@@ -32,7 +32,7 @@ needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not i
 _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 
-PROGRAMS = {"mem_shared": 11, "mem_shared_file": 3, "mem_growsdown": 3, "mem_guard": 3,
+PROGRAMS = {"mem_shared": 11, "mem_shared_file": 3, "mem_growsdown": 3, "mem_guard": 5,
             "mem_madvise": 12, "mem_sparse": 2}
 
 

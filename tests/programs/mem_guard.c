@@ -37,6 +37,18 @@ int main(void) {
         snprintf(p + i * 4096, 64, "page %d", i);
     int installed = madvise(p + 4096, 4096, MADV_GUARD_INSTALL) == 0 &&
                     madvise(p + 3 * 4096, 2 * 4096, MADV_GUARD_INSTALL) == 0;
+    /* In a private file mapping and in a shared memfd too. */
+    int exe = open("/proc/self/exe", O_RDONLY);
+    char *f = mmap(NULL, 2 * 4096, PROT_READ, MAP_PRIVATE, exe, 0);
+    close(exe);
+    int mfd = memfd_create("guarded", MFD_CLOEXEC);
+    ftruncate(mfd, 3 * 4096);
+    char *m = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    close(mfd);
+    strcpy(m, "memfd 0");
+    strcpy(m + 2 * 4096, "memfd 2");
+    installed = installed && madvise(f + 4096, 4096, MADV_GUARD_INSTALL) == 0 &&
+                madvise(m + 4096, 4096, MADV_GUARD_INSTALL) == 0;
     printf("guards installed: %d\n", installed);
 
     checkpoint();
@@ -48,5 +60,9 @@ int main(void) {
     CHECK(guard_marked(p + 4096) && guard_marked(p + 4 * 4096), "pagemap marks the guards");
     CHECK(!faults(p) && strcmp(p, "page 0") == 0 && strcmp(p + 2 * 4096, "page 2") == 0 &&
           strcmp(p + 5 * 4096, "page 5") == 0, "the pages around the guards are intact");
+    CHECK(installed && faults(f + 4096) && !faults(f) && memcmp(f + 1, "ELF", 3) == 0,
+          "a guard page in a private file mapping");
+    CHECK(faults(m + 4096) && strcmp(m, "memfd 0") == 0 && strcmp(m + 2 * 4096, "memfd 2") == 0,
+          "a guard page in a shared memfd");
     return 0;
 }
