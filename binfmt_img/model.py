@@ -29,7 +29,13 @@ MM_FIELDS = (
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_SHARED_VALIDATE, MAP_TYPE = 0x03, 0x0F  # mmap(2): the low bits are one sharing type
 MAP_GROWSDOWN = 0x100
+MAP_DENYWRITE, MAP_EXECUTABLE, MAP_NORESERVE, MAP_STACK = 0x800, 0x1000, 0x4000, 0x20000
+# The flags an image's VMA may carry besides its type: what mmap takes again unchanged (the
+# kernel ignores DENYWRITE and EXECUTABLE today; older dumpers wrote them).
+VMA_FLAGS = (MAP_FIXED | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_DENYWRITE | MAP_EXECUTABLE
+             | MAP_NORESERVE | MAP_STACK)
 
 SPECIAL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]", "[stack]", "[heap]", "[vsyscall]")
 VSYSCALL_START = 0xFFFFFFFFFF600000
@@ -90,7 +96,8 @@ class Vma:
 
     @property
     def is_shared(self) -> bool:
-        return bool(self.flags & MAP_SHARED) and not self.flags & MAP_PRIVATE
+        """As the kernel reads the type: MAP_SHARED_VALIDATE (= SHARED|PRIVATE) is shared."""
+        return self.flags & MAP_TYPE in (MAP_SHARED, MAP_SHARED_VALIDATE)
 
     @property
     def label(self) -> str:

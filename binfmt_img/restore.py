@@ -27,9 +27,8 @@ from .inject import (
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
-    MAP_GROWSDOWN,
-    MAP_SHARED,
     PAGE_SIZE,
+    PROT_READ,
     PROT_WRITE,
     USER_TOP,
     VSYSCALL_START,
@@ -42,6 +41,7 @@ from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .safeio import executable_problem, kind_of
+from .state import vma_extra
 from .target import Target
 from .threads import (
     check_threads,
@@ -82,6 +82,15 @@ def _is_stack(image: Image, vma: Vma) -> bool:
     return vma.name is None and vma.start <= image.mm.get("start_stack", 0) < vma.end
 
 
+def _mapped_prot(vma: Vma) -> int:
+    """The protection a VMA is first mapped with: shared memory that is not a file takes its
+    pages through the mapping (the kernel refuses to force a write into a read-only shared
+    mapping), so it is writable until they are in."""
+    if vma.is_shared and not vma.is_file:
+        return vma.prot | PROT_READ | PROT_WRITE
+    return vma.prot
+
+
 class RestorePlan:
     """Checks made before the first change, then the steps that rebuild the process."""
 
@@ -107,6 +116,9 @@ class RestorePlan:
         self.tid_addresses: dict[int, int] = {}  # image tid -> where glibc caches it
         self.live_tids: dict[int, int] = {}  # image tid -> the restored thread's tid
         self.live_fds: list[int] = []
+        # memfd objects made for mappings, image inode -> live fd (O_CLOEXEC): kept open only
+        # when the image also holds a descriptor of that memfd, for the fd side to claim.
+        self.memfd_fds: dict[int, int] = {}
         self.changed = False
         self.local = True
 
@@ -228,6 +240,11 @@ class RestorePlan:
         for vma in self.image.vmas:
             if not vma.is_file:
                 continue
+            if vma.path == "/dev/zero" and vma.is_shared:
+                # Shared anonymous memory as binfmt-img before vma_extra took it: a file.
+                self.losses.append(f"shared anonymous memory at {vma.start:#x}-{vma.end:#x} "
+                                   "(the image holds no contents for it)")
+                continue
             try:
                 st = os.stat(vma.path)
             except OSError as error:
@@ -270,12 +287,14 @@ class RestorePlan:
         self.vdso.place(inj)
         self._create_vmas()
         self._write_pages()
+        self._protect_shared()
         self._set_mm()
         self._set_name()
         self._set_signals()
         self._restore_states("process")
         self._set_thread_state()
         restore_open_files(self)
+        vma_extra.close_unclaimed(self)  # memfds of mappings the fd side did not take
         restore_threads(self)
         self._restore_states("late")
         inj.close_scratch()
@@ -313,16 +332,24 @@ class RestorePlan:
 
     def _create_vmas(self) -> None:
         inj = self.injector
+        extra = vma_extra.entries(self)
+        shared_done: set[int] = set()
         for vma in sorted(self.image.vmas, key=lambda v: v.start):
             if vma in self.vdso_block or vma.name in MOVABLE_NAMES or vma.start >= VSYSCALL_START:
                 continue
-            flags = (vma.flags & ~MAP_GROWSDOWN) | MAP_FIXED
-            if _is_stack(self.image, vma) and not vma.is_file:
-                flags |= MAP_GROWSDOWN
+            entry = extra.get(vma.start)
+            if entry is not None and entry.object:
+                vma_extra.create_shared(self, vma, entry, shared_done)
+                self.report.vmas += 1
+                continue
+            stack = _is_stack(self.image, vma) and not vma.is_file
+            flags = vma_extra.mmap_flags(vma, entry, stack) | MAP_FIXED
             fd = -1
             if vma.is_file:
                 inj.reset_data()
-                writable = vma.flags & MAP_SHARED and vma.prot & PROT_WRITE
+                # Opened as the dumped process had it: a shared mapping that may become
+                # writable (VmFlags mw) needs the file open for writing.
+                writable = vma.is_shared and (vma.prot & PROT_WRITE or vma_extra.may_write(entry))
                 fd = inj.call(sc.OPEN, inj.put_string(vma.path),
                               (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC
                               | sc.O_NOBLOCK_NOTTY, 0,
@@ -331,7 +358,7 @@ class RestorePlan:
             else:
                 flags |= MAP_ANONYMOUS
             try:
-                got = inj.call(sc.MMAP, vma.start, vma.size, vma.prot, flags, fd,
+                got = inj.call(sc.MMAP, vma.start, vma.size, _mapped_prot(vma), flags, fd,
                                vma.pgoff * PAGE_SIZE if fd >= 0 else 0,
                                step=f"mapping {vma.label or 'anonymous memory'}",
                                address=vma.start)
@@ -342,9 +369,19 @@ class RestorePlan:
                 raise RestoreError(f"mapping {vma.label} landed at {got:#x}, not {vma.start:#x}")
             self.report.vmas += 1
 
+    def _protect_shared(self) -> None:
+        """Shared memory was mapped writable for its pages: its own protection now."""
+        for vma in sorted(self.image.vmas, key=lambda v: v.start):
+            if _mapped_prot(vma) != vma.prot and vma not in self.vdso_block:
+                self.injector.call(sc.MPROTECT, vma.start, vma.size, vma.prot,
+                                   step="protecting shared memory", address=vma.start)
+
     def _write_pages(self) -> None:
         # The vDSO block is the live kernel's, moved into place: its stored pages stay out.
         holes = [(v.start, v.end) for v in self.vdso_block] + [(VSYSCALL_START, 1 << 64)]
+        # A restore never writes a file: a shared file mapping's pages are the file's own
+        # (validation refuses an image that stores some; this keeps it so whatever the image).
+        holes += [(v.start, v.end) for v in self.image.vmas if v.is_file and v.is_shared]
         fast = self.via == "fast" or (self.via == "auto" and self.local)
         writer = PageWriter(self.target, self.image, self.pid, fast, self.progress)
         writer.write(outside(self.image, self.image.runs, holes))

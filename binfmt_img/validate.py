@@ -7,13 +7,14 @@ import struct
 
 from .errors import ImageError
 from .model import (
-    MAP_ANONYMOUS,
-    MAP_GROWSDOWN,
     MAP_PRIVATE,
     MAP_SHARED,
+    MAP_SHARED_VALIDATE,
+    MAP_TYPE,
     PAGE_SIZE,
     USER_ADDRESS_LIMIT,
     USER_TOP,
+    VMA_FLAGS,
     VSYSCALL_START,
     Image,
     Thread,
@@ -27,8 +28,6 @@ MAX_THREADS = 4096
 MAX_AUXV = 64  # pairs; the kernel keeps fewer than 30
 # The kernel's saved_auxv: AT_VECTOR_SIZE longs, 2 * (3 for x86 + 22 + 1), pairs with AT_NULL.
 KERNEL_AUXV = 26
-MAP_TYPE, MAP_SHARED_VALIDATE = 0x0F, 0x03
-MAP_KNOWN = MAP_ANONYMOUS | MAP_GROWSDOWN | 0x4000  # MAP_NORESERVE
 MAX_FILE_OFFSET = 1 << 44  # ext4's largest file with 4 KiB blocks; mmap refuses beyond
 ROBUST_LIST_HEAD = 24  # sizeof(struct robust_list_head)
 SS_DISABLE, MINSIGSTKSZ = 2, 2048
@@ -70,6 +69,12 @@ def validate(image: Image, offsets: dict[str, list[int]]) -> None:
             raise ImageError(f"{span} lies outside the canonical user address range", at)
         if vma.prot & ~7:
             raise ImageError(f"{span} has protection bits {vma.prot:#x} mmap does not take", at)
+        if vma.flags & MAP_TYPE not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
+            raise ImageError(f"{span} has no valid sharing type in its flags "
+                             f"{vma.flags:#x} (mmap takes shared or private)", at)
+        if vma.flags & ~(MAP_TYPE | VMA_FLAGS):
+            raise ImageError(f"{span} has unknown flag bits "
+                             f"{vma.flags & ~(MAP_TYPE | VMA_FLAGS):#x}", at)
         if previous is not None and vma.start < previous.end:
             raise ImageError(f"{span} overlaps VMA {previous.start:#x}-{previous.end:#x}", at)
         previous = vma
@@ -118,9 +123,6 @@ def check_restorable(image: Image) -> None:
                          f"most {KERNEL_AUXV} (prctl PR_SET_MM_MAP refuses more)")
     for vma in image.vmas:
         span = f"VMA {vma.start:#x}-{vma.end:#x}"
-        if vma.flags & MAP_TYPE not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE) or \
-                vma.flags & ~(MAP_TYPE | MAP_KNOWN):
-            raise ImageError(f"{span}: mapping flags {vma.flags:#x} that mmap refuses")
         if vma.is_file and vma.pgoff * PAGE_SIZE + vma.size > MAX_FILE_OFFSET:
             raise ImageError(f"{span}: file offset {vma.pgoff * PAGE_SIZE:#x} lies beyond "
                              "what file systems allow")
