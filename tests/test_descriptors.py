@@ -13,7 +13,7 @@ from selfcheck import gdb_round_trip, lldb_round_trip
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
-ROUND_TRIPS = [("fd_pipe", 6)]
+ROUND_TRIPS = [("fd_pipe", 6), ("fd_epoll", 5)]
 
 
 @needs_gdb

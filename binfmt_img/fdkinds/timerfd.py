@@ -59,9 +59,13 @@ def _restore(ctx: Restorer, entries: list[Entry]) -> None:
         step = f"making the timerfd of fd {entry.fd}"
         fd = ctx.call(TIMERFD_CREATE, v.clock, sc.O_CLOEXEC, step=step)
         ctx.inj.reset_data()
-        if v.value_sec or v.value_nsec:
+        value = (v.value_sec, v.value_nsec)
+        if value == (0, 0) and v.ticks:
+            # A periodic timer that expired is moved on only when read: 0 left until then.
+            value = (v.interval_sec, v.interval_nsec)
+        if value != (0, 0):
             spec = b"".join(n.to_bytes(8, "little") for n in (
-                v.interval_sec, v.interval_nsec, v.value_sec, v.value_nsec))
+                v.interval_sec, v.interval_nsec, *value))
             ctx.call(TIMERFD_SETTIME, fd, 0, ctx.inj.put(spec), 0, step=step)
         if v.ticks:
             result = ctx.inj.raw(IOCTL, fd, TFD_IOC_SET_TICKS,
