@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cprogs import compile_program
+from cprogs import compile_program, run_uninterrupted
 from gdbmi import Gdb, GdbError
 from lldb_helpers import lldb_missing
 from selfcheck import GDB_SIGNALS, gdb_round_trip, lldb_round_trip
@@ -63,3 +63,54 @@ def test_lost_pipe_refused_then_accepted_gdb(tmp_path: Path) -> None:
 @needs_lldb
 def test_lost_pipe_accepted_lldb(tmp_path: Path) -> None:
     lldb_round_trip(tmp_path, "fd_lost", restore_options="--accept-loss")
+
+
+def _filter_run(tmp_path: Path, restore_args: str) -> tuple[str, str, str]:
+    """fd_stdin run as `fd_stdin < in > out`, dumped after 300 lines, restored in a fresh GDB
+    with `restore_args` as the run's redirections; (expected, out, the restore's warnings)."""
+    binary = compile_program("fd_stdin", tmp_path)
+    given, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    given.write_text("".join(f"{i}\n" for i in range(2000)))
+    expected = run_uninterrupted(binary, stdin=given)
+    image = tmp_path / "fd_stdin.img"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        assert gdb.until_stopped(f"run < {given} > {out}").get("reason") == "breakpoint-hit"
+        gdb.console(f"img-dump {image}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    gdb = Gdb()
+    try:
+        if restore_args:
+            gdb.console(f"set args {restore_args.format(tmp=tmp_path)}")
+        gdb.console(f"img-restore {image}")
+        warnings = gdb.console("python import gdb_img.commands as c; "
+                               "print(*c.last_restore.warnings, sep=chr(10))")
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    return expected, out.read_text(), warnings
+
+
+@needs_gdb
+def test_stdin_and_stdout_files_reopened_at_their_offsets(tmp_path: Path) -> None:
+    """Standard streams that were files come back at their offsets when the debugger was not
+    told otherwise: the input is read on, the output written on, as an uninterrupted run."""
+    expected, out, warnings = _filter_run(tmp_path, "")
+    assert "PASS stdin read on from its offset" in out
+    assert out == expected
+    assert "stdin" not in warnings and "stdout" not in warnings, warnings
+
+
+@needs_gdb
+def test_stdin_redirected_to_the_same_file_reads_on(tmp_path: Path) -> None:
+    """`run < in` again at the restore: the same file, moved to the checkpoint's offset; a
+    different stdout file is the user's choice, kept, and a warning names the stream."""
+    expected, out, warnings = _filter_run(tmp_path, "< {tmp}/in.txt > {tmp}/other.txt")
+    other = (tmp_path / "other.txt").read_text()
+    assert "PASS stdin read on from its offset" in other
+    assert out + other == expected
+    assert re.search(r"^stdout: kept as the debugger was told \(.*other.txt\); at the "
+                     r"checkpoint it was .*out.txt at offset \d+$", warnings, re.M), warnings

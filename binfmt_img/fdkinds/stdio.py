@@ -85,6 +85,8 @@ def _decide(plan: RestorePlan, fd: int, f: OpenFile | None) -> str | None:
         was = _sort(f.path, 0)
         if was in ("terminal", live) or (was == "other" and live == "terminal"):
             return None
+        if live in ("file", "device"):
+            return f"kept as the debugger was told ({link}); at the checkpoint it was {f.path}"
         return f"was {f.path} at the checkpoint, which cannot be opened again; it is {link}"
     where = f"{f.path}" + (f" at offset {f.pos}" if f.kind == FD_FILE else "")
     try:
