@@ -60,6 +60,7 @@ class Seen:
     mode: int = 0
     group: list[Seen] = field(default_factory=list)  # every fd of the same file, this included
     elsewhere: str | None = None  # another process holding the same pipe or socket
+    everyone: list[Seen] = field(default_factory=list)  # every descriptor seen at this dump
 
     def number(self, key: str, base: int = 10) -> int:
         return int(self.info[key].strip(), base)

@@ -96,7 +96,7 @@ def dump(plan: DumpPlan) -> dict | None:
     elsewhere = _holders(plan.pid, {s.link for s in seen})
     entries = []
     for s in seen:
-        s.elsewhere = elsewhere.get(s.link)
+        s.elsewhere, s.everyone = elsewhere.get(s.link), seen
         entries.append(_dump_one(plan, s))
     return {"entries": entries}
 
