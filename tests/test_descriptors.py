@@ -17,7 +17,9 @@ from test_gdb_restore import dump_at_checkpoint
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
-ROUND_TRIPS = [("fd_pipe", 6), ("fd_epoll", 5), ("fd_memfd", 5), ("fd_socketpair", 7)]
+# Each program and how many checks it makes after the restore.
+ROUND_TRIPS = [("fd_pipe", 6), ("fd_epoll", 5), ("fd_memfd", 5), ("fd_socketpair", 7),
+               ("fd_inotify", 3)]
 
 
 @needs_gdb
