@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,35 @@ def test_stdin_redirected_to_the_same_file_reads_on(tmp_path: Path) -> None:
     assert out + other == expected
     assert re.search(r"^stdout: kept as the debugger was told \(.*other.txt\); at the "
                      r"checkpoint it was .*out.txt at offset \d+$", warnings, re.M), warnings
+
+
+@needs_gdb
+@pytest.mark.skipif(shutil.which("xz") is None, reason="xz is not installed")
+def test_xz_checkpointed_mid_way_gives_the_same_output(tmp_path: Path) -> None:
+    """The real `xz -c < FILE > OUT`, dumped at its 40th read() and restored in a fresh GDB
+    with no redirection: OUT is byte for byte an uninterrupted run's (its self-pipe comes
+    back, stdin and stdout are reopened at their offsets)."""
+    xz = shutil.which("xz") or ""
+    given, out, expected = tmp_path / "in.txt", tmp_path / "out.xz", tmp_path / "expected.xz"
+    given.write_text("".join(f"line {i} {i * 7919 % 10007}\n" for i in range(120000)))
+    with open(given, "rb") as source, open(expected, "wb") as sink:
+        subprocess.run([xz, "-c"], stdin=source, stdout=sink, check=True)
+    image = tmp_path / "xz.img"
+    gdb = Gdb(xz)
+    try:
+        gdb.console("set breakpoint pending on")
+        gdb.console("break read")
+        gdb.console("ignore 1 40")
+        assert gdb.until_stopped(f"run -c < {given} > {out}").get("reason") == "breakpoint-hit"
+        gdb.console(f"img-dump {image}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    assert out.stat().st_size < expected.stat().st_size  # dumped mid-way
+    gdb = Gdb()
+    try:
+        gdb.console(f"img-restore {image}")
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    assert out.read_bytes() == expected.read_bytes()
