@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -149,3 +150,30 @@ def test_xz_checkpointed_mid_way_gives_the_same_output(tmp_path: Path) -> None:
     finally:
         gdb.close()
     assert out.read_bytes() == expected.read_bytes()
+
+
+@needs_gdb
+def test_tcp_connection_refused_then_accepted_gdb(tmp_path: Path) -> None:
+    """A TCP connection to the test's listener: the refusal names it with its addresses, the
+    inferior unchanged; accepted, it reads end of file."""
+    binary = compile_program("fd_tcp", tmp_path)
+    image = tmp_path / "fd_tcp.img"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        dump_at_checkpoint(binary, image, str(port), setup=(GDB_SIGNALS,))
+    gdb = Gdb()
+    try:
+        gdb.console(f"file {binary}")
+        gdb.until_stopped("starti")
+        with pytest.raises(GdbError) as refused:
+            gdb.console(f"img-restore {image}")
+        assert re.search(rf"the restore would not bring back: fd 3 \(socket:\[\d+\], a TCP "
+                         rf"socket 127.0.0.1:\d+ -> 127.0.0.1:{port}; if accepted, reads give "
+                         r"end of file\) \(--accept-loss", str(refused.value)), refused.value
+        assert "_start" in gdb.console("bt")
+        gdb.console(f"img-restore {image} --accept-loss")
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    # stdout was a file at the dump and the debugger gave none: the same file, written on.
+    assert "PASS the lost connection reads end of file" in (tmp_path / "fd_tcp.part1").read_text()

@@ -107,7 +107,7 @@ def _dump(plan: DumpPlan, seen: Seen) -> dict:
     ino = int(seen.link[len("socket:["):-1])
     found = plan.unix_sockets.get(ino)
     if found is None:
-        raise Lost(f"{seen.link}, not a unix socket (a network connection?)")
+        raise Lost(f"{seen.link}, {_network(plan.pid, ino)}")
     sock_type, peer, named = found
     here = {s.ino for s in _all_seen(seen)}
     if named or not peer:
@@ -120,6 +120,29 @@ def _dump(plan: DumpPlan, seen: Seen) -> dict:
         raise Lost(f"{seen.link}, a unix socket of type {sock_type}")
     queued = _peek_all(plan, seen.fd, sock_type) if seen is seen.group[0] else []
     return {"inode": ino, "peer": peer, "type": sock_type, "queued": queued}
+
+
+def _address(text: str) -> str:
+    """/proc/net/tcp's "0100007F:1F90" as "127.0.0.1:8080" (IPv6 left as the kernel shows)."""
+    host, port = text.split(":")
+    if len(host) == 8:
+        host = socket.inet_ntoa(struct.pack("<I", int(host, 16)))
+    return f"{host}:{int(port, 16)}"
+
+
+def _network(pid: int, ino: int) -> str:
+    """What a socket that is not a unix one is, in words: "a TCP connection a -> b"."""
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = [line.split() for line in f][1:]
+        except OSError:
+            continue
+        for row in rows:
+            if len(row) > 9 and row[9] == str(ino):
+                proto = table.rstrip("6").upper()
+                return f"a {proto} socket {_address(row[1])} -> {_address(row[2])}"
+    return "a socket that is not a unix socket pair (netlink, packet...)"
 
 
 def _all_seen(seen: Seen) -> list[Seen]:
