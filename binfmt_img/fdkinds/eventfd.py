@@ -12,16 +12,25 @@ from . import Entry, FdKind, Restorer, Seen
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
+    from ..restore import RestorePlan
 
 ID = 2
 EVENTFD2 = 290
 EFD_SEMAPHORE = 1
+MAX_COUNT = (1 << 64) - 1  # the kernel's ceiling, which a count never reaches
 Record = Struct("count" / Int64ul, "semaphore" / Flag)
 
 
 def _dump(_plan: DumpPlan, seen: Seen) -> dict:
     semaphore = seen.info.get("eventfd-semaphore", "0").strip() == "1"
     return {"count": seen.number("eventfd-count", 16), "semaphore": semaphore}
+
+
+def _check(plan: RestorePlan, entries: list[Entry]) -> None:
+    for entry in entries:
+        if entry.value.count >= MAX_COUNT:
+            plan.losses.append(f"fd {entry.fd} (an eventfd the image records wrongly: count "
+                               f"{entry.value.count})")
 
 
 def _restore(ctx: Restorer, entries: list[Entry]) -> None:
@@ -35,7 +44,8 @@ def _restore(ctx: Restorer, entries: list[Entry]) -> None:
         ctx.place([(fd, entry)])
 
 
-FDKIND = FdKind(id=ID, name="eventfd", record=Record, dump=_dump, restore=_restore,
+FDKIND = FdKind(id=ID, name="eventfd", record=Record, dump=_dump, check=_check,
+                restore=_restore,
                 matches=lambda seen: seen.link == "anon_inode:[eventfd]",
                 describe=lambda e: f"count {e.value.count}"
                 + (", semaphore" if e.value.semaphore else ""))

@@ -5,10 +5,11 @@
   written on after what the program wrote, never truncated (it is opened again with the
   flags it had, O_APPEND included, minus O_TRUNC/O_CREAT).
 - Unless the user redirected that stream in the debugger for this run (`run < in`,
-  `set args > out`): the live stream is then a regular file (or device) and the user's
-  choice is kept. If it is the very file of the checkpoint, it is moved to the checkpoint's
-  offset (a `> out` that emptied it is named in a warning); another file stays as given, with
-  a warning naming the stream.
+  `set args > out`): the live stream is then a regular file, and the user's choice is kept
+  (a live /dev/null is what a debugger without a terminal gives: not taken as a choice).
+  The very file of the checkpoint is moved to the checkpoint's offset (a `> out` that
+  emptied it is named in a warning); another file stays as given, with a warning naming
+  the stream.
 - A terminal stays the debugger's (the user's terminal now). A pipe or socket stays the
   debugger's when the debugger gives one too (the same plumbing), else a warning names it.
 - Any other difference (the file gone or replaced, a stream closed at the checkpoint but
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import syscalls as sc
+from ..files import DEVICES
 from ..model import FD_DEVICE, FD_FILE, OpenFile
 
 if TYPE_CHECKING:
@@ -85,7 +87,7 @@ def _decide(plan: RestorePlan, fd: int, f: OpenFile | None) -> str | None:
         was = _sort(f.path, 0)
         if was in ("terminal", live) or (was == "other" and live == "terminal"):
             return None
-        if live in ("file", "device"):
+        if live == "file":
             return f"kept as the debugger was told ({link}); at the checkpoint it was {f.path}"
         return f"was {f.path} at the checkpoint, which cannot be opened again; it is {link}"
     where = f"{f.path}" + (f" at offset {f.pos}" if f.kind == FD_FILE else "")
@@ -94,7 +96,9 @@ def _decide(plan: RestorePlan, fd: int, f: OpenFile | None) -> str | None:
     except OSError as error:
         return f"{where} at the checkpoint is gone ({error.strerror}); it stays {link}"
     same_file = f.file is None or (now.st_ino, now.st_dev) == (f.file.inode, f.file.device)
-    if live in ("file", "device") and st is not None:
+    if f.kind == FD_DEVICE and f.path not in DEVICES:
+        return f"{f.path} is not a device the restore opens; it stays {link}"
+    if live == "file" and st is not None:
         if (st.st_ino, st.st_dev) != (now.st_ino, now.st_dev):
             return f"kept as the debugger was told ({link}); at the checkpoint it was {where}"
         if f.kind == FD_FILE and same_file:

@@ -109,6 +109,9 @@ def _dump_one(plan: DumpPlan, seen: Seen) -> dict:
         data = kind.record.build(kind.dump(plan, seen))
     except Lost as why:
         kind, data = lost.FDKIND, lost.Record.build({"what": str(why)})
+    except (KeyError, ValueError) as error:  # an fdinfo this version does not understand
+        what = f"{seen.link}, whose fdinfo was not understood ({error})"
+        kind, data = lost.FDKIND, lost.Record.build({"what": what})
     return {"fd": seen.fd, "kind": kind.id, "flags": seen.flags, "pos": seen.pos, "data": data}
 
 
