@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cprogs import compile_program, run_uninterrupted
 from gdbmi import Gdb, GdbError
-from lldb_helpers import lldb_missing
+from lldb_helpers import lldb_batch, lldb_missing
 from selfcheck import GDB_SIGNALS, gdb_round_trip, lldb_round_trip
 from test_gdb_restore import dump_at_checkpoint
 
@@ -177,3 +177,27 @@ def test_tcp_connection_refused_then_accepted_gdb(tmp_path: Path) -> None:
         gdb.close()
     # stdout was a file at the dump and the debugger gave none: the same file, written on.
     assert "PASS the lost connection reads end of file" in (tmp_path / "fd_tcp.part1").read_text()
+
+
+@needs_lldb
+def test_stdin_file_read_on_lldb(tmp_path: Path) -> None:
+    """LLDB: stdin was a file at the dump (target.input-path) and is not given at the
+    restore: the file is reopened at its offset; stdout, given anew, is the user's."""
+    binary = compile_program("fd_stdin", tmp_path)
+    given, first, second = tmp_path / "in.txt", tmp_path / "out1.txt", tmp_path / "out2.txt"
+    given.write_text("".join(f"{i}\n" for i in range(2000)))
+    expected = run_uninterrupted(binary, stdin=given)
+    image = tmp_path / "fd_stdin.img"
+    dumped = lldb_batch(f"settings set target.input-path {given}",
+                        f"settings set target.output-path {first}",
+                        "breakpoint set -n checkpoint", "run", f"img-dump {image}", "kill",
+                        program=binary)
+    assert image.exists(), dumped.stdout + dumped.stderr
+    restored = lldb_batch(f"settings set target.output-path {second}", f"img-restore {image}",
+                          "continue")
+    output = restored.stdout + restored.stderr
+    assert "exited with status = 0" in restored.stdout, output
+    assert "stdin:" not in output, output
+    assert re.search(r"stdout: kept as the debugger was told \(.*out2.txt\)", output), output
+    assert "PASS stdin read on from its offset" in second.read_text()
+    assert first.read_text() + second.read_text() == expected
