@@ -3,6 +3,7 @@ checked by a program of its own after a restore, in GDB and in LLDB."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -201,3 +202,35 @@ def test_stdin_file_read_on_lldb(tmp_path: Path) -> None:
     assert re.search(r"stdout: kept as the debugger was told \(.*out2.txt\)", output), output
     assert "PASS stdin read on from its offset" in second.read_text()
     assert first.read_text() + second.read_text() == expected
+
+
+def _drain(master: int) -> bytes:
+    """What the terminal's programs wrote; EIO once no one holds the terminal open."""
+    got = b""
+    try:
+        while chunk := os.read(master, 4096):
+            got += chunk
+    except OSError:
+        pass
+    return got
+
+
+@needs_gdb
+def test_terminal_reopened_or_refused_when_gone(tmp_path: Path) -> None:
+    """A pty's terminal open at fd 3 comes back while the pty exists; once its master is
+    closed (the terminal gone) the restore is refused, naming it."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    try:
+        text = gdb_round_trip(tmp_path, "fd_terminal", args=(name,), expected=2)
+        assert "PASS the same terminal" in text
+        assert b"after" in _drain(master)
+    finally:
+        os.close(master)
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError, match=rf"fd 3 \(the terminal {name}, gone;"):
+            gdb.console(f"img-restore {tmp_path / 'fd_terminal.img'}")
+    finally:
+        gdb.close()

@@ -58,6 +58,7 @@ class Seen:
     ino: int = 0
     dev: int = 0
     mode: int = 0
+    rdev: int = 0  # a device's number
     group: list[Seen] = field(default_factory=list)  # every fd of the same file, this included
     elsewhere: str | None = None  # another process holding the same pipe or socket
     everyone: list[Seen] = field(default_factory=list)  # every descriptor seen at this dump
@@ -75,6 +76,7 @@ class Entry:
     flags: int
     pos: int
     value: Any
+    lost: str | None = None  # set by a check that finds it cannot come back: what it was
 
     @property
     def cloexec(self) -> int:
@@ -83,6 +85,15 @@ class Entry:
     @property
     def access(self) -> int:
         return self.flags & O_ACCMODE
+
+
+def lose(plan: RestorePlan, entry: Entry, what: str) -> None:
+    """entry cannot come back: named in plan.losses; accepted, it becomes a dead pipe end."""
+    if entry.lost is not None:
+        return
+    entry.lost = what
+    after = "writes fail (EPIPE)" if entry.access == O_WRONLY else "reads give end of file"
+    plan.losses.append(f"fd {entry.fd} ({what}; if accepted, {after})")
 
 
 @dataclass(frozen=True)

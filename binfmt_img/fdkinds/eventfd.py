@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from construct import Flag, Int64ul, Struct
 
 from .. import syscalls as sc
-from . import Entry, FdKind, Restorer, Seen
+from . import Entry, FdKind, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -29,8 +29,7 @@ def _dump(_plan: DumpPlan, seen: Seen) -> dict:
 def _check(plan: RestorePlan, entries: list[Entry]) -> None:
     for entry in entries:
         if entry.value.count >= MAX_COUNT:
-            plan.losses.append(f"fd {entry.fd} (an eventfd the image records wrongly: count "
-                               f"{entry.value.count})")
+            lose(plan, entry, f"an eventfd the image records wrongly: count {entry.value.count}")
 
 
 def _restore(ctx: Restorer, entries: list[Entry]) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from construct import Int32sl, Int32ul, PascalString, PrefixedArray, Struct, VarInt
 
 from .. import syscalls as sc
-from . import IOCTL, Entry, FdKind, Lost, Restorer, Seen
+from . import IOCTL, Entry, FdKind, Lost, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -143,12 +143,11 @@ def _check(plan: RestorePlan, entries: list[Entry]) -> None:
         wds = [w.wd for w in entry.value.watches]
         if any(wd <= 0 for wd in wds) or wds != sorted(set(wds)) or (
                 wds and wds[-1] > len(wds) + MAX_WD_GAP):
-            plan.losses.append(f"fd {entry.fd} (an inotify the image records wrongly)")
+            lose(plan, entry, "an inotify the image records wrongly")
             continue
         for watch in entry.value.watches:
             if not os.path.exists(watch.path):
-                plan.losses.append(f"fd {entry.fd} (inotify watch {watch.wd} of {watch.path}, "
-                                   "gone)")
+                lose(plan, entry, f"an inotify whose watch {watch.wd} of {watch.path} is gone")
 
 
 def _restore(ctx: Restorer, entries: list[Entry]) -> None:

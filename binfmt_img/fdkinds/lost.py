@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from construct import PascalString, Struct, VarInt
 
 from .. import syscalls as sc
-from . import O_WRONLY, Entry, FdKind, Restorer, Seen
+from . import O_WRONLY, Entry, FdKind, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -27,8 +27,7 @@ def _dump(_plan: DumpPlan, seen: Seen) -> dict:
 
 def _check(plan: RestorePlan, entries: list[Entry]) -> None:
     for entry in entries:
-        after = "writes fail (EPIPE)" if entry.access == O_WRONLY else "reads give end of file"
-        plan.losses.append(f"fd {entry.fd} ({entry.value.what}; if accepted, {after})")
+        lose(plan, entry, entry.value.what)
 
 
 def _restore(ctx: Restorer, entries: list[Entry]) -> None:

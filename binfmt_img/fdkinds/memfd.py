@@ -16,7 +16,7 @@ from construct import GreedyBytes, Int32ul, Int64ul, PascalString, Prefixed, Str
 
 from .. import syscalls as sc
 from ..errors import RestoreError
-from . import FCNTL, Entry, FdKind, Restorer, Seen
+from . import FCNTL, Entry, FdKind, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -60,7 +60,7 @@ def _check(plan: RestorePlan, entries: list[Entry]) -> None:
         v = entry.value
         if len(v.name.encode()) > NAME_MAX or "\0" in v.name or (
                 v.data and len(v.data) != v.size):
-            plan.losses.append(f"fd {entry.fd} (a memfd the image records wrongly)")
+            lose(plan, entry, "a memfd the image records wrongly")
 
 
 def _restore(ctx: Restorer, entries: list[Entry]) -> None:

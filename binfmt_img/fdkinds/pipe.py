@@ -20,7 +20,7 @@ from construct import GreedyBytes, Int32ul, PascalString, Prefixed, Struct, VarI
 
 from .. import syscalls as sc
 from ..errors import RestoreError
-from . import FCNTL, O_NONBLOCK, O_RDWR, O_WRONLY, Entry, FdKind, Lost, Restorer, Seen
+from . import FCNTL, O_NONBLOCK, O_RDWR, O_WRONLY, Entry, FdKind, Lost, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -90,7 +90,7 @@ def _check(plan: RestorePlan, entries: list[Entry]) -> None:
     for entry in entries:
         path = entry.value.path
         if path and not stat.S_ISFIFO(_mode(path)):
-            plan.losses.append(f"fd {entry.fd} (the FIFO {path}, gone)")
+            lose(plan, entry, f"the FIFO {path}, gone")
 
 
 def _mode(path: str) -> int:

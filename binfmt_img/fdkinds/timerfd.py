@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from construct import Int32sl, Int32ul, Int64ul, Struct
 
 from .. import syscalls as sc
-from . import IOCTL, Entry, FdKind, Restorer, Seen
+from . import IOCTL, Entry, FdKind, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -46,8 +46,7 @@ def _check(plan: RestorePlan, entries: list[Entry]) -> None:
     for entry in entries:
         v = entry.value
         if v.clock not in CLOCKS or v.value_nsec >= 10**9 or v.interval_nsec >= 10**9:
-            plan.losses.append(f"fd {entry.fd} (a timerfd the image records wrongly: "
-                               f"clock {v.clock})")
+            lose(plan, entry, f"a timerfd the image records wrongly: clock {v.clock}")
         elif v.settime_flags & TFD_TIMER_CANCEL_ON_SET:
             plan.report.warnings.append(f"fd {entry.fd}: the timerfd is no longer cancelled "
                                         "when the clock is set")

@@ -19,7 +19,7 @@ from construct import GreedyBytes, Int32ul, Prefixed, PrefixedArray, Struct, Var
 
 from .. import syscalls as sc
 from ..errors import RestoreError
-from . import Entry, FdKind, Lost, Restorer, Seen
+from . import Entry, FdKind, Lost, Restorer, Seen, lose
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -153,7 +153,7 @@ def _check(plan: RestorePlan, entries: list[Entry]) -> None:
     inodes = {e.value.inode for e in entries}
     for entry in entries:
         if entry.value.type not in TYPES or entry.value.peer not in inodes:
-            plan.losses.append(f"fd {entry.fd} (a socket pair the image records wrongly)")
+            lose(plan, entry, "a socket pair the image records wrongly")
 
 
 def _restore(ctx: Restorer, entries: list[Entry]) -> None:

@@ -52,7 +52,8 @@ def _seen(pid: int, fd: int, link: str, flags: int, pos: int) -> Seen | None:
     except OSError:
         return None
     info = dict(line.split(":", 1) for line in lines if ":" in line)
-    return Seen(fd, link, flags, pos, info, lines, st.st_ino, st.st_dev, st.st_mode)
+    return Seen(fd, link, flags, pos, info, lines, st.st_ino, st.st_dev, st.st_mode,
+                st.st_rdev)
 
 
 def _holders(pid: int, links: set[str]) -> dict[str, str]:
@@ -154,9 +155,18 @@ def check(plan: RestorePlan, value) -> None:  # noqa: ANN001
             raise ImageError(f"descriptors state: fd {entry.fd} cannot be restored there")
     if len(set(numbers)) != len(numbers):
         raise ImageError("descriptors state: a descriptor recorded twice")
+    for f in plan.image.files:  # opened between the two reads of the fd table at the dump
+        if f.kind == FD_OTHER and f.fd >= STANDARD_FDS and f.fd not in numbers:
+            plan.losses.append(f"fd {f.fd} ({f.path}, not recorded)")
     for kind_id, group in _by_kind(all_entries).items():
         fdkinds.BY_ID[kind_id].check(plan, group)
-    plan.descriptor_entries = all_entries
+    plan.descriptor_entries = [_as_lost(e) if e.lost is not None else e for e in all_entries]
+
+
+def _as_lost(entry: Entry) -> Entry:
+    """An entry a check found cannot come back, to be replaced as a lost one."""
+    value = lost.Record.parse(lost.Record.build({"what": entry.lost}))
+    return Entry(entry.fd, lost.ID, entry.flags, entry.pos, value, entry.lost)
 
 
 def restore(plan: RestorePlan, value) -> None:  # noqa: ANN001
