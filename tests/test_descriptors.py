@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,39 @@ def test_terminal_reopened_or_refused_when_gone(tmp_path: Path) -> None:
             gdb.console(f"img-restore {tmp_path / 'fd_terminal.img'}")
     finally:
         gdb.close()
+
+
+@needs_gdb
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_event_loop_resumes(tmp_path: Path) -> None:
+    """node with a timer, interrupted in its event loop (epoll, eventfds, a self-pipe) after
+    5 ticks and restored in a fresh GDB with no redirection: every tick once, in order, to
+    the same output file, and a normal exit."""
+    script, out, image = tmp_path / "ticks.js", tmp_path / "out.txt", tmp_path / "node.img"
+    script.write_text("let n = 0;\nconst t = setInterval(() => {\n  n++;\n"
+                      "  console.log('tick ' + n);\n"
+                      "  if (n === 30) { clearInterval(t); console.log('done'); }\n}, 50);\n")
+    gdb = Gdb(shutil.which("node") or "")
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"run {script} > {out} &")
+        deadline = time.monotonic() + 30
+        while not out.exists() or "tick 5\n" not in out.read_text():
+            assert time.monotonic() < deadline, "node did not tick"
+            time.sleep(0.05)
+        gdb.interrupt()
+        gdb.console(f"img-dump {image}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"img-restore {image}")
+        warnings = gdb.console("python import gdb_img.commands as c; "
+                               "print(*c.last_restore.warnings, sep=chr(10))")
+        assert "not restored" not in warnings, warnings
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    assert out.read_text() == "".join(f"tick {i}\n" for i in range(1, 31)) + "done\n"
