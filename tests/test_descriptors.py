@@ -271,3 +271,40 @@ def test_node_event_loop_resumes(tmp_path: Path) -> None:
     finally:
         gdb.close()
     assert out.read_text() == "".join(f"tick {i}\n" for i in range(1, 31)) + "done\n"
+
+
+@needs_gdb
+@pytest.mark.xfail(strict=True, reason="asyncio keeps the pid its loop runs in and compares it "
+                   "with os.getpid(): the restored process has another pid, so 'no running "
+                   "event loop' (its epoll and self-pipe socket pair do come back)")
+def test_python_asyncio_resumes(tmp_path: Path) -> None:
+    """python's asyncio loop (epoll and a socket pair as its self-pipe), interrupted while
+    it sleeps between ticks, resumes them all."""
+    script, out, image = tmp_path / "ticks.py", tmp_path / "out.txt", tmp_path / "py.img"
+    script.write_text("import asyncio\n\nasync def main():\n    for i in range(1, 31):\n"
+                      "        print('tick', i, flush=True)\n        await asyncio.sleep(0.05)\n"
+                      "    print('done', flush=True)\n\nasyncio.run(main())\n")
+    gdb = Gdb("/usr/bin/python3")
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"run {script} > {out} &")
+        deadline = time.monotonic() + 30
+        while not out.exists() or "tick 5\n" not in out.read_text():
+            assert time.monotonic() < deadline, "python did not tick"
+            time.sleep(0.05)
+        gdb.interrupt()
+        gdb.console(f"img-dump {image}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"img-restore {image}")
+        warnings = gdb.console("python import gdb_img.commands as c; "
+                               "print(*c.last_restore.warnings, sep=chr(10))")
+        assert "not restored" not in warnings, warnings
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    assert out.read_text() == "".join(f"tick {i}\n" for i in range(1, 31)) + "done\n"
