@@ -162,7 +162,16 @@ def test_tcp_connection_refused_then_accepted_gdb(tmp_path: Path) -> None:
     image = tmp_path / "fd_tcp.img"
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        dump_at_checkpoint(binary, image, str(port), setup=(GDB_SIGNALS,))
+        gdb = Gdb(str(binary))
+        try:
+            gdb.console(GDB_SIGNALS)
+            gdb.console("break checkpoint")
+            gdb.until_stopped(f"run {port} > {tmp_path / 'fd_tcp.part1'}")
+            dumped = gdb.console(f"img-dump {image}")
+            gdb.console("kill")
+        finally:
+            gdb.close()
+    assert re.search(r"fd 3 \(socket:\[\d+\], a TCP socket .*\) cannot be restored", dumped)
     gdb = Gdb()
     try:
         gdb.console(f"file {binary}")
@@ -174,6 +183,10 @@ def test_tcp_connection_refused_then_accepted_gdb(tmp_path: Path) -> None:
                          r"end of file\) \(--accept-loss", str(refused.value)), refused.value
         assert "_start" in gdb.console("bt")
         gdb.console(f"img-restore {image} --accept-loss")
+        warnings = gdb.console("python import gdb_img.commands as c; "
+                               "print(*c.last_restore.warnings, sep=chr(10))")
+        assert re.search(r"^not restored: fd 3 \(socket:\[\d+\], a TCP socket", warnings,
+                         re.M), warnings
         assert gdb.until_stopped("continue").get("reason") == "exited-normally"
     finally:
         gdb.close()

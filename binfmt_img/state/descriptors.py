@@ -109,11 +109,17 @@ def _dump_one(plan: DumpPlan, seen: Seen) -> dict:
             raise Lost(seen.link)
         data = kind.record.build(kind.dump(plan, seen))
     except Lost as why:
-        kind, data = lost.FDKIND, lost.Record.build({"what": str(why)})
+        kind, data = lost.FDKIND, _lost(plan, seen, str(why))
     except (KeyError, ValueError) as error:  # an fdinfo this version does not understand
-        what = f"{seen.link}, whose fdinfo was not understood ({error})"
-        kind, data = lost.FDKIND, lost.Record.build({"what": what})
+        kind, data = lost.FDKIND, _lost(plan, seen, f"{seen.link}, whose fdinfo was not "
+                                                    f"understood ({error})")
     return {"fd": seen.fd, "kind": kind.id, "flags": seen.flags, "pos": seen.pos, "data": data}
+
+
+def _lost(plan: DumpPlan, seen: Seen, what: str) -> bytes:
+    plan.report.warnings.append(f"fd {seen.fd} ({what}) cannot be restored: a restore will "
+                                "name it and refuse unless --accept-loss")
+    return lost.Record.build({"what": what})
 
 
 # ---- restore ----
