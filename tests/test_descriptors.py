@@ -321,3 +321,10 @@ def test_python_asyncio_resumes(tmp_path: Path) -> None:
     finally:
         gdb.close()
     assert out.read_text() == "".join(f"tick {i}\n" for i in range(1, 31)) + "done\n"
+
+
+@needs_gdb
+def test_fifo_with_buffered_bytes(tmp_path: Path) -> None:
+    fifo = tmp_path / "the.fifo"
+    os.mkfifo(fifo)
+    gdb_round_trip(tmp_path, "fd_fifo", args=(str(fifo),), expected=3)

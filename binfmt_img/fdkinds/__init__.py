@@ -145,6 +145,13 @@ class Restorer:
             if temp != entry.fd:
                 self.inj.raw(sc.CLOSE, temp)
 
+    def aside(self, fd: int, what: str) -> int:
+        """A helper descriptor kept open while others are placed, moved above every number
+        to be placed (where it would be overwritten, or close a placed one at its end)."""
+        moved = self.call(FCNTL, fd, F_DUPFD_CLOEXEC, self.high, step=what)
+        self.inj.raw(sc.CLOSE, fd)
+        return moved
+
     def put_at(self, temp: int, entry: Entry) -> None:
         """temp (still open) is also at entry.fd afterwards, with entry's fd and status flags."""
         step = f"placing fd {entry.fd}"

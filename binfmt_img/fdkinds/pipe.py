@@ -144,8 +144,9 @@ def _pipe(ctx: Restorer, group: list[Entry], size: int, data: bytes) -> None:
 
 def _fifo(ctx: Restorer, path: str, group: list[Entry], size: int, data: bytes) -> None:
     inj = ctx.inj
-    keeper = ctx.call(sc.OPEN, inj.put_string(path), O_RDWR | O_NONBLOCK | sc.O_CLOEXEC, 0,
-                      step=f"opening the FIFO {path}")
+    step = f"opening the FIFO {path}"
+    keeper = ctx.aside(ctx.call(sc.OPEN, inj.put_string(path), O_RDWR | O_NONBLOCK | sc.O_CLOEXEC,
+                                0, step=step), step)
     _set_size(ctx, keeper, size, group)
     ctx.write_into(keeper, data, f"fd {group[0].fd}: the FIFO's buffered bytes")
     for entry in group:
