@@ -23,7 +23,7 @@ VALUES = {
     "memfd": {"inode": 9, "device": 1, "name": "m", "seals": 3, "size": 2, "data": b"hi"},
     "unix": {"inode": 11, "peer": 11, "type": 1, "queued": [b"a", b"bc"]},
     "inotify": {"watches": [{"wd": 1, "mask": 0x100, "path": "/tmp"}]},
-    "terminal": {"path": "/dev/pts/0", "rdev": 0x8800},
+    "terminal": {"path": "/dev/pts/0", "rdev": 0x8800, "ctime_ns": 1},
     "lost": {"what": "socket:[5], a TCP socket"},
 }
 

@@ -1,6 +1,6 @@
 """A terminal open above fd 2 (/dev/tty, /dev/pts/N, a console): opened again by its path
-when that is still the same terminal (the same device number; /dev/tty is whatever
-controlling terminal the restored process has), else Lost ("a terminal that is gone").
+when that is still the same terminal (the same device number and creation time; /dev/tty
+is whatever controlling terminal the restored process has), else Lost ("a terminal that is gone").
 O_NOCTTY always: the restore never changes which terminal controls the process."""
 
 from __future__ import annotations
@@ -23,15 +23,21 @@ PATHS = ("/dev/pts/", "/dev/tty", "/dev/console")
 CONTROLLING = "/dev/tty"
 O_NOCTTY = 0o400
 OPEN_ONLY = 0o100 | 0o200 | 0o1000  # O_CREAT, O_EXCL, O_TRUNC
-Record = Struct("path" / PascalString(VarInt, "utf8"), "rdev" / Int64ul)
+# A pty's number is reused as soon as it is free: its creation time (ctime, which writes
+# leave alone) tells a new terminal at the old number from the same one.
+Record = Struct("path" / PascalString(VarInt, "utf8"), "rdev" / Int64ul, "ctime_ns" / Int64ul)
 
 
 def _matches(seen: Seen) -> bool:
     return stat.S_ISCHR(seen.mode) and seen.link.startswith(PATHS)
 
 
-def _dump(_plan: DumpPlan, seen: Seen) -> dict:
-    return {"path": seen.link, "rdev": seen.rdev}
+def _dump(plan: DumpPlan, seen: Seen) -> dict:
+    try:
+        ctime = os.stat(f"/proc/{plan.pid}/fd/{seen.fd}").st_ctime_ns
+    except OSError:
+        ctime = 0
+    return {"path": seen.link, "rdev": seen.rdev, "ctime_ns": ctime}
 
 
 def _check(plan: RestorePlan, entries: list[Entry]) -> None:
@@ -41,8 +47,9 @@ def _check(plan: RestorePlan, entries: list[Entry]) -> None:
             st = os.stat(path)
         except OSError:
             st = None
-        same = st is not None and stat.S_ISCHR(st.st_mode) and (
-            path == CONTROLLING or st.st_rdev == entry.value.rdev)
+        v = entry.value
+        same = st is not None and stat.S_ISCHR(st.st_mode) and (path == CONTROLLING or (
+            st.st_rdev == v.rdev and st.st_ctime_ns == v.ctime_ns))
         if not path.startswith(PATHS) or not same:
             lose(plan, entry, f"the terminal {path}, gone")
 
