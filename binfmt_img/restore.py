@@ -294,9 +294,9 @@ class RestorePlan:
         self._restore_states("process")
         self._set_thread_state()
         restore_open_files(self)
-        vma_extra.close_unclaimed(self)  # memfds of mappings the fd side did not take
         restore_threads(self)
         self._restore_states("late")
+        vma_extra.close_unclaimed(self)  # memfds of mappings the fd side did not take
         inj.close_scratch()
         self._set_registers()
         reload_process = getattr(self.target, "reload_process", None)

@@ -3,8 +3,9 @@
 The debugger reads the contents through /proc/PID/fd/N at the dump and writes them back the
 same way at the restore.
 
-The same memfd may also be mapped: the record keeps its inode and device (as /proc/PID/maps
-shows them for the mapping) so that a restore of the mapping can be joined with this fd."""
+The same memfd may also be mapped: the record keeps its inode (as /proc/PID/maps shows it for
+the mapping), and the memfd the mapping's restore made is taken over instead of a new one, so
+that the descriptor and the mapping are one object again."""
 
 from __future__ import annotations
 
@@ -71,8 +72,11 @@ def _restore(ctx: Restorer, entries: list[Entry]) -> None:
         first, v = group[0], group[0].value
         step = f"making the memfd {v.name} of fd {first.fd}"
         ctx.inj.reset_data()
-        fd = ctx.call(MEMFD_CREATE, ctx.inj.put_string(v.name), MFD_CLOEXEC | MFD_ALLOW_SEALING,
-                      step=step)
+        # Mapped too: the mapping's restore made the memfd already (state/vma_extra.py).
+        fd = ctx.plan.memfd_fds.pop(v.inode, None)
+        if fd is None:
+            fd = ctx.call(MEMFD_CREATE, ctx.inj.put_string(v.name),
+                          MFD_CLOEXEC | MFD_ALLOW_SEALING, step=step)
         ctx.call(FTRUNCATE, fd, v.size, step=step)
         ctx.write_into(fd, b"".join(e.value.data for e in group), step)
         if v.seals:

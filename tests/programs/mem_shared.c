@@ -76,6 +76,8 @@ int main(void) {
     CHECK(s2[100] == 'S', "SysV: one segment through two attachments");
     CHECK(mapped_as(s1, "/SYSV"), "SysV shows as a SysV segment");
     CHECK(strcmp(k, "kept open") == 0, "memfd held open: contents");
+    CHECK(pwrite(kept, "Z", 1, 0) == 1 && k[0] == 'Z',
+          "memfd held open and mapped: one object through the fd and the mapping");
     CHECK(highest_fd() <= kept, "no descriptor above the program's (highest %d, kept %d)",
           highest_fd(), kept);
     return 0;
