@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import syscalls as sc
 from .errors import RestoreError
 from .model import FD_DEVICE, FD_DIRECTORY, FD_FILE, FD_OTHER, FileIdentity, OpenFile
+from .safeio import kind_of
 
 if TYPE_CHECKING:
     from .restore import RestorePlan
@@ -29,6 +30,12 @@ O_CLOEXEC = 0o2000000
 # Bits fdinfo shows that must not be given to open again: creation-time ones.
 OPEN_ONLY = O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC
 SEEK_SET = 0
+O_DIRECTORY, O_PATH = 0o200000, 0o10000000
+# What /proc/PID/fdinfo may show of an open file: access mode, status flags, O_LARGEFILE,
+# O_DIRECTORY, O_NOFOLLOW, O_NOATIME, O_CLOEXEC, O_SYNC, O_PATH, and the creation-time bits.
+KNOWN_OPEN_FLAGS = (O_ACCMODE | O_APPEND | 0o4000 | 0o10000 | 0o20000 | 0o40000 | 0o100000
+                    | O_DIRECTORY | 0o400000 | 0o1000000 | O_CLOEXEC | 0o4000000 | O_PATH
+                    | OPEN_ONLY)
 DELETED = " (deleted)"
 MEMFD = "/memfd:"  # memfd_create's files have no path to open again
 
@@ -85,11 +92,22 @@ def _check_one(f: OpenFile) -> None:
         st = os.stat(f.path)
     except OSError as error:
         raise RestoreError(f"fd {f.fd}: {f.path}: {error.strerror}") from None
-    if f.kind == FD_DEVICE or f.file is None:
+    if f.flags & ~KNOWN_OPEN_FLAGS or (f.flags & O_DIRECTORY and f.kind != FD_DIRECTORY):
+        raise RestoreError(f"fd {f.fd}: open flags {f.flags:#o} that open(2) refuses here")
+    if f.kind == FD_DEVICE:  # only the stateless devices are opened again, never another
+        if f.path not in DEVICES or not stat.S_ISCHR(st.st_mode):
+            raise RestoreError(f"fd {f.fd}: {f.path} is not one of the devices reopened "
+                               f"({', '.join(DEVICES)})")
         return
-    if (f.kind == FD_DIRECTORY) != stat.S_ISDIR(st.st_mode):
-        raise RestoreError(f"fd {f.fd}: {f.path} is no longer a "
-                           f"{'directory' if f.kind == FD_DIRECTORY else 'file'}")
+    if f.kind not in (FD_FILE, FD_DIRECTORY):
+        raise RestoreError(f"fd {f.fd}: unknown kind of open file {f.kind}")
+    if (f.kind == FD_DIRECTORY) != stat.S_ISDIR(st.st_mode) or not (
+            stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise RestoreError(f"fd {f.fd}: {f.path} is not a "
+                           f"{'directory' if f.kind == FD_DIRECTORY else 'regular file'} "
+                           f"({kind_of(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'})")
+    if f.file is None:
+        return
     changes = f.file.changes(st, contents=f.kind == FD_FILE and not _writable(f))
     if changes:
         raise RestoreError(f"fd {f.fd}: {f.path} changed since the dump: " + ", ".join(changes))
@@ -115,7 +133,8 @@ def check_open_files(plan: RestorePlan) -> None:
             continue
         if f.kind == FD_OTHER:
             if "descriptors" not in image.states:  # else binfmt_img/fdkinds brings it back
-                plan.report.warnings.append(f"fd {f.fd}: {f.path} not restored")
+                plan.losses.append(f"fd {f.fd} ({f.path}: an image from before such "
+                                   "descriptors were recorded)")
         else:
             _check_one(f)
     plan.live_fds = sorted(int(n) for n in os.listdir(f"/proc/{plan.pid}/fd"))

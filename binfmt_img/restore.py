@@ -135,6 +135,10 @@ class RestorePlan:
         check_not_in_syscall_entry(self.target)
         check_restorable(self.image)
         self.pid = pid
+        if self.image.pid and self.image.pid != pid:
+            self.report.warnings.append(
+                f"the process has pid {pid}, the checkpoint had {self.image.pid}: a program "
+                "that kept its pid (a lock file, python's asyncio) sees the change")
         self.live = parse_maps(proc_file(self.target, pid, "maps").decode())
         self.live_rseq = self._live_rseq()
         self._check_files()

@@ -15,6 +15,7 @@ import gdb
 from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 
@@ -79,6 +80,8 @@ def _ensure_process(image: image_file.Image) -> bool:
     if program != current:
         gdb.execute(f"file {_gdb_quoted(program)}", to_string=True)
     gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
+    if image.pid:  # GDB's fork (then the shell's exec) makes the inferior: the next task
+        ask_next_pid(image.pid)
     gdb.execute("starti", to_string=True)
     return True
 

@@ -3,6 +3,7 @@ program of its own after a restore, in GDB and in LLDB."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -23,3 +24,10 @@ def test_umask_gdb(tmp_path: Path) -> None:
 @needs_lldb
 def test_umask_lldb(tmp_path: Path) -> None:
     lldb_round_trip(tmp_path, "state_umask")
+
+
+@needs_gdb
+@pytest.mark.skipif(not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK),
+                    reason="choosing the next pid needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE")
+def test_restored_process_keeps_its_pid_gdb(tmp_path: Path) -> None:
+    gdb_round_trip(tmp_path, "state_pid")
