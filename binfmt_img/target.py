@@ -39,6 +39,10 @@ class Target(Protocol):
     def read_proc(self, name: str) -> bytes:
         """Optional. /proc/PID/NAME of a remote inferior, fetched by the debugger."""
 
+    def ptrace_available(self) -> bool:
+        """Optional (without it: False). True when ptrace(2) called from this Python
+        process reaches the inferior's threads (this process is their tracer)."""
+
     def before_changes(self) -> None:
         """Optional. Called once all checks passed, just before the first change."""
 

@@ -61,6 +61,10 @@ class GdbTarget:
         connection = getattr(self.inferior, "connection", None)
         return connection is not None and connection.type == "native"
 
+    def ptrace_available(self) -> bool:
+        """GDB traces a native inferior from the thread its Python runs in."""
+        return self.is_local()
+
     def read_memory(self, addr: int, size: int) -> bytes:
         return bytes(self.inferior.read_memory(addr, size))
 
