@@ -1,0 +1,200 @@
+"""Pending signals, each thread's own queue and the process's shared one, with their siginfo
+(si_code, si_pid, si_value...), in queue order.
+
+Dump: where the debugger's Python is the tracer (GDB), PTRACE_PEEKSIGINFO reads the queues
+without touching them. Elsewhere (LLDB, whose tracer is lldb-server) the queues are emptied
+and filled again by the process itself: /proc/PID/task/TID/status tells which signals are
+pending (SigPnd for the thread, ShdPnd for the process), rt_sigtimedwait with a zero timeout
+takes them one by one (a thread's own queue before the shared one, so every thread's own is
+drained first), and rt_tgsigqueueinfo / rt_sigqueueinfo put them back in the same order.
+
+Restore: each thread's signals are queued by that thread itself (the kernel lets a process
+queue any si_code to itself only: rt_tgsigqueueinfo from the target thread, rt_sigqueueinfo
+from the thread whose tid is the pid) once its signal mask is set, the shared ones in the
+"late" phase when every thread and mask exists. They stay pending because they are blocked.
+A signal pending but not blocked cannot come back faithfully: the kernel would deliver it at
+the restore's very next single-step, in the middle of the restore, so it is refused (named)
+as a loss. (Such a signal could only have arrived while the process was stopped; the dump's
+own steps normally deliver it before it is read.)
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+from typing import TYPE_CHECKING
+
+from construct import Bytes, Int32ul, PrefixedArray, Struct
+
+from .. import ptrace
+from .. import syscalls as sc
+from ..errors import RestoreError
+from . import Kind
+
+if TYPE_CHECKING:
+    from ..dump import DumpPlan
+    from ..model import Thread
+    from ..restore import RestorePlan
+
+RT_SIGQUEUEINFO, RT_SIGTIMEDWAIT, GETTID, RT_TGSIGQUEUEINFO = 129, 128, 186, 297
+SIGINFO = ptrace.SIGINFO_SIZE
+Queue = PrefixedArray(Int32ul, Bytes(SIGINFO))
+Record = Struct(
+    "threads" / PrefixedArray(Int32ul, Struct("tid" / Int32ul, "signals" / Queue)),
+    "shared" / Queue,
+)
+DRAIN_LIMIT = 100_000  # RLIMIT_SIGPENDING is a few ten thousands at most by default
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        rtmin = int(signal.SIGRTMIN)
+        return f"SIGRTMIN+{number - rtmin}" if number > rtmin else f"signal {number}"
+
+
+def _number(info: bytes) -> int:
+    return struct.unpack_from("<i", info)[0]
+
+
+# ---- dump ----
+
+def dump(plan: DumpPlan) -> dict | None:
+    available = getattr(plan.target, "ptrace_available", None)
+    if available is not None and available():
+        threads = [{"tid": t.tid, "signals": ptrace.peek_siginfo(t.tid, False)}
+                   for t in plan.threads]
+        shared = ptrace.peek_siginfo(plan.threads[0].tid, True)
+    else:
+        threads, shared = _drain_and_refill(plan)
+    if not shared and not any(t["signals"] for t in threads):
+        return None
+    return {"threads": threads, "shared": shared}
+
+
+def _pending(pid: int, tid: int, field: str) -> int:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _bits(mask: int) -> list[int]:
+    return [n for n in range(1, sc.NSIG + 1) if mask >> (n - 1) & 1]
+
+
+def _drain_and_refill(plan: DumpPlan) -> tuple[list[dict], list[bytes]]:
+    """Without ptrace: take every pending signal with rt_sigtimedwait, then queue them back."""
+    own = plan.each_thread(lambda t: _take(plan, t.tid, "SigPnd"))
+    main = _main_thread(plan)
+    shared = plan.each_thread(
+        lambda t: _take(plan, t.tid, "ShdPnd") if t is main else [])[main.tid]
+    plan.each_thread(lambda t: _put_back(plan, own[t.tid], shared if t is main else []))
+    return [{"tid": tid, "signals": infos} for tid, infos in own.items()], shared
+
+
+def _main_thread(plan: DumpPlan) -> Thread:
+    return next((t for t in plan.threads if t.tid == plan.pid), plan.threads[0])
+
+
+def _take(plan: DumpPlan, tid: int, field: str) -> list[bytes]:
+    inj, taken = plan.injector, []
+    timeout, info = inj.put(bytes(16)), inj.reserve(SIGINFO)
+    for number in _bits(_pending(plan.pid, tid, field)):
+        one = inj.put(struct.pack("<Q", 1 << (number - 1)))
+        while _pending(plan.pid, tid, field) >> (number - 1) & 1:
+            if len(taken) > DRAIN_LIMIT:
+                raise RestoreError(f"thread {tid}: more than {DRAIN_LIMIT} pending signals")
+            got = inj.call(RT_SIGTIMEDWAIT, one, info, timeout, 8,
+                           step=f"taking pending {signal_name(number)} to read it")
+            if got != number:
+                raise RestoreError(f"taking pending {signal_name(number)} gave signal {got}")
+            taken.append(plan.target.read_memory(info, SIGINFO))
+    return taken
+
+
+def _put_back(plan: DumpPlan, own: list[bytes], shared: list[bytes]) -> None:
+    _queue(plan, plan.pid, own, thread=True)
+    _queue(plan, plan.pid, shared, thread=False)
+
+
+def _queue(plan: DumpPlan | RestorePlan, pid: int, infos: list[bytes], thread: bool) -> None:
+    """Queue `infos` from the selected thread: to itself, or (`thread` False) to the process
+    (the selected thread being the one whose tid is the pid)."""
+    inj = plan.injector
+    tid = inj.call(GETTID, step="reading the thread id") if thread else 0
+    for info in infos:
+        inj.reset_data()
+        number, at = _number(info), inj.put(info)
+        if thread:
+            inj.call(RT_TGSIGQUEUEINFO, pid, tid, number, at,
+                     step=f"queueing pending {signal_name(number)} for thread {tid}")
+        else:
+            inj.call(RT_SIGQUEUEINFO, pid, number, at,
+                     step=f"queueing pending {signal_name(number)} for the process")
+
+
+# ---- restore ----
+
+def check(plan: RestorePlan, value) -> None:
+    masks = {t.tid: t.sigmask for t in plan.image.threads}
+    for entry in value.threads:
+        if entry.tid not in masks:
+            plan.losses.append(f"pending signals of thread {entry.tid}, not in the image")
+            continue
+        for info in entry.signals:
+            _check_one(plan, info, masks[entry.tid], f"thread {entry.tid}")
+    every = (1 << 64) - 1
+    for mask in masks.values():
+        every &= mask
+    for info in value.shared:
+        _check_one(plan, info, every, "the process")
+
+
+def _check_one(plan: RestorePlan, info: bytes, blocked: int, whose: str) -> None:
+    number = _number(info)
+    if not 1 <= number <= sc.NSIG or number in (sc.SIGKILL, sc.SIGSTOP):
+        plan.losses.append(f"a pending signal {number} for {whose} (not a signal that can be "
+                           "queued)")
+    elif not blocked >> (number - 1) & 1:
+        plan.losses.append(f"{signal_name(number)} pending for {whose} but not blocked (it "
+                           "would be delivered in the middle of the restore)")
+
+
+def _restorable(infos, blocked: int) -> list[bytes]:
+    out = []
+    for info in infos:
+        number = _number(bytes(info))
+        if (1 <= number <= sc.NSIG and number not in (sc.SIGKILL, sc.SIGSTOP)
+                and blocked >> (number - 1) & 1):
+            out.append(bytes(info))
+    return out
+
+
+def restore_thread(plan: RestorePlan, value, thread: Thread) -> None:
+    for entry in value.threads:
+        if entry.tid == thread.tid:
+            _queue(plan, plan.pid, _restorable(entry.signals, thread.sigmask), thread=True)
+
+
+def restore(plan: RestorePlan, value) -> None:
+    every = (1 << 64) - 1
+    for thread in plan.image.threads:
+        every &= thread.sigmask
+    _queue(plan, plan.pid, _restorable(value.shared, every), thread=False)
+
+
+def describe(value) -> str:
+    parts = [f"thread {entry.tid}: " + " ".join(signal_name(_number(bytes(i)))
+                                                 for i in entry.signals)
+             for entry in value.threads if entry.signals]
+    if value.shared:
+        parts.append("process: " + " ".join(signal_name(_number(bytes(i)))
+                                            for i in value.shared))
+    return "; ".join(parts) or "none"
+
+
+KIND = Kind(id=22, name="pending_signals", record=Record, dump=dump, restore=restore,
+            check=check, restore_thread=restore_thread, phase="late", describe=describe)
