@@ -2,7 +2,10 @@
 value and reload interval, read with getitimer at the dump and armed again with setitimer at
 the restore's "late" phase, so that the time left starts counting as late as possible (an
 alarm(3) taken at the checkpoint fires 3 s after the restore). All three are set, disarmed
-ones too: a timer the inferior had armed before the restore does not survive it."""
+ones too: a timer the inferior had armed before the restore does not survive it. Its kind id
+is above those of the pending signals and POSIX timers so that it is armed last: a timer
+that expires during the restore's remaining steps would have its signal delivered in the
+middle of them (see README, "Limits today")."""
 
 from __future__ import annotations
 
@@ -59,5 +62,5 @@ def describe(value) -> str:
     return ", ".join(armed) or "none armed"
 
 
-KIND = Kind(id=20, name="itimers", record=Record, dump=dump, restore=restore, check=check,
+KIND = Kind(id=22, name="itimers", record=Record, dump=dump, restore=restore, check=check,
             phase="late", describe=describe)

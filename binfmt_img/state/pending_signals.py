@@ -196,5 +196,5 @@ def describe(value) -> str:
     return "; ".join(parts) or "none"
 
 
-KIND = Kind(id=22, name="pending_signals", record=Record, dump=dump, restore=restore,
+KIND = Kind(id=20, name="pending_signals", record=Record, dump=dump, restore=restore,
             check=check, restore_thread=restore_thread, phase="late", describe=describe)
