@@ -5,12 +5,20 @@ program of its own after a restore, in GDB and in LLDB."""
 from __future__ import annotations
 
 import shutil
+import signal
+import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cprogs import compile_program
+from gdbmi import Gdb, GdbError
 from lldb_helpers import lldb_batch, lldb_missing, read
-from selfcheck import LLDB_SIGNALS, gdb_round_trip, lldb_round_trip
+from selfcheck import GDB_SIGNALS, LLDB_SIGNALS, gdb_round_trip, lldb_round_trip, passes
+from test_gdb_restore import dump_at_checkpoint
+
+from binfmt_img.model import Image, Thread
+from binfmt_img.state import pending_signals, posix_timers
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 _NO_LLDB = lldb_missing()
@@ -56,3 +64,109 @@ def test_lldb_own_rseq_area_is_refused(tmp_path: Path) -> None:
         accepted.stdout + accepted.stderr
     assert "exited with status = 0" in accepted.stdout
     assert "PASS the other thread has glibc's area" in read(out)
+
+
+@needs_gdb
+def test_gdb_lost_timer_is_refused(tmp_path: Path) -> None:
+    """A timer on the CPU clock of an unknown thread: the restore refuses in one line naming
+    the timer, and with --accept-loss goes on with one warning; the other timer is back."""
+    binary = compile_program("timer_lost", tmp_path)
+    image = tmp_path / "timer_lost.img"
+    dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,))
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError) as refused:
+            gdb.console(f"img-restore {image}")
+        message = str(refused.value)
+        assert "would not bring back: POSIX timer 0 (the CPU clock of thread that created " \
+               "it" in message and "--accept-loss" in message and "\n" not in message, message
+    finally:
+        gdb.close()
+    out = tmp_path / "part2"
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"set args > {out}")
+        said = gdb.console(f"img-restore {image} --accept-loss")
+        assert said.count("warning: not restored: POSIX timer 0") == 1, said
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    passes(out.read_text(), 1)
+
+
+@needs_lldb
+def test_lldb_lost_timer_is_refused(tmp_path: Path) -> None:
+    binary = compile_program("timer_lost", tmp_path)
+    image = tmp_path / "timer_lost.img"
+    dumped = lldb_batch(LLDB_SIGNALS, "breakpoint set -n checkpoint", "run",
+                        f"img-dump {image}", "kill", program=binary)
+    assert image.exists(), dumped.stdout + dumped.stderr
+    refused = lldb_batch(f"img-restore {image}", "continue")
+    errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "POSIX timer 0 (the CPU clock of thread" in errors[0], \
+        refused.stderr
+    out = tmp_path / "part2"
+    accepted = lldb_batch(f"settings set target.output-path {out}",
+                          f"img-restore {image} --accept-loss", LLDB_SIGNALS, "continue")
+    assert accepted.stdout.count("warning: not restored: POSIX timer 0") == 1, accepted.stdout
+    assert "exited with status = 0" in accepted.stdout
+    passes(read(out), 1)
+
+
+def _plan(*threads: tuple[int, int]) -> SimpleNamespace:
+    image = Image(threads=[Thread(tid=tid, sigmask=mask) for tid, mask in threads], pid=5)
+    return SimpleNamespace(image=image, losses=[], report=SimpleNamespace(warnings=[]),
+                           local=False)
+
+
+def _siginfo(number: int) -> bytes:
+    return struct.pack("<iii", number, 0, 0).ljust(128, b"\0")
+
+
+def test_unblocked_pending_signal_is_a_loss() -> None:
+    """A pending signal not blocked would be delivered in the middle of the restore: named as
+    a loss; a shared one counts as blocked only when every thread blocks it."""
+    usr1, usr2 = 1 << (signal.SIGUSR1 - 1), 1 << (signal.SIGUSR2 - 1)
+    plan = _plan((5, usr1), (6, usr1 | usr2))
+    value = pending_signals.Record.parse(pending_signals.Record.build({
+        "threads": [{"tid": 5, "signals": [_siginfo(signal.SIGUSR1), _siginfo(signal.SIGUSR2)]},
+                    {"tid": 6, "signals": [_siginfo(signal.SIGUSR2)]}],
+        "shared": [_siginfo(signal.SIGUSR1), _siginfo(signal.SIGUSR2), _siginfo(9)]}))
+    pending_signals.check(plan, value)
+    assert plan.losses == [
+        "SIGUSR2 pending for thread 5 but not blocked (it would be delivered in the middle "
+        "of the restore)",
+        "SIGUSR2 pending for the process but not blocked (it would be delivered in the "
+        "middle of the restore)",
+        "a pending signal 9 for the process (not a signal that can be queued)"]
+
+
+PROC_TIMERS = """ID: 3
+signal: 14/0000000000000000
+notify: signal/pid.100
+ClockID: 1
+ID: 2
+signal: 12/000000000000004d
+notify: signal/tid.101
+ClockID: -6
+ID: 1
+signal: 10/000000000000004d
+notify: none/pid.100
+ClockID: 0
+"""
+
+
+def test_proc_timers_and_their_losses() -> None:
+    timers = posix_timers.parse_timers(PROC_TIMERS)
+    assert timers[1] == {"id": 2, "signo": 12, "value": 0x4D, "notify": 4, "tid": 101,
+                         "clock": -6}
+    assert timers[2]["notify"] == posix_timers.SIGEV_NONE
+    spans = dict.fromkeys(("interval_sec", "interval_nsec", "value_sec", "value_nsec"), 0)
+    other_process = (~77 << 3) | 2  # the CPU clock of process 77
+    records = [dict(timers[1], **spans), dict(timers[0], **spans, clock=other_process)]
+    value = posix_timers.Record.parse(posix_timers.Record.build({"timers": records}))
+    plan = _plan((100, 0))
+    posix_timers.check(plan, value)
+    assert plan.losses == ["POSIX timer 2 (its signal goes to thread 101, not in the image)",
+                           "POSIX timer 3 (the CPU clock of process 77, another process)"]
