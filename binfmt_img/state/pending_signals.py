@@ -43,6 +43,7 @@ Record = Struct(
     "threads" / PrefixedArray(Int32ul, Struct("tid" / Int32ul, "signals" / Queue)),
     "shared" / Queue,
 )
+UNQUEUEABLE = (sc.SIGKILL, sc.SIGSTOP)
 DRAIN_LIMIT = 100_000  # RLIMIT_SIGPENDING is a few ten thousands at most by default
 
 
@@ -68,9 +69,25 @@ def dump(plan: DumpPlan) -> dict | None:
         shared = ptrace.peek_siginfo(plan.threads[0].tid, True)
     else:
         threads, shared = _drain_and_refill(plan)
+    for entry in threads:
+        entry["signals"] = _without_stops(plan, entry["signals"], f"thread {entry['tid']}")
+    shared = _without_stops(plan, shared, "the process")
     if not shared and not any(t["signals"] for t in threads):
         return None
     return {"threads": threads, "shared": shared}
+
+
+def _without_stops(plan: DumpPlan, infos: list[bytes], whose: str) -> list[bytes]:
+    """A pending SIGSTOP or SIGKILL is left out, said: a SIGSTOP is usually the debugger's
+    own request to stop a thread, and neither can be queued again nor taken."""
+    kept = []
+    for info in infos:
+        if _number(info) in UNQUEUEABLE:
+            plan.report.warnings.append(f"a pending {signal_name(_number(info))} for {whose} "
+                                        "is not recorded")
+        else:
+            kept.append(info)
+    return kept
 
 
 def _pending(pid: int, tid: int, field: str) -> int:
@@ -103,6 +120,9 @@ def _take(plan: DumpPlan, tid: int, field: str) -> list[bytes]:
     inj, taken = plan.injector, []
     timeout, info = inj.put(bytes(16)), inj.reserve(SIGINFO)
     for number in _bits(_pending(plan.pid, tid, field)):
+        if number in UNQUEUEABLE:  # rt_sigtimedwait cannot take them: left where they are
+            taken.append(struct.pack("<i", number).ljust(SIGINFO, b"\0"))
+            continue
         one = inj.put(struct.pack("<Q", 1 << (number - 1)))
         while _pending(plan.pid, tid, field) >> (number - 1) & 1:
             if len(taken) > DRAIN_LIMIT:
@@ -126,6 +146,8 @@ def _queue(plan: DumpPlan | RestorePlan, pid: int, infos: list[bytes], thread: b
     inj = plan.injector
     tid = inj.call(GETTID, step="reading the thread id") if thread else 0
     for info in infos:
+        if _number(info) in UNQUEUEABLE:
+            continue  # never taken from the queue (see _take)
         inj.reset_data()
         number, at = _number(info), inj.put(info)
         if thread:

@@ -26,6 +26,7 @@ from .. import syscalls as sc
 from ..errors import RestoreError
 from ..procfs import proc_file
 from . import Kind
+from .pending_signals import signal_name
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -198,7 +199,7 @@ def _create(plan: RestorePlan, timer) -> None:
 def describe(value) -> str:
     parts = []
     for t in value.timers:
-        notify = {SIGEV_NONE: "no signal"}.get(t.notify, f"signal {t.signo}")
+        notify = "no signal" if t.notify == SIGEV_NONE else signal_name(t.signo)
         if t.notify & SIGEV_THREAD_ID:
             notify += f" to thread {t.tid}"
         parts.append(f"{t.id} ({CLOCKS.get(t.clock, f'clock {t.clock}')}, {notify}, "
