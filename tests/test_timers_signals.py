@@ -24,8 +24,8 @@ needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not i
 _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 
-PROGRAMS = {"timer_alarm": 3, "timer_itimer": 4, "sig_pending": 7, "timer_posix": 6, "timer_pending": 3,
-            "rseq_none": 1, "rseq_own": 5}
+PROGRAMS = {"timer_alarm": 3, "timer_itimer": 4, "sig_pending": 7, "timer_posix": 6,
+            "timer_pending": 3, "rseq_none": 1, "rseq_own": 5}
 # LLDB cannot read a registration that is not glibc's area (no ptrace from its Python):
 # tested below as a refusal.
 LLDB_PROGRAMS = {name: n for name, n in PROGRAMS.items() if name != "rseq_own"}

@@ -6,12 +6,12 @@ The restore, in the "late" phase (every thread exists, so a SIGEV_THREAD_ID time
 restored thread), deletes the inferior's own timers, then creates the image's with their very
 ids: prctl(PR_TIMER_CREATE_RESTORE_IDS) (Linux 6.15+) makes timer_create take the id from the
 timer_t it is given, so that the program's timer_settime(id) keeps working. Each is then
-armed with the time it had left (a spent one-shot timer whose signal is still pending shows
-none: the signal comes back with the pending signals, once), relative from the restore (a TIMER_ABSTIME timer on a clock
-that jumped meanwhile keeps its remaining time, not its absolute expiry); the overrun count
-starts again at 0. What cannot be recreated (a clock of another process, a thread's CPU clock
-whose thread is unknown, a notification to a thread not in the image) is a loss named by the
-timer's id.
+armed with the time it had left, relative from the restore (a TIMER_ABSTIME timer on a clock
+that jumped meanwhile keeps its remaining time, not its absolute expiry); a spent one-shot
+timer whose signal is still pending shows none left, and its signal comes back, once, with
+the pending signals. The overrun count starts again at 0. What cannot be recreated (a clock
+of another process, a thread's CPU clock whose thread is unknown, a notification to a thread
+not in the image) is a loss named by the timer's id.
 """
 
 from __future__ import annotations
