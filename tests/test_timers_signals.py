@@ -170,3 +170,40 @@ def test_proc_timers_and_their_losses() -> None:
     posix_timers.check(plan, value)
     assert plan.losses == ["POSIX timer 2 (its signal goes to thread 101, not in the image)",
                            "POSIX timer 3 (the CPU clock of process 77, another process)"]
+
+
+TUNABLE = "GLIBC_TUNABLES=glibc.pthread.rseq=0"
+
+
+@needs_gdb
+def test_gdb_rseq_disabled_by_tunable(tmp_path: Path) -> None:
+    """glibc.pthread.rseq=0: no area at all, none after the restore."""
+    binary = compile_program("rseq_none", tmp_path)
+    image = tmp_path / "rseq_none.img"
+    before = dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,
+                                                      f"set environment {TUNABLE}"))
+    out = tmp_path / "part2"
+    gdb = Gdb()
+    try:
+        gdb.console(f"set args > {out}")
+        gdb.console(f"img-restore {image}")
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    passes(before + out.read_text(), 1)
+
+
+@needs_lldb
+def test_lldb_rseq_disabled_by_tunable(tmp_path: Path) -> None:
+    """The same under LLDB, where the dump probes with the scratch page (glibc has no area)."""
+    binary = compile_program("rseq_none", tmp_path)
+    image = tmp_path / "rseq_none.img"
+    dumped = lldb_batch(f"settings set target.env-vars {TUNABLE}", LLDB_SIGNALS,
+                        "breakpoint set -n checkpoint", "run", f"img-dump {image}", "kill",
+                        program=binary)
+    assert image.exists(), dumped.stdout + dumped.stderr
+    out = tmp_path / "part2"
+    restored = lldb_batch(f"settings set target.output-path {out}", f"img-restore {image}",
+                          LLDB_SIGNALS, "continue")
+    assert "exited with status = 0" in restored.stdout, restored.stdout + restored.stderr
+    passes(read(out), 1)
