@@ -12,7 +12,7 @@ import os
 import struct
 from functools import lru_cache
 
-from .errors import RestoreError
+from .target import Target
 
 PTRACE_PEEKSIGINFO = 0x4209
 PTRACE_PEEKSIGINFO_SHARED = 1
@@ -29,11 +29,22 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
+class Unavailable(Exception):
+    """ptrace does not reach the inferior from here: the caller takes its other way."""
+
+
+def available(target: Target) -> bool:
+    method = getattr(target, "ptrace_available", None)
+    return bool(method is not None and method())
+
+
 def _ptrace(request: int, tid: int, addr: object, data: object, what: str) -> int:
+    """One request; a failure (ESRCH: this process is not the tracer after all, EIO: a
+    kernel without the request) raises Unavailable."""
     result = _libc().ptrace(request, tid, addr, data)
     if result < 0:
         code = ctypes.get_errno()
-        raise RestoreError(f"{what} of thread {tid}: ptrace failed: {os.strerror(code)}")
+        raise Unavailable(f"{what} of thread {tid}: ptrace failed: {os.strerror(code)}")
     return result
 
 

@@ -39,16 +39,23 @@ def dump(plan: DumpPlan) -> dict | None:
     return {"timers": timers}
 
 
+def _valid(timer) -> bool:
+    return (timer.interval_usec < 1_000_000 and timer.value_usec < 1_000_000
+            and timer.interval_sec <= MAX_SECONDS and timer.value_sec <= MAX_SECONDS)
+
+
 def check(plan: RestorePlan, value) -> None:
     for name, timer in zip(NAMES, value.timers):
-        if (timer.interval_usec >= 1_000_000 or timer.value_usec >= 1_000_000
-                or timer.interval_sec > MAX_SECONDS or timer.value_sec > MAX_SECONDS):
+        if not _valid(timer):
             plan.losses.append(f"{name} (the image holds an invalid time)")
 
 
 def restore(plan: RestorePlan, value) -> None:
     inj = plan.injector
     for which, (name, timer) in enumerate(zip(NAMES, value.timers)):
+        if not _valid(timer):
+            timer = {"interval_sec": 0, "interval_usec": 0, "value_sec": 0, "value_usec": 0}
+            timer = Timer.parse(Timer.build(timer))  # a loss the user accepted: disarmed
         new = inj.put(struct.pack("<4Q", timer.interval_sec, timer.interval_usec,
                                   timer.value_sec, timer.value_usec))
         inj.call(SETITIMER, which, new, 0, step=f"arming {name}")

@@ -62,12 +62,13 @@ def _number(info: bytes) -> int:
 # ---- dump ----
 
 def dump(plan: DumpPlan) -> dict | None:
-    available = getattr(plan.target, "ptrace_available", None)
-    if available is not None and available():
+    try:
+        if not ptrace.available(plan.target):
+            raise ptrace.Unavailable
         threads = [{"tid": t.tid, "signals": ptrace.peek_siginfo(t.tid, False)}
                    for t in plan.threads]
         shared = ptrace.peek_siginfo(plan.threads[0].tid, True)
-    else:
+    except ptrace.Unavailable:
         threads, shared = _drain_and_refill(plan)
     for entry in threads:
         entry["signals"] = _without_stops(plan, entry["signals"], f"thread {entry['tid']}")

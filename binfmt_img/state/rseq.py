@@ -40,10 +40,11 @@ Record = Struct("threads" / PrefixedArray(Int32ul, Registration))
 
 
 def dump(plan: DumpPlan) -> dict:
-    available = getattr(plan.target, "ptrace_available", None)
-    if available is not None and available():
+    try:
+        if not ptrace.available(plan.target):
+            raise ptrace.Unavailable
         threads = [_configured(t.tid) for t in plan.threads]
-    else:
+    except ptrace.Unavailable:
         threads = list(plan.each_thread(lambda t: _probe(plan, t)).values())
     for entry in threads:
         if entry["state"] == UNKNOWN:
@@ -92,6 +93,11 @@ def _probe(plan: DumpPlan, thread: Thread) -> dict:
     return entry
 
 
+def _valid(entry) -> bool:
+    return bool(entry.area and entry.area % 32 == 0 and entry.area + entry.length <= USER_TOP
+                and ORIG_RSEQ_SIZE <= entry.length <= 4096)
+
+
 def check(plan: RestorePlan, value) -> None:
     tids = {t.tid for t in plan.image.threads}
     for entry in value.threads:
@@ -100,9 +106,7 @@ def check(plan: RestorePlan, value) -> None:
         if entry.state == UNKNOWN:
             plan.losses.append(f"the rseq registration of thread {entry.tid} (an area the "
                                "dump could not read)")
-        elif entry.state == REGISTERED and not (
-                entry.area and entry.area % 32 == 0 and entry.area + entry.length <= USER_TOP
-                and ORIG_RSEQ_SIZE <= entry.length <= 4096):
+        elif entry.state == REGISTERED and not _valid(entry):
             plan.losses.append(f"the rseq registration of thread {entry.tid} (an invalid "
                                f"area {entry.area:#x}, {entry.length} bytes)")
         elif entry.state not in (NONE, REGISTERED):
@@ -112,8 +116,8 @@ def check(plan: RestorePlan, value) -> None:
 
 def restore_thread(plan: RestorePlan, value, thread: Thread) -> None:
     entry = next((e for e in value.threads if e.tid == thread.tid), None)
-    if entry is None or entry.state != REGISTERED:
-        return
+    if entry is None or entry.state != REGISTERED or not _valid(entry):
+        return  # none, or a loss the user accepted
     result = plan.injector.raw(RSEQ, entry.area, entry.length, 0, entry.signature)
     if sc.is_error(result):
         plan.report.warnings.append(f"thread {thread.tid}: the rseq area at {entry.area:#x} "
