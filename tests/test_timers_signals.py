@@ -1,5 +1,5 @@
 """Interval timers, POSIX timers, pending signals and rseq registrations
-(binfmt_img/state/{itimers,posix_timers,pending_signals,rseq_state}.py): each checked by a
+(binfmt_img/state/{itimers,posix_timers,pending_signals,rseq}.py): each checked by a
 program of its own after a restore, in GDB and in LLDB."""
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import synthetic
 from cprogs import compile_program
 from gdbmi import Gdb, GdbError
 from lldb_helpers import lldb_batch, lldb_missing, read
 from selfcheck import GDB_SIGNALS, LLDB_SIGNALS, gdb_round_trip, lldb_round_trip, passes
 from test_gdb_restore import dump_at_checkpoint
 
+from binfmt_img import image_file, state
 from binfmt_img.model import Image, Thread
-from binfmt_img.state import pending_signals, posix_timers
+from binfmt_img.state import itimers, pending_signals, posix_timers, rseq
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 _NO_LLDB = lldb_missing()
@@ -207,3 +209,44 @@ def test_lldb_rseq_disabled_by_tunable(tmp_path: Path) -> None:
                           LLDB_SIGNALS, "continue")
     assert "exited with status = 0" in restored.stdout, restored.stdout + restored.stderr
     passes(read(out), 1)
+
+
+def test_records_round_trip_through_v1() -> None:
+    """Each kind's record survives a v1 write and read, byte for byte, at its section type."""
+    image = synthetic.make_image("v1")
+    tid = image.threads[0].tid
+    image.states = {
+        "pending_signals": {"threads": [{"tid": tid, "signals": [_siginfo(10)]}],
+                            "shared": [_siginfo(34), _siginfo(34)]},
+        "posix_timers": {"timers": [{"id": 12345, "clock": -6, "notify": 4, "signo": 37,
+                                     "value": 0xDEADBEEF, "tid": tid, "interval_sec": 1,
+                                     "interval_nsec": 2, "value_sec": 3, "value_nsec": 4}]},
+        "itimers": {"timers": [{"interval_sec": i, "interval_usec": 5, "value_sec": 6,
+                                "value_usec": 7} for i in range(3)]},
+        "rseq": {"threads": [{"tid": tid, "state": 1, "area": 0x7000, "length": 32,
+                              "signature": 0x53053053}]},
+    }
+    data = synthetic.encode(image, "v1")
+    got = image_file.parse(memoryview(data))
+    for name, kind in state.BY_NAME.items():
+        if name in image.states:
+            assert kind.record.build(got.states[name]) == kind.record.build(image.states[name])
+            assert synthetic.section(data, kind.section)[1] == kind.record.build(
+                image.states[name])
+    assert {k.id for k in state.KINDS} >= {20, 21, 22, 23}
+
+
+def test_invalid_records_are_losses() -> None:
+    plan = _plan((100, 0))
+    bad_timer = {"interval_sec": 0, "interval_usec": 2_000_000, "value_sec": 0,
+                 "value_usec": 0}
+    zero = dict(bad_timer, interval_usec=0)
+    itimers.check(plan, itimers.Record.parse(itimers.Record.build(
+        {"timers": [bad_timer, zero, zero]})))
+    rseq.check(plan, rseq.Record.parse(rseq.Record.build({"threads": [
+        {"tid": 100, "state": 1, "area": 0x7001, "length": 32, "signature": 0},
+        {"tid": 100, "state": 2, "area": 0, "length": 0, "signature": 0}]})))
+    assert plan.losses == [
+        "ITIMER_REAL (the image holds an invalid time)",
+        "the rseq registration of thread 100 (an invalid area 0x7001, 32 bytes)",
+        "the rseq registration of thread 100 (an area the dump could not read)"]
