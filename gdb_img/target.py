@@ -65,6 +65,11 @@ class GdbTarget:
         """GDB traces a native inferior from the thread its Python runs in."""
         return self.is_local()
 
+    def steps_over_signal_handlers(self) -> bool:
+        """A signal that arrives during `stepi` (handled `nostop pass`) has its handler run
+        by GDB, which then finishes the step (infrun's step-resume breakpoint)."""
+        return True
+
     def read_memory(self, addr: int, size: int) -> bytes:
         return bytes(self.inferior.read_memory(addr, size))
 

@@ -27,10 +27,11 @@ _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 
 PROGRAMS = {"timer_alarm": 3, "timer_itimer": 4, "sig_pending": 7, "timer_posix": 6,
-            "timer_pending": 3, "rseq_none": 1, "rseq_own": 5}
-# LLDB cannot read a registration that is not glibc's area (no ptrace from its Python):
-# tested below as a refusal.
-LLDB_PROGRAMS = {name: n for name, n in PROGRAMS.items() if name != "rseq_own"}
+            "timer_pending": 3, "timer_fast": 2, "rseq_none": 1, "rseq_own": 5}
+# LLDB cannot read a registration that is not glibc's area (no ptrace from its Python), nor
+# step through a signal handler: both tested below as refusals.
+LLDB_PROGRAMS = {name: n for name, n in PROGRAMS.items()
+                 if name not in ("rseq_own", "timer_fast")}
 
 
 @needs_gdb
@@ -119,7 +120,8 @@ def test_lldb_lost_timer_is_refused(tmp_path: Path) -> None:
 def _plan(*threads: tuple[int, int]) -> SimpleNamespace:
     image = Image(threads=[Thread(tid=tid, sigmask=mask) for tid, mask in threads], pid=5)
     return SimpleNamespace(image=image, losses=[], report=SimpleNamespace(warnings=[]),
-                           local=False)
+                           local=False, main_thread=image.threads[0],
+                           target=SimpleNamespace())
 
 
 def _siginfo(number: int) -> bytes:
@@ -127,21 +129,31 @@ def _siginfo(number: int) -> bytes:
 
 
 def test_unblocked_pending_signal_is_a_loss() -> None:
-    """A pending signal not blocked would be delivered in the middle of the restore: named as
-    a loss; a shared one counts as blocked only when every thread blocks it."""
+    """Without a debugger that steps over handlers, a pending signal that the main thread (or,
+    shared, every thread) does not block would stop the restore half-way: named as a loss.
+    Another thread's waits for the continue; under GDB they are warnings."""
     usr1, usr2 = 1 << (signal.SIGUSR1 - 1), 1 << (signal.SIGUSR2 - 1)
-    plan = _plan((5, usr1), (6, usr1 | usr2))
     value = pending_signals.Record.parse(pending_signals.Record.build({
         "threads": [{"tid": 5, "signals": [_siginfo(signal.SIGUSR1), _siginfo(signal.SIGUSR2)]},
-                    {"tid": 6, "signals": [_siginfo(signal.SIGUSR2)]}],
+                    {"tid": 6, "signals": [_siginfo(signal.SIGUSR1)]}],
         "shared": [_siginfo(signal.SIGUSR1), _siginfo(signal.SIGUSR2), _siginfo(9)]}))
+    plan = _plan((5, usr1), (6, usr2))
     pending_signals.check(plan, value)
     assert plan.losses == [
-        "SIGUSR2 pending for thread 5 but not blocked (it would be delivered in the middle "
-        "of the restore)",
-        "SIGUSR2 pending for the process but not blocked (it would be delivered in the "
-        "middle of the restore)",
+        "SIGUSR2 pending for thread 5 but not blocked (this debugger would stop in the "
+        "middle of the restore to deliver it)",
+        "SIGUSR1 pending for the process but not blocked (this debugger would stop in the "
+        "middle of the restore to deliver it)",
+        "SIGUSR2 pending for the process but not blocked (this debugger would stop in the "
+        "middle of the restore to deliver it)",
         "a pending signal 9 for the process (not a signal that can be queued)"]
+    plan = _plan((5, usr1), (6, usr2))
+    plan.target = SimpleNamespace(steps_over_signal_handlers=lambda: True)
+    pending_signals.check(plan, value)
+    assert plan.losses == ["a pending signal 9 for the process (not a signal that can be "
+                           "queued)"]
+    assert len(plan.report.warnings) == 3 and "delivered as the restore ends" in \
+        plan.report.warnings[0]
 
 
 PROC_TIMERS = """ID: 3
@@ -250,3 +262,60 @@ def test_invalid_records_are_losses() -> None:
         "ITIMER_REAL (the image holds an invalid time)",
         "the rseq registration of thread 100 (an invalid area 0x7001, 32 bytes)",
         "the rseq registration of thread 100 (an area the dump could not read)"]
+
+
+def _queued(number: int, value: int, pid: int) -> bytes:
+    """A siginfo as sigqueue() makes it: SI_QUEUE, si_pid, si_value."""
+    return struct.pack("<iiiiiIq", number, 0, -1, 0, pid, 0, value).ljust(128, b"\0")
+
+
+def _with_unblocked_signals(binary: Path, tmp_path: Path) -> Path:
+    """GDB's image of sig_unblocked, plus a SIGUSR1 pending for the process and a SIGUSR2
+    for the main thread, neither blocked."""
+    image_path = tmp_path / "plain.img"
+    dump_at_checkpoint(binary, image_path, setup=(GDB_SIGNALS,))
+    image = image_file.load(str(image_path))
+    main = next(t.tid for t in image.threads if t.tid == image.pid)
+    image.states["pending_signals"] = {
+        "threads": [{"tid": main, "signals": [_queued(signal.SIGUSR2, 27, 4242)]}],
+        "shared": [_queued(signal.SIGUSR1, 31337, 4242)]}
+    out = tmp_path / "pending.img"
+    image_file.save(str(out), image, "v1")
+    return out
+
+
+@needs_gdb
+def test_gdb_unblocked_pending_signals_delivered_as_restore_ends(tmp_path: Path) -> None:
+    image = _with_unblocked_signals(compile_program("sig_unblocked", tmp_path), tmp_path)
+    out = tmp_path / "part2"
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"set args > {out}")
+        said = gdb.console(f"img-restore {image}")
+        assert "SIGUSR1 pending for the process and not blocked: delivered as the restore " \
+               "ends" in said, said
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
+    finally:
+        gdb.close()
+    passes(out.read_text(), 3)
+
+
+@needs_lldb
+def test_lldb_unblocked_pending_signals_refused(tmp_path: Path) -> None:
+    """LLDB cannot step through a handler: the restore refuses in one line naming both."""
+    image = _with_unblocked_signals(compile_program("sig_unblocked", tmp_path), tmp_path)
+    refused = lldb_batch(f"img-restore {image}", "continue")
+    errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "SIGUSR2 pending for thread" in errors[0] \
+        and "SIGUSR1 pending for the process but not blocked" in errors[0], refused.stderr
+
+
+@needs_lldb
+def test_lldb_dump_disturbed_by_a_signal_says_so(tmp_path: Path) -> None:
+    """A 1 ms ITIMER_REAL, SIGALRM not blocked: LLDB stops a step for the signal, and the
+    dump stops there, saying so, rather than record a wrong state."""
+    binary = compile_program("timer_fast", tmp_path)
+    dumped = lldb_batch(LLDB_SIGNALS, "breakpoint set -n checkpoint", "run",
+                        f"img-dump {tmp_path / 'lldb.img'}", "kill", program=binary)
+    assert "a signal arrived during the injected step" in dumped.stderr, dumped.stderr

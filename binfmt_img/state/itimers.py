@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from construct import Array, Int64ul, Struct
 
 from . import Kind
+from .pending_signals import stack_for_handlers
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -52,6 +53,7 @@ def check(plan: RestorePlan, value) -> None:
 
 def restore(plan: RestorePlan, value) -> None:
     inj = plan.injector
+    stack_for_handlers(plan)
     for which, (name, timer) in enumerate(zip(NAMES, value.timers)):
         if not _valid(timer):
             timer = {"interval_sec": 0, "interval_usec": 0, "value_sec": 0, "value_usec": 0}

@@ -11,11 +11,16 @@ drained first), and rt_tgsigqueueinfo / rt_sigqueueinfo put them back in the sam
 Restore: each thread's signals are queued by that thread itself (the kernel lets a process
 queue any si_code to itself only: rt_tgsigqueueinfo from the target thread, rt_sigqueueinfo
 from the thread whose tid is the pid) once its signal mask is set, the shared ones in the
-"late" phase when every thread and mask exists. They stay pending because they are blocked.
-A signal pending but not blocked cannot come back faithfully: the kernel would deliver it at
-the restore's very next single-step, in the middle of the restore, so it is refused (named)
-as a loss. (Such a signal could only have arrived while the process was stopped; the dump's
-own steps normally deliver it before it is read.)
+"late" phase when every thread and mask exists. Blocked ones stay pending.
+
+A signal pending but not blocked (one that arrived while the process was stopped, such as a
+fast timer's) would be delivered at the next resume. Another thread's is: that thread never
+steps again during the restore. The main thread's, and a shared one, would be delivered by
+the restore's next single-step: they are queued at the very end, after the rsp is pointed
+below the image's red zone, so that under GDB (which runs a handler within a step, for
+signals set to `nostop pass`) the handler runs on the image's stack as the restore ends,
+with a warning. A debugger that stops the step for the signal instead (LLDB) would be left
+in the middle of the restore: refused there as a loss.
 """
 
 from __future__ import annotations
@@ -161,52 +166,101 @@ def _queue(plan: DumpPlan | RestorePlan, pid: int, infos: list[bytes], thread: b
 
 # ---- restore ----
 
+RED_ZONE = 128
+
+
+def stack_for_handlers(plan: RestorePlan) -> None:
+    """Before arming timers: a timer that expires during the restore's remaining steps has
+    its signal delivered then (GDB runs the handler within the step). Point the selected
+    thread's rsp just below the image's red zone, so that a handler's frame lands where it
+    would have at the checkpoint, not over the image's stack; the image's registers replace
+    it at the end anyway."""
+    rsp = plan.main_thread.registers.get("rsp")
+    if rsp:
+        plan.target.write_registers({"rsp": (rsp - RED_ZONE) & ~0xF})
+
+def steps_over_handlers(plan: RestorePlan) -> bool:
+    method = getattr(plan.target, "steps_over_signal_handlers", None)
+    return bool(method is not None and method())
+
+
+def _every_thread_blocks(plan: RestorePlan) -> int:
+    every = (1 << 64) - 1
+    for thread in plan.image.threads:
+        every &= thread.sigmask
+    return every
+
+
 def check(plan: RestorePlan, value) -> None:
     masks = {t.tid: t.sigmask for t in plan.image.threads}
+    main = plan.main_thread.tid
     for entry in value.threads:
         if entry.tid not in masks:
             plan.losses.append(f"pending signals of thread {entry.tid}, not in the image")
             continue
         for info in entry.signals:
-            _check_one(plan, info, masks[entry.tid], f"thread {entry.tid}")
-    every = (1 << 64) - 1
-    for mask in masks.values():
-        every &= mask
+            # Another thread's never steps again: its signal waits for the user's continue.
+            _check_one(plan, info, masks[entry.tid] if entry.tid == main else ~0,
+                       f"thread {entry.tid}")
     for info in value.shared:
-        _check_one(plan, info, every, "the process")
+        _check_one(plan, info, _every_thread_blocks(plan), "the process")
 
 
 def _check_one(plan: RestorePlan, info: bytes, blocked: int, whose: str) -> None:
     number = _number(info)
-    if not 1 <= number <= sc.NSIG or number in (sc.SIGKILL, sc.SIGSTOP):
+    if not 1 <= number <= sc.NSIG or number in UNQUEUEABLE:
         plan.losses.append(f"a pending signal {number} for {whose} (not a signal that can be "
                            "queued)")
-    elif not blocked >> (number - 1) & 1:
-        plan.losses.append(f"{signal_name(number)} pending for {whose} but not blocked (it "
-                           "would be delivered in the middle of the restore)")
+    elif blocked >> (number - 1) & 1:
+        return
+    elif steps_over_handlers(plan):
+        plan.report.warnings.append(
+            f"{signal_name(number)} pending for {whose} and not blocked: delivered as the "
+            "restore ends (its handler runs before the debugger stops)")
+    else:
+        plan.losses.append(f"{signal_name(number)} pending for {whose} but not blocked (this "
+                           "debugger would stop in the middle of the restore to deliver it)")
 
 
-def _restorable(infos, blocked: int) -> list[bytes]:
-    out = []
-    for info in infos:
-        number = _number(bytes(info))
-        if (1 <= number <= sc.NSIG and number not in (sc.SIGKILL, sc.SIGSTOP)
-                and blocked >> (number - 1) & 1):
-            out.append(bytes(info))
-    return out
+def _queueable(infos) -> list[bytes]:
+    return [bytes(i) for i in infos
+            if 1 <= _number(bytes(i)) <= sc.NSIG and _number(bytes(i)) not in UNQUEUEABLE]
+
+
+def _split(infos: list[bytes], blocked: int) -> tuple[list[bytes], list[bytes]]:
+    """(blocked ones, the others), each in queue order."""
+    held = [i for i in infos if blocked >> (_number(i) - 1) & 1]
+    return held, [i for i in infos if not blocked >> (_number(i) - 1) & 1]
 
 
 def restore_thread(plan: RestorePlan, value, thread: Thread) -> None:
+    """A thread's own queue once its mask is set. The main thread's signals it does not block
+    wait for the late phase: its next step would deliver them."""
     for entry in value.threads:
-        if entry.tid == thread.tid:
-            _queue(plan, plan.pid, _restorable(entry.signals, thread.sigmask), thread=True)
+        if entry.tid != thread.tid:
+            continue
+        infos = _queueable(entry.signals)
+        if thread is plan.main_thread:
+            infos = _split(infos, thread.sigmask)[0]
+        elif not steps_over_handlers(plan):
+            infos = _split(infos, thread.sigmask)[0]  # the others: an accepted loss
+        _queue(plan, plan.pid, infos, thread=True)
 
 
 def restore(plan: RestorePlan, value) -> None:
-    every = (1 << 64) - 1
-    for thread in plan.image.threads:
-        every &= thread.sigmask
-    _queue(plan, plan.pid, _restorable(value.shared, every), thread=False)
+    """The shared queue, and the main thread's signals it does not block, last: those are
+    delivered by the next step (GDB runs the handler within it), on the image's stack."""
+    main = plan.main_thread
+    own = next((_queueable(e.signals) for e in value.threads if e.tid == main.tid), [])
+    unblocked = _split(own, main.sigmask)[1]
+    shared, shared_unblocked = _split(_queueable(value.shared), _every_thread_blocks(plan))
+    if not steps_over_handlers(plan):
+        unblocked = shared_unblocked = []  # an accepted loss
+    _queue(plan, plan.pid, shared, thread=False)
+    if unblocked or shared_unblocked:
+        stack_for_handlers(plan)
+        _queue(plan, plan.pid, shared_unblocked, thread=False)
+        _queue(plan, plan.pid, unblocked, thread=True)
 
 
 def describe(value) -> str:

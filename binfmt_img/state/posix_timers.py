@@ -27,7 +27,7 @@ from .. import syscalls as sc
 from ..errors import RestoreError
 from ..procfs import proc_file
 from . import Kind
-from .pending_signals import signal_name
+from .pending_signals import signal_name, stack_for_handlers
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -175,6 +175,7 @@ def restore(plan: RestorePlan, value) -> None:
             _create(plan, timer)
     finally:
         inj.raw(sc.PRCTL, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0)
+    stack_for_handlers(plan)
     for timer in timers:
         if timer.value_sec or timer.value_nsec:
             inj.reset_data()
