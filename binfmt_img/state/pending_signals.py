@@ -124,6 +124,7 @@ def _main_thread(plan: DumpPlan) -> Thread:
 
 def _take(plan: DumpPlan, tid: int, field: str) -> list[bytes]:
     inj, taken = plan.injector, []
+    inj.reset_data()
     timeout, info = inj.put(bytes(16)), inj.reserve(SIGINFO)
     for number in _bits(_pending(plan.pid, tid, field)):
         if number in UNQUEUEABLE:  # rt_sigtimedwait cannot take them: left where they are
@@ -178,6 +179,7 @@ def stack_for_handlers(plan: RestorePlan) -> None:
     rsp = plan.main_thread.registers.get("rsp")
     if rsp:
         plan.target.write_registers({"rsp": (rsp - RED_ZONE) & ~0xF})
+
 
 def steps_over_handlers(plan: RestorePlan) -> bool:
     method = getattr(plan.target, "steps_over_signal_handlers", None)
