@@ -27,7 +27,7 @@ _NO_LLDB = lldb_missing()
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 
 PROGRAMS = {"timer_alarm": 3, "timer_itimer": 4, "sig_pending": 7, "timer_posix": 6,
-            "timer_pending": 3, "timer_fast": 2, "rseq_none": 1, "rseq_own": 5}
+            "timer_pending": 3, "timer_fast": 2, "timer_thread": 2, "rseq_none": 1, "rseq_own": 5}
 # LLDB cannot read a registration that is not glibc's area (no ptrace from its Python), nor
 # step through a signal handler: both tested below as refusals.
 LLDB_PROGRAMS = {name: n for name, n in PROGRAMS.items()
