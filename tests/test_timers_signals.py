@@ -148,7 +148,7 @@ def test_unblocked_pending_signal_is_a_loss() -> None:
         "middle of the restore to deliver it)",
         "a pending signal 9 for the process (not a signal that can be queued)"]
     plan = _plan((5, usr1), (6, usr2))
-    plan.target = SimpleNamespace(steps_over_signal_handlers=lambda: True)
+    plan.target = SimpleNamespace(steps_over_signal_handler=lambda number: True)
     pending_signals.check(plan, value)
     assert plan.losses == ["a pending signal 9 for the process (not a signal that can be "
                            "queued)"]
@@ -299,6 +299,23 @@ def test_gdb_unblocked_pending_signals_delivered_as_restore_ends(tmp_path: Path)
     finally:
         gdb.close()
     passes(out.read_text(), 3)
+
+
+@needs_gdb
+def test_gdb_unblocked_pending_signals_refused_when_gdb_stops_for_them(tmp_path: Path) -> None:
+    """With GDB's default `handle SIGUSR1 stop`, GDB would stop half-way: refused in one line
+    naming both signals and the way out."""
+    image = _with_unblocked_signals(compile_program("sig_unblocked", tmp_path), tmp_path)
+    gdb = Gdb()
+    try:
+        gdb.console("handle SIGUSR1 nostop noprint pass")
+        with pytest.raises(GdbError) as refused:
+            gdb.console(f"img-restore {image}")
+    finally:
+        gdb.close()
+    message = str(refused.value)
+    assert "SIGUSR2 pending for thread" in message and "handle it nostop pass" in message \
+        and "SIGUSR1" not in message and "\n" not in message, message
 
 
 @needs_lldb

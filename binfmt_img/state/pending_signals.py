@@ -18,9 +18,9 @@ fast timer's) would be delivered at the next resume. Another thread's is: that t
 steps again during the restore. The main thread's, and a shared one, would be delivered by
 the restore's next single-step: they are queued at the very end, after the rsp is pointed
 below the image's red zone, so that under GDB (which runs a handler within a step, for
-signals set to `nostop pass`) the handler runs on the image's stack as the restore ends,
-with a warning. A debugger that stops the step for the signal instead (LLDB) would be left
-in the middle of the restore: refused there as a loss.
+signals it handles `nostop pass`) the handler runs on the image's stack as the restore ends,
+with a warning. A debugger that would stop the step for the signal instead (LLDB; GDB for a
+signal it handles `stop`) would be left in the middle of the restore: refused as a loss.
 """
 
 from __future__ import annotations
@@ -181,9 +181,9 @@ def stack_for_handlers(plan: RestorePlan) -> None:
         plan.target.write_registers({"rsp": (rsp - RED_ZONE) & ~0xF})
 
 
-def steps_over_handlers(plan: RestorePlan) -> bool:
-    method = getattr(plan.target, "steps_over_signal_handlers", None)
-    return bool(method is not None and method())
+def steps_over_handler(plan: RestorePlan, number: int) -> bool:
+    method = getattr(plan.target, "steps_over_signal_handler", None)
+    return bool(method is not None and method(number))
 
 
 def _every_thread_blocks(plan: RestorePlan) -> int:
@@ -215,10 +215,14 @@ def _check_one(plan: RestorePlan, info: bytes, blocked: int, whose: str) -> None
                            "queued)")
     elif blocked >> (number - 1) & 1:
         return
-    elif steps_over_handlers(plan):
+    elif steps_over_handler(plan, number):
         plan.report.warnings.append(
             f"{signal_name(number)} pending for {whose} and not blocked: delivered as the "
             "restore ends (its handler runs before the debugger stops)")
+    elif hasattr(plan.target, "steps_over_signal_handler"):
+        plan.losses.append(f"{signal_name(number)} pending for {whose} but not blocked (the "
+                           "debugger would stop for it in the middle of the restore; handle "
+                           "it nostop pass, and it is delivered as the restore ends)")
     else:
         plan.losses.append(f"{signal_name(number)} pending for {whose} but not blocked (this "
                            "debugger would stop in the middle of the restore to deliver it)")
@@ -244,8 +248,6 @@ def restore_thread(plan: RestorePlan, value, thread: Thread) -> None:
         infos = _queueable(entry.signals)
         if thread is plan.main_thread:
             infos = _split(infos, thread.sigmask)[0]
-        elif not steps_over_handlers(plan):
-            infos = _split(infos, thread.sigmask)[0]  # the others: an accepted loss
         _queue(plan, plan.pid, infos, thread=True)
 
 
@@ -256,8 +258,9 @@ def restore(plan: RestorePlan, value) -> None:
     own = next((_queueable(e.signals) for e in value.threads if e.tid == main.tid), [])
     unblocked = _split(own, main.sigmask)[1]
     shared, shared_unblocked = _split(_queueable(value.shared), _every_thread_blocks(plan))
-    if not steps_over_handlers(plan):
-        unblocked = shared_unblocked = []  # an accepted loss
+    # The others are losses the user accepted.
+    unblocked = [i for i in unblocked if steps_over_handler(plan, _number(i))]
+    shared_unblocked = [i for i in shared_unblocked if steps_over_handler(plan, _number(i))]
     _queue(plan, plan.pid, shared, thread=False)
     if unblocked or shared_unblocked:
         stack_for_handlers(plan)
