@@ -29,6 +29,7 @@ from .elfcore import (
 )
 from .errors import ImageError
 from .model import PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Image, PageRun, Thread, Vma
+from .safeio import open_regular
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
@@ -191,7 +192,7 @@ class _Writer:
 
     def file_pages(self, vma: Vma, at: int) -> None:
         try:
-            fd = os.open(vma.path or "", os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(vma.path or "")
         except OSError:
             return  # gone: those pages stay zeros
         try:

@@ -28,7 +28,16 @@ from .model import (
     Xsave,
 )
 from .pagewrite import Progress
-from .procfs import Mapping, ProcMem, read_auxv, read_maps, resident_pages, stat_fields
+from .procfs import (
+    Mapping,
+    ProcMem,
+    object_pages,
+    read_auxv,
+    read_maps,
+    readable_pages,
+    resident_pages,
+    stat_fields,
+)
 from .restore import XSAVE_RESTORABLE
 from .target import Target
 from .threads import (
@@ -65,9 +74,25 @@ def _vma_of(mapping: Mapping) -> Vma:
             ident = FileIdentity(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         except OSError:
             pass  # gone since it was mapped: restore will say so
+    # An in-memory shared object (shared anonymous memory, memfd, SysV) has no path: its pages
+    # are in the image like anonymous memory's, its identity in the vma_extra state.
     return Vma(start=mapping.start, end=mapping.end, prot=mapping.prot, flags=mapping.flags,
                pgoff=mapping.offset // PAGE_SIZE if path else 0, path=path,
                name=mapping.special, file=ident)
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The overlap of two sorted lists of disjoint [start, end) ranges."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low < high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def _mm_fields(pid: int, brk: int) -> dict[str, int]:
@@ -204,12 +229,26 @@ class DumpPlan:
                 continue
             if m.is_file and m.flags & MAP_SHARED:
                 continue
-            if (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
-                plan.append((m.start, (m.end - m.start) // PAGE_SIZE))  # no path to reread
+            if m.shared_object is not None:
+                plan += self._object_pages(m)
+            elif (self.fmt == "v0" and m.is_file) or m.special == "[vdso]":
+                plan += readable_pages(self.pid, m.start, m.end)  # no path to reread
             else:
                 plan += resident_pages(self.pid, m.start, m.end,
                                        skip_file_pages=self.fmt == "v1" and m.is_file)
         return plan
+
+    def _object_pages(self, m: Mapping) -> list[tuple[int, int]]:
+        """An in-memory object may hold pages this mapping never touched (written through
+        another mapping or its fd, or swapped out): where it holds data when /proc tells,
+        else every page. Guard pages are never read."""
+        readable = readable_pages(self.pid, m.start, m.end)
+        data = object_pages(self.pid, m)
+        if data is None:
+            return readable
+        return [(start, (end - start) // PAGE_SIZE) for start, end in
+                _intersect([(s, s + c * PAGE_SIZE) for s, c in data],
+                           [(s, s + c * PAGE_SIZE) for s, c in readable])]
 
     def pages(self, progress: Progress | None = None) -> Iterator[tuple[int, memoryview]]:
         plan = self._page_plan()
@@ -221,7 +260,7 @@ class DumpPlan:
             for vaddr, count in plan:
                 for at in range(0, count * PAGE_SIZE, CHUNK):
                     size = min(CHUNK, count * PAGE_SIZE - at)
-                    mem.read_into(vaddr + at, view[:size])
+                    self._read(mem, vaddr + at, view[:size])
                     self.report.pages += size // PAGE_SIZE
                     yield vaddr + at, view[:size]
                     if progress is not None:
@@ -230,17 +269,38 @@ class DumpPlan:
             mem.close()  # the buffer goes with its last view
 
 
+    def _read(self, mem: ProcMem, addr: int, view: memoryview) -> None:
+        try:
+            mem.read_into(addr, view)
+        except OSError:
+            raise RestoreError(self._unreadable(mem, addr, len(view))) from None
+
+    def _unreadable(self, mem: ProcMem, addr: int, size: int) -> str:
+        """One line naming the first page of the range that cannot be read, and its mapping."""
+        for page in range(addr, addr + size, PAGE_SIZE):
+            try:
+                mem.read(page, PAGE_SIZE)
+            except OSError as error:
+                where = next((m.path or "anonymous memory" for m in self.maps
+                              if m.start <= page < m.end), "no mapping")
+                reason = error.strerror or str(error)
+                return f"the page at {page:#x} ({where}) cannot be read: {reason}"
+        return f"the pages at {addr:#x} ({size // PAGE_SIZE}) could not be read"
+
+
 def dump(target: Target, path: str, fmt: str = "v1",
          progress: Progress | None = None) -> DumpReport:
     started = time.monotonic()
     plan = DumpPlan(target, fmt)
-    image = plan.collect()
-    image_file.save(path, image, fmt, plan.pages(progress))
-    reload_process = getattr(target, "reload_process", None)
-    if reload_process is not None:
-        # The injected steps left the debugger's idea of where the inferior stopped behind;
-        # seeing it stop there afresh, it steps over a breakpoint at that pc on `continue`.
-        while_spinning(target, reload_process)
+    try:
+        image = plan.collect()
+        image_file.save(path, image, fmt, plan.pages(progress))
+    finally:  # a failed or interrupted dump too: the next command finds the stop as it was
+        reload_process = getattr(target, "reload_process", None)
+        if reload_process is not None:
+            # The injected steps left the debugger's idea of where the inferior stopped
+            # behind; seeing it stop there afresh, it steps over a breakpoint at that pc.
+            while_spinning(target, reload_process)
     plan.report.bytes = os.path.getsize(path)
     plan.report.seconds = time.monotonic() - started
     return plan.report

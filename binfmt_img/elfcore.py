@@ -35,6 +35,7 @@ from .model import (
     Vma,
     Xsave,
 )
+from .safeio import open_regular, open_regular_file
 from .validate import validate
 from .vdso import looks_like_vdso
 
@@ -113,7 +114,7 @@ class _Core:
 def is_elf(path: str) -> bool:
     """Whether a file starts with the ELF magic (a core, or some other ELF file)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             return f.read(4) == ELF_MAGIC
     except OSError:
         return False
@@ -125,7 +126,7 @@ def read_core(path: str, exe: str | None = None, warn: Warn | None = None) -> Im
     (files gone or changed, memory the core left out) go to `warn`, one line each."""
     warn = warn or (lambda _message: None)
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             core = _parse(f, size)
             mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else None
@@ -320,7 +321,7 @@ class _Files:
     def read(self, path: str, offset: int, size: int) -> bytes | None:
         if path not in self.fds:
             try:
-                self.fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self.fds[path] = open_regular(path)
             except OSError:
                 self.fds[path] = None
         fd = self.fds[path]
@@ -338,7 +339,7 @@ def _elf_prot(path: str, offset: int) -> int:
     """The protection an ELF file's program headers give the page at `offset`; PROT_READ
     for any other file (gcore leaves out file mappings never written, and their p_flags)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             for segment in ELFFile(f).iter_segments():
                 h = segment.header
                 low = h["p_offset"] & ~(PAGE_SIZE - 1)
@@ -574,7 +575,7 @@ class _MmFields:
         if not image.exe_path or entry is None:
             return None
         try:
-            with open(image.exe_path, "rb") as f:
+            with open_regular_file(image.exe_path) as f:
                 elf = ELFFile(f)
                 bias = entry - elf.header["e_entry"]
                 loads = [s.header for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]

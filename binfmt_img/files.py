@@ -114,7 +114,8 @@ def check_open_files(plan: RestorePlan) -> None:
         if f.fd < STANDARD_FDS:
             continue
         if f.kind == FD_OTHER:
-            plan.report.warnings.append(f"fd {f.fd}: {f.path} not restored")
+            if "descriptors" not in image.states:  # else binfmt_img/fdkinds brings it back
+                plan.report.warnings.append(f"fd {f.fd}: {f.path} not restored")
         else:
             _check_one(f)
     plan.live_fds = sorted(int(n) for n in os.listdir(f"/proc/{plan.pid}/fd"))

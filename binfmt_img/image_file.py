@@ -7,11 +7,13 @@ import mmap
 import os
 import struct
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable
 
 from . import elfcore, v0, v1
 from .errors import ImageError
 from .model import Image
+from .safeio import open_regular
 from .validate import validate
 
 FORMATS = ("v0", "v1")
@@ -89,20 +91,25 @@ def parse(buf: memoryview) -> Image:
 def load(path: str) -> Image:
     """Map an image file read-only and parse it; the pages stay in the file until used."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise ImageError(f"{path}: empty file", 0)
-            mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        fd = open_regular(path)
     except OSError as error:
         raise ImageError(f"{path}: {error.strerror}") from None
     try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise ImageError("empty file", 0)
+        mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         image = parse(memoryview(mapped))
-        image.mapping = mapped
-        image.path = path
-        return image
+    except OSError as error:
+        os.close(fd)
+        raise ImageError(f"{path}: {error.strerror}") from None
     except ImageError as error:
+        os.close(fd)
         raise ImageError(f"{path}: {error.what}", error.offset) from None
+    image.mapping, image.path, image.fd = mapped, path, fd
+    # The descriptor lives as long as the image: closed when it is collected.
+    weakref.finalize(image, os.close, fd)
+    return image
 
 
 def load_any(path: str, warn: Callable[[str], None] | None = None) -> Image:
@@ -125,7 +132,7 @@ def save(path: str, image: Image, fmt: str = "v1",
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory; give a file name")
     try:
-        fd, temporary = tempfile.mkstemp(prefix=".img-", dir=directory)
+        fd, temporary = _unnamed_file(directory)
     except OSError as error:
         raise ImageError(f"cannot write {path}: {error.strerror}") from None
     try:
@@ -133,9 +140,37 @@ def save(path: str, image: Image, fmt: str = "v1",
             if fmt == "v0":
                 v0.write(out, image, pages)
             else:
-                with DirectWriter(temporary) as direct:
+                with DirectWriter(f"/proc/self/fd/{out.fileno()}") as direct:
                     v1.write(out, image, pages, direct.write)
+            out.flush()
+            if temporary is None:  # give the finished file a name, then the one asked for
+                temporary = os.path.join(directory, f".img-{os.getpid()}-{id(out):x}")
+                _link_unnamed(out.fileno(), temporary)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
         raise
+
+
+def _link_unnamed(fd: int, path: str) -> None:
+    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/FD: os.link uses plain link() (which does
+    not follow the magic link) unless given a directory descriptor."""
+    proc_fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=proc_fds, follow_symlinks=True)
+    finally:
+        os.close(proc_fds)
+
+
+def _unnamed_file(directory: str) -> tuple[int, str | None]:
+    """A file to write the image into: unnamed (O_TMPFILE) where the file system allows,
+    so that a dump killed half way leaves nothing behind; else a named temporary. The
+    image at the destination is replaced only once the new one is whole."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    fd, temporary = tempfile.mkstemp(prefix=".img-", dir=directory)
+    return fd, temporary

@@ -29,7 +29,13 @@ MM_FIELDS = (
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_SHARED_VALIDATE, MAP_TYPE = 0x03, 0x0F  # mmap(2): the low bits are one sharing type
 MAP_GROWSDOWN = 0x100
+MAP_DENYWRITE, MAP_EXECUTABLE, MAP_NORESERVE, MAP_STACK = 0x800, 0x1000, 0x4000, 0x20000
+# The flags an image's VMA may carry besides its type: what mmap takes again unchanged (the
+# kernel ignores DENYWRITE and EXECUTABLE today; older dumpers wrote them).
+VMA_FLAGS = (MAP_FIXED | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_DENYWRITE | MAP_EXECUTABLE
+             | MAP_NORESERVE | MAP_STACK)
 
 SPECIAL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]", "[stack]", "[heap]", "[vsyscall]")
 VSYSCALL_START = 0xFFFFFFFFFF600000
@@ -90,7 +96,8 @@ class Vma:
 
     @property
     def is_shared(self) -> bool:
-        return bool(self.flags & MAP_SHARED) and not self.flags & MAP_PRIVATE
+        """As the kernel reads the type: MAP_SHARED_VALIDATE (= SHARED|PRIVATE) is shared."""
+        return self.flags & MAP_TYPE in (MAP_SHARED, MAP_SHARED_VALIDATE)
 
     @property
     def label(self) -> str:
@@ -201,6 +208,10 @@ class Image:
     source: memoryview | None = None
     mapping: Any = None  # the mmap behind source, when it is a file
     path: str | None = None  # that file
+    # The image file held open from load to restore: checks and page writes read this one
+    # file, whatever happens to its path meanwhile, and with pread (a file truncated under
+    # a mapping would kill the debugger with SIGBUS).
+    fd: int | None = None
     _starts: Any = field(default=None, repr=False, compare=False)
 
     def release(self, offset: int, length: int) -> None:
@@ -227,6 +238,8 @@ class Image:
         low, high = max(run.vaddr, start), min(run.end, end)
         if low >= high:
             return None
+        if (low, high) == (run.vaddr, run.end):
+            return run  # whole: it keeps its checksum
         skip = (low - run.vaddr) // PAGE_SIZE
         return PageRun(low, (high - low) // PAGE_SIZE, run.offset + skip * run.stride,
                        run.stride)
@@ -272,9 +285,20 @@ class Image:
         if i >= 0 and vaddr < self.runs[i].end:
             run = self.runs[i]
             at = run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride
+            if self.fd is not None:
+                return os.pread(self.fd, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0")
             assert self.source is not None
             return bytes(self.source[at:at + PAGE_SIZE])
         if self.format == "v1" and any(v.start <= vaddr < v.end and not v.is_file
                                        for v in self.vmas):
             return bytes(PAGE_SIZE)  # v1 leaves zero pages of anonymous memory out
         return None
+
+
+def last_stored_page(image: Image, start: int, end: int) -> int | None:
+    """The address of the highest page the image stores in [start, end), or None."""
+    runs = image.runs  # sorted by address once validated
+    i = bisect.bisect_left([run.vaddr for run in runs], end) - 1
+    if i < 0 or runs[i].end <= start:
+        return None
+    return min(runs[i].end, end) - PAGE_SIZE

@@ -6,6 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +41,11 @@ def outside(image: Image, runs: list[PageRun], holes: list[tuple[int, int]]) -> 
 
 
 class PageWriter:
+    """Writes runs of pages into the inferior. An image loaded from a file is read from its
+    held descriptor (image.fd) with pread, never through its mapping: a file truncated
+    meanwhile gives an error, not SIGBUS in the debugger. Each run's checksum is computed
+    again from the bytes written, so a file changed after the check is caught."""
+
     def __init__(self, target: Target, image: Image, pid: int, fast: bool,
                  progress: Progress | None = None) -> None:
         self.target, self.image, self.pid, self.fast = target, image, pid, fast
@@ -53,68 +59,73 @@ class PageWriter:
         return "fast (/proc/PID/mem)" if self.fast else "debugger"
 
     def write(self, runs: list[PageRun]) -> None:
-        todo = [p for run in runs for p in pieces(run, WRITE_PIECE if self.fast else
-                                                     DEBUGGER_PIECE)]
-        self._total = sum(p.count for p in todo)
+        size = WRITE_PIECE if self.fast else DEBUGGER_PIECE
+        todo = [(p, run, i == 0) for run in runs for i, p in enumerate(pieces(run, size))]
+        self._total = sum(p.count for p, _, _ in todo)
         started = time.monotonic()
-        if not self.fast:
-            for piece in todo:
-                self._guarded(piece, self._through_debugger)
-        else:
-            mem = ProcMem(self.pid, writable=True)
-            try:
-                if self.image.path is not None and all(p.stride == PAGE_SIZE for p in todo):
-                    self._staged(todo, mem)
-                else:
-                    for piece in todo:
-                        self._guarded(piece, lambda p: self._from_mapping(p, mem))
-            finally:
+        mem = ProcMem(self.pid, writable=True) if self.fast else None
+        try:
+            if mem is not None:
+                put = mem.write
+            else:
+                put = self.target.write_memory
+            if self.image.fd is not None:
+                self._staged(todo, put)
+            else:
+                for piece, _, _ in todo:
+                    self._guarded(piece, lambda p: self._from_source(p, put))
+        finally:
+            if mem is not None:
                 mem.close()
         self.seconds = time.monotonic() - started
 
-    def _staged(self, todo: list[PageRun], mem: ProcMem) -> None:
+    def _staged(self, todo: list[tuple[PageRun, PageRun, bool]],
+                put: Callable[[int, memoryview], None]) -> None:
         """The image file read into two reused buffers by a helper thread while the other
         buffer goes to the inferior: the read hides behind the write. (A pwrite straight from
         the file's mapping would fault in every source page, several times slower.)"""
-        assert self.image.path is not None
-        fd = os.open(self.image.path, os.O_RDONLY)
-        buffers = [memoryview(mmap.mmap(-1, WRITE_PIECE)) for _ in range(2)]
+        fd = self.image.fd
+        assert fd is not None
+        piece_size = max(p.count for p, _, _ in todo) * PAGE_SIZE if todo else 0
+        buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE))) for _ in range(2)]
 
         def load(i: int) -> memoryview:
-            piece, buffer = todo[i], buffers[i % 2]
-            size = piece.count * PAGE_SIZE
-            done = 0
-            while done < size:
-                got = os.preadv(fd, [buffer[done:size]], piece.offset + done)
-                if got <= 0:
-                    raise OSError(f"image file ends before page data at {piece.offset:#x}")
-                done += got
-            return buffer[:size]
+            piece, buffer = todo[i][0], buffers[i % 2]
+            # Contiguous runs in one read; v0's per-page records one page at a time.
+            parts = ([(0, piece.offset, piece.count * PAGE_SIZE)] if piece.stride == PAGE_SIZE
+                     else [(j * PAGE_SIZE, piece.offset + j * piece.stride, PAGE_SIZE)
+                           for j in range(piece.count)])
+            for at, offset, size in parts:
+                done = 0
+                while done < size:
+                    got = os.preadv(fd, [buffer[at + done:at + size]], offset + done)
+                    if got <= 0:
+                        raise OSError(f"the image file ends before its page data at "
+                                      f"{offset + done:#x} (changed since it was checked?)")
+                    done += got
+            return buffer[:piece.count * PAGE_SIZE]
 
-        try:
-            with ThreadPoolExecutor(max_workers=1) as reader:
-                loading = reader.submit(load, 0) if todo else None
-                for i, piece in enumerate(todo):
-                    assert loading is not None
-                    data = self._guarded(piece, lambda _p, f=loading: f.result())
-                    loading = reader.submit(load, i + 1) if i + 1 < len(todo) else None
-                    self._guarded(piece, lambda p, d=data: mem.write(p.vaddr, d))
-                    self._done(piece)
-        finally:
-            os.close(fd)
+        crc = 0
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            loading = reader.submit(load, 0) if todo else None
+            for i, (piece, run, first) in enumerate(todo):
+                assert loading is not None
+                data = self._guarded(piece, lambda _p, f=loading: f.result())
+                loading = reader.submit(load, i + 1) if i + 1 < len(todo) else None
+                crc = zlib.crc32(data, 0 if first else crc)
+                self._guarded(piece, lambda p, d=data: put(p.vaddr, d))
+                self._done(piece)
+                last = i + 1 == len(todo) or todo[i + 1][2]
+                if last and run.checksum is not None and crc != run.checksum:
+                    raise RestoreError(f"the image file changed during the restore: page run "
+                                       f"{run.vaddr:#x} no longer matches its checksum; the "
+                                       "inferior is half-restored")
 
-    def _from_mapping(self, piece: PageRun, mem: ProcMem) -> None:
-        chunks = list(self.image.run_data(piece))
-        if len(chunks) == 1:
-            mem.write(piece.vaddr, chunks[0])
-        else:
-            mem.writev(piece.vaddr, chunks)
-        self._done(piece)
-
-    def _through_debugger(self, piece: PageRun) -> None:
+    def _from_source(self, piece: PageRun, put: Callable[[int, memoryview], None]) -> None:
+        """An image held in memory (a core converted on load, a synthetic image)."""
         addr = piece.vaddr
         for chunk in self.image.run_data(piece):
-            self.target.write_memory(addr, chunk)
+            put(addr, chunk)
             addr += len(chunk)
         self._done(piece)
 

@@ -27,8 +27,23 @@ class Mapping:
                 else 0) | (PROT_EXEC if self.perms[2] == "x" else 0))
 
     @property
+    def shared_object(self) -> str | None:
+        """The kind of in-memory object behind the mapping, whose contents no file on disk
+        holds: "anon" (MAP_SHARED|MAP_ANONYMOUS, shown as /dev/zero), "memfd", "sysv"."""
+        if self.inode == 0 or not self.device.startswith("00:"):
+            return None  # these live on the kernel's internal shmem mount (major 0)
+        if self.path == "/dev/zero (deleted)" and self.perms[3] == "s":
+            return "anon"
+        if self.path.startswith("/memfd:"):
+            return "memfd"
+        if self.path.startswith("/SYSV"):
+            return "sysv"
+        return None
+
+    @property
     def is_file(self) -> bool:
-        return self.inode != 0 and not self.path.startswith("[")
+        return (self.inode != 0 and not self.path.startswith("[")
+                and self.shared_object is None)
 
     @property
     def flags(self) -> int:
@@ -70,26 +85,90 @@ def proc_file(target: Target, pid: int, name: str) -> bytes:
 
 
 PM_PRESENT, PM_SWAPPED, PM_FILE = 1 << 63, 1 << 62, 1 << 61
+PM_GUARD = 1 << 58  # a guard region's marker (MADV_GUARD_INSTALL; pagemap.rst, 6.15+)
 
 
-def resident_pages(pid: int, start: int, end: int, skip_file_pages: bool) -> list[tuple[int, int]]:
-    """Runs (vaddr, count) of pages that hold data: present or swapped, and, where asked,
-    not a page still shared with its file (never written by the process)."""
+def read_smaps_flags(pid: int) -> dict[int, list[str]]:
+    """The VmFlags two-letter codes of every mapping, by its start address."""
+    out: dict[int, list[str]] = {}
+    start = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                start = int(head.split("-")[0], 16)
+            elif head == "VmFlags:" and start is not None:
+                out[start] = line.split()[1:]
+    return out
+
+
+def _pagemap(pid: int, start: int, end: int) -> tuple[int, ...]:
     count = (end - start) >> 12
     with open(f"/proc/{pid}/pagemap", "rb") as f:
         raw = os.pread(f.fileno(), count * 8, (start >> 12) * 8)
+    return struct.unpack(f"<{len(raw) // 8}Q", raw)
+
+
+def _runs(start: int, keep: list[bool]) -> list[tuple[int, int]]:
+    """(vaddr, count) of the consecutive pages from `start` where keep is true."""
     runs: list[tuple[int, int]] = []
     run_start = None
-    for i, entry in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
-        keep = entry & (PM_PRESENT | PM_SWAPPED) and not (skip_file_pages and entry & PM_FILE)
-        if keep and run_start is None:
+    for i, wanted in enumerate(keep + [False]):
+        if wanted and run_start is None:
             run_start = i
-        elif not keep and run_start is not None:
+        elif not wanted and run_start is not None:
             runs.append((start + (run_start << 12), i - run_start))
             run_start = None
-    if run_start is not None:
-        runs.append((start + (run_start << 12), count - run_start))
     return runs
+
+
+def guard_pages(pid: int, start: int, end: int) -> list[tuple[int, int]]:
+    """Runs (vaddr, count) of guard pages: they fault on any access, reads included."""
+    return _runs(start, [bool(e & PM_GUARD) for e in _pagemap(pid, start, end)])
+
+
+def readable_pages(pid: int, start: int, end: int) -> list[tuple[int, int]]:
+    """Every page of the range except guard pages."""
+    return _runs(start, [not e & PM_GUARD for e in _pagemap(pid, start, end)])
+
+
+def object_pages(pid: int, m: Mapping) -> list[tuple[int, int]] | None:
+    """Runs (vaddr, count) of an in-memory shared object's mapping where the object holds
+    data (SEEK_DATA on /proc/PID/map_files, which counts swapped-out pages as data): reading
+    its holes through the mapping would allocate them in the inferior. None when map_files
+    cannot be opened (it needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)."""
+    try:
+        fd = os.open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY)
+    except OSError:
+        return None
+    runs: list[tuple[int, int]] = []
+    try:
+        pos, end = m.offset, m.offset + m.end - m.start
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: no data after pos
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            first, last = data & ~0xFFF, (hole + 0xFFF) & ~0xFFF
+            if first >= end:
+                break
+            runs.append((m.start + first - m.offset, (last - first) >> 12))
+            pos = last
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return runs
+
+
+def resident_pages(pid: int, start: int, end: int, skip_file_pages: bool) -> list[tuple[int, int]]:
+    """Runs (vaddr, count) of pages that hold data: present or swapped (a guard page's marker
+    counts as swapped: left out), and, where asked, not a page still shared with its file
+    (never written by the process)."""
+    return _runs(start, [bool(e & (PM_PRESENT | PM_SWAPPED)) and not e & PM_GUARD
+                         and not (skip_file_pages and e & PM_FILE)
+                         for e in _pagemap(pid, start, end)])
 
 
 def stat_fields(pid: int) -> list[str]:
@@ -120,6 +199,9 @@ class ProcMem:
         view = memoryview(data)
         while view:
             done = os.pwrite(self.fd, view, addr)
+            if done <= 0:  # the process is gone (its mm torn down): no progress is possible
+                raise OSError(f"the inferior's memory at {addr:#x} can no longer be written "
+                              "(has the process exited?)")
             view, addr = view[done:], addr + done
 
     def writev(self, addr: int, chunks: list[memoryview]) -> None:

@@ -17,8 +17,6 @@ from .model import (
     FD_OTHER,
     MAP_ANONYMOUS,
     MAP_GROWSDOWN,
-    MAP_PRIVATE,
-    MAP_SHARED,
     PAGE_SIZE,
     SEGMENT_REGISTERS,
     Image,
@@ -78,10 +76,7 @@ def vma_flags(image: Image, vma: Vma) -> list[str]:
     """The mapping's kind as restore will create it (v0: fd 0 is anonymous, and the VMA
     holding start_stack grows down, as the seed's handler decides)."""
     flags = []
-    if vma.flags & MAP_SHARED:
-        flags.append("shared")
-    if vma.flags & MAP_PRIVATE:
-        flags.append("private")
+    flags.append("shared" if vma.is_shared else "private")  # MAP_SHARED_VALIDATE is shared
     if vma.flags & MAP_ANONYMOUS or (image.format == "v0" and vma.fd == 0):
         flags.append("anon")
     holds_stack = vma.start <= image.mm.get("start_stack", 0) <= vma.end

@@ -7,6 +7,7 @@ in the inferior by the Injector; nothing here knows which debugger is in use.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -26,19 +27,21 @@ from .inject import (
 from .model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
-    MAP_GROWSDOWN,
-    MAP_SHARED,
     PAGE_SIZE,
+    PROT_READ,
     PROT_WRITE,
     USER_TOP,
     VSYSCALL_START,
     Image,
     Thread,
     Vma,
+    last_stored_page,
 )
 from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from .safeio import executable_problem, kind_of
+from .state import vma_extra
 from .target import Target
 from .threads import (
     check_threads,
@@ -47,7 +50,8 @@ from .threads import (
     select_stopped_thread,
     while_spinning,
 )
-from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc
+from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc, gdt_tls_supported
+from .validate import check_restorable
 from .vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
 
 # XSAVE components restored: x87, SSE, AVX, MPX, AVX-512, PKRU; AMX tiles need a permission
@@ -78,6 +82,15 @@ def _is_stack(image: Image, vma: Vma) -> bool:
     return vma.name is None and vma.start <= image.mm.get("start_stack", 0) < vma.end
 
 
+def _mapped_prot(vma: Vma) -> int:
+    """The protection a VMA is first mapped with: shared memory that is not a file takes its
+    pages through the mapping (the kernel refuses to force a write into a read-only shared
+    mapping), so it is writable until they are in."""
+    if vma.is_shared and not vma.is_file:
+        return vma.prot | PROT_READ | PROT_WRITE
+    return vma.prot
+
+
 class RestorePlan:
     """Checks made before the first change, then the steps that rebuild the process."""
 
@@ -103,6 +116,9 @@ class RestorePlan:
         self.tid_addresses: dict[int, int] = {}  # image tid -> where glibc caches it
         self.live_tids: dict[int, int] = {}  # image tid -> the restored thread's tid
         self.live_fds: list[int] = []
+        # memfd objects made for mappings, image inode -> live fd (O_CLOEXEC): kept open only
+        # when the image also holds a descriptor of that memfd, for the fd side to claim.
+        self.memfd_fds: dict[int, int] = {}
         self.changed = False
         self.local = True
 
@@ -117,12 +133,20 @@ class RestorePlan:
         if self.via not in ("auto", "fast", "debugger"):
             raise RestoreError(f"unknown --via {self.via!r}: choose debugger or fast")
         check_not_in_syscall_entry(self.target)
+        check_restorable(self.image)
         self.pid = pid
         self.live = parse_maps(proc_file(self.target, pid, "maps").decode())
         self.live_rseq = self._live_rseq()
         self._check_files()
+        self._check_exe()
         self._check_pages()
         check_threads(self)
+        if self.local and any(any(t.tls) for t in self.image.threads) and \
+                not gdt_tls_supported():
+            self.losses.append("GDT TLS entries (set_thread_area): this kernel has no 32-bit "
+                               "emulation")
+            for thread in self.image.threads:
+                thread.tls = [0, 0, 0]  # the image is this command's own
         check_open_files(self)
         self._check_states()
         self.vdso = VdsoMove(self.image, self.live)
@@ -183,6 +207,30 @@ class RestorePlan:
                              f"runs fail their checksum, the first at {run.vaddr:#x} "
                              f"({run.count} pages)", run.offset)
 
+    def _check_file_extent(self, vma: Vma, size: int) -> None:
+        """Pages stored for a file mapping beyond the file's end cannot be written (the kernel
+        gives EIO there, as the program would get SIGBUS): refused before any change."""
+        last = last_stored_page(self.image, vma.start, vma.end)
+        if last is None:
+            return
+        offset = (vma.pgoff + (last - vma.start) // PAGE_SIZE) * PAGE_SIZE
+        if offset >= size:
+            raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x}: the image "
+                               f"holds a page at file offset {offset:#x}, beyond the "
+                               f"file's {size} bytes")
+
+    def _check_exe(self) -> None:
+        """The exe link (/proc/PID/exe) is set to the image's executable: it must be one."""
+        path = self.image.exe_path
+        if not path or not self.local:
+            return
+        problem = executable_problem(path)
+        if problem is not None and os.path.lexists(path):
+            raise RestoreError(f"the image's executable {path}: {problem}")
+        if problem is not None:
+            self.report.warnings.append(f"the image's executable {path} is gone: "
+                                        "/proc/PID/exe keeps naming the process's own")
+
     def _check_files(self) -> None:
         if not self.local:  # the files are on the inferior's machine: opening them will tell
             if any(vma.is_file for vma in self.image.vmas):
@@ -192,11 +240,20 @@ class RestorePlan:
         for vma in self.image.vmas:
             if not vma.is_file:
                 continue
+            if vma.path == "/dev/zero" and vma.is_shared:
+                # Shared anonymous memory as binfmt-img before vma_extra took it: a file.
+                self.losses.append(f"shared anonymous memory at {vma.start:#x}-{vma.end:#x} "
+                                   "(the image holds no contents for it)")
+                continue
             try:
                 st = os.stat(vma.path)
             except OSError as error:
                 raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x}: "
                                    f"{error.strerror}") from None
+            if not stat.S_ISREG(st.st_mode):  # the inferior's open would block or act
+                raise RestoreError(f"mapped file {vma.path} of VMA {vma.start:#x} is "
+                                   f"{kind_of(st.st_mode)}, not a regular file")
+            self._check_file_extent(vma, st.st_size)
             ident = vma.file
             if ident is None:
                 continue
@@ -230,6 +287,7 @@ class RestorePlan:
         self.vdso.place(inj)
         self._create_vmas()
         self._write_pages()
+        self._protect_shared()
         self._set_mm()
         self._set_name()
         self._set_signals()
@@ -238,6 +296,7 @@ class RestorePlan:
         restore_open_files(self)
         restore_threads(self)
         self._restore_states("late")
+        vma_extra.close_unclaimed(self)  # memfds of mappings the fd side did not take
         inj.close_scratch()
         self._set_registers()
         reload_process = getattr(self.target, "reload_process", None)
@@ -273,24 +332,33 @@ class RestorePlan:
 
     def _create_vmas(self) -> None:
         inj = self.injector
+        extra = vma_extra.entries(self)
+        shared_done: set[int] = set()
         for vma in sorted(self.image.vmas, key=lambda v: v.start):
             if vma in self.vdso_block or vma.name in MOVABLE_NAMES or vma.start >= VSYSCALL_START:
                 continue
-            flags = (vma.flags & ~MAP_GROWSDOWN) | MAP_FIXED
-            if _is_stack(self.image, vma):
-                flags |= MAP_GROWSDOWN
+            entry = extra.get(vma.start)
+            if entry is not None and entry.object:
+                vma_extra.create_shared(self, vma, entry, shared_done)
+                self.report.vmas += 1
+                continue
+            stack = _is_stack(self.image, vma) and not vma.is_file
+            flags = vma_extra.mmap_flags(vma, entry, stack) | MAP_FIXED
             fd = -1
             if vma.is_file:
                 inj.reset_data()
-                writable = vma.flags & MAP_SHARED and vma.prot & PROT_WRITE
+                # Opened as the dumped process had it: a shared mapping that may become
+                # writable (VmFlags mw) needs the file open for writing.
+                writable = vma.is_shared and (vma.prot & PROT_WRITE or vma_extra.may_write(entry))
                 fd = inj.call(sc.OPEN, inj.put_string(vma.path),
-                              (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC, 0,
+                              (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC
+                              | sc.O_NOBLOCK_NOTTY, 0,
                               step=f"opening {vma.path}", address=vma.start)
                 flags &= ~MAP_ANONYMOUS
             else:
                 flags |= MAP_ANONYMOUS
             try:
-                got = inj.call(sc.MMAP, vma.start, vma.size, vma.prot, flags, fd,
+                got = inj.call(sc.MMAP, vma.start, vma.size, _mapped_prot(vma), flags, fd,
                                vma.pgoff * PAGE_SIZE if fd >= 0 else 0,
                                step=f"mapping {vma.label or 'anonymous memory'}",
                                address=vma.start)
@@ -301,9 +369,19 @@ class RestorePlan:
                 raise RestoreError(f"mapping {vma.label} landed at {got:#x}, not {vma.start:#x}")
             self.report.vmas += 1
 
+    def _protect_shared(self) -> None:
+        """Shared memory was mapped writable for its pages: its own protection now."""
+        for vma in sorted(self.image.vmas, key=lambda v: v.start):
+            if _mapped_prot(vma) != vma.prot and vma not in self.vdso_block:
+                self.injector.call(sc.MPROTECT, vma.start, vma.size, vma.prot,
+                                   step="protecting shared memory", address=vma.start)
+
     def _write_pages(self) -> None:
         # The vDSO block is the live kernel's, moved into place: its stored pages stay out.
         holes = [(v.start, v.end) for v in self.vdso_block] + [(VSYSCALL_START, 1 << 64)]
+        # A restore never writes a file: a shared file mapping's pages are the file's own
+        # (validation refuses an image that stores some; this keeps it so whatever the image).
+        holes += [(v.start, v.end) for v in self.image.vmas if v.is_file and v.is_shared]
         fast = self.via == "fast" or (self.via == "auto" and self.local)
         writer = PageWriter(self.target, self.image, self.pid, fast, self.progress)
         writer.write(outside(self.image, self.image.runs, holes))
@@ -325,7 +403,8 @@ class RestorePlan:
         auxv_addr = inj.put(auxv) if auxv else 0
         exe_fd = -1
         if image.exe_path and os.path.exists(image.exe_path) and not self._same_exe():
-            exe_fd = inj.call(sc.OPEN, inj.put_string(image.exe_path), sc.O_RDONLY, 0,
+            exe_fd = inj.call(sc.OPEN, inj.put_string(image.exe_path),
+                              sc.O_RDONLY | sc.O_NOBLOCK_NOTTY, 0,
                               step=f"opening the executable {image.exe_path}")
         def prctl_map(fd: int) -> int:
             record = pack_u64(*(mm[n] for n in names), auxv_addr) + struct.pack(

@@ -16,6 +16,8 @@ from functools import lru_cache
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from .safeio import open_regular_file
+
 RSEQ = 334  # the system call
 RSEQ_FLAG_UNREGISTER = 1
 RSEQ_SIG = 0x53053053  # glibc's signature on x86
@@ -26,7 +28,7 @@ AT_BASE = 7
 def _symbols(ld_path: str) -> tuple[int, int] | None:
     """Offsets of __rseq_offset and __rseq_size in an ld.so file."""
     try:
-        with open(ld_path, "rb") as f:
+        with open_regular_file(ld_path) as f:
             dynsym = ELFFile(f).get_section_by_name(".dynsym")
             if dynsym is None:
                 return None

@@ -27,6 +27,9 @@ MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 MAP_FIXED_NOREPLACE = 0x100000
 SIG_SETMASK = 2
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
+# Added to every open of a path the image names: should the path turn into a FIFO or a
+# device after the checks, the open neither blocks the inferior nor makes it a terminal's.
+O_NOBLOCK_NOTTY = 0o4000 | 0o400
 SIGKILL, SIGSTOP = 9, 19
 NSIG = 64
 

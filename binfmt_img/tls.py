@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import struct
 
 GDT_ENTRY_TLS_MIN = 12
@@ -45,3 +48,17 @@ def describe(desc: int) -> str:
         return "empty"
     _, base, limit, _ = USER_DESC.unpack(descriptor_to_user_desc(0, desc))
     return f"base {base:#x} limit {limit:#x}"
+
+
+GET_THREAD_AREA = 211
+
+
+@functools.lru_cache(maxsize=1)
+def gdt_tls_supported() -> bool:
+    """Whether this kernel has set_thread_area (32-bit emulation): asked of the debugger's
+    own process with a harmless get_thread_area, the inferior runs on the same kernel."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    desc = ctypes.create_string_buffer(USER_DESC.pack(GDT_ENTRY_TLS_MIN, 0, 0, 0),
+                                       USER_DESC_SIZE)
+    result = libc.syscall(GET_THREAD_AREA, desc)
+    return not (result < 0 and ctypes.get_errno() == errno.ENOSYS)

@@ -117,6 +117,8 @@ ProcessSection = Struct(
 RUN_RECORD = struct.Struct("<QQQII")  # vaddr, page count, file offset, crc32, reserved
 RUN_COUNT = struct.Struct("<I")
 
+# One section per thread and per state kind: enough for validate.MAX_THREADS threads.
+MAX_SECTIONS = 8192
 ZERO_PAGE = bytes(PAGE_SIZE)
 VERIFY_CHUNK = 16 << 20
 
@@ -152,6 +154,9 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
     if zlib.crc32(table) != header.table_crc:
         raise ImageError("checksum mismatch in section table", HEADER_SIZE)
 
+    if header.section_count > MAX_SECTIONS:  # a thread is a section: bound the parse
+        raise ImageError(f"section table of {header.section_count} entries, more than "
+                         f"{MAX_SECTIONS}", HEADER_SIZE)
     image = Image(format="v1", threads=[], source=buf)
     offsets: dict[str, list[int]] = {"vmas": [], "runs": []}
     seen: set[int] = set()
@@ -279,23 +284,22 @@ def verify_pages(image: Image) -> list[PageRun]:
     reused buffer: checksumming its mapping would fault in every page, several times slower."""
     assert image.source is not None
     checked = [run for run in image.runs if run.checksum is not None]
-    if image.path is None:
+    if image.fd is None:
         return [run for run in checked if zlib.crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
     buffer = memoryview(mmap.mmap(-1, VERIFY_CHUNK))
     bad = []
-    with open(image.path, "rb", buffering=0) as f:
-        for run in checked:
-            crc, done, size = 0, 0, run.count * PAGE_SIZE
-            while done < size:
-                got = os.preadv(f.fileno(), [buffer[:min(VERIFY_CHUNK, size - done)]],
-                                run.offset + done)
-                if got <= 0:
-                    break
-                crc = zlib.crc32(buffer[:got], crc)
-                done += got
-            if done < size or crc != run.checksum:
-                bad.append(run)
+    for run in checked:  # the very file the restore will read its pages from
+        crc, done, size = 0, 0, run.count * PAGE_SIZE
+        while done < size:
+            got = os.preadv(image.fd, [buffer[:min(VERIFY_CHUNK, size - done)]],
+                            run.offset + done)
+            if got <= 0:
+                break
+            crc = zlib.crc32(buffer[:got], crc)
+            done += got
+        if done < size or crc != run.checksum:
+            bad.append(run)
     return bad
 
 

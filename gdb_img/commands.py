@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.restore import RestorePlan
+from binfmt_img.safeio import executable_problem, printable
 
 from .target import GdbTarget, forget_detached, kill_started_here
 
@@ -50,20 +52,33 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def _gdb_quoted(path: str) -> str:
+    """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
+    no control characters (validated), so no second command can follow."""
+    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
+
+
 def _ensure_process(image: image_file.Image) -> bool:
-    """With no live inferior, start the image's executable (or a small system program)
-    stopped at its first instruction; True when it did."""
+    """With no live inferior, start the image's executable (or the program loaded in GDB,
+    for an image that names none) stopped at its first instruction; True when it did."""
     if gdb.selected_inferior().pid:
         return False
-    program = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
     current = gdb.current_progspace().filename
-    if program is None and current is None:
-        program = "/bin/true"
-        gdb.write("img-restore: warning: the image names no executable (a v0 image): symbols "
-                  "need the program loaded first (gdb PROGRAM)\n")
-    if program is not None and program != current:
-        gdb.execute(f"file {program}", to_string=True)
-    gdb.write(f"img-restore: starting {program or current} to restore into\n")
+    program = image.exe_path
+    problem = executable_problem(program) if program else None
+    if program is None or problem is not None:
+        what = (f"the image's executable {printable(program)} cannot be started: {problem}"
+                if program else "the image names no executable (a v0 image)")
+        if current is None and program is not None:
+            raise RestoreError(f"{what}; load the program first (`file PATH`), then "
+                               "img-restore")
+        fallback = current or "/bin/true"  # a v0 image restores into any process
+        gdb.write(f"img-restore: warning: {what}; restoring into {fallback}"
+                  + ("" if current else " (symbols need the program: gdb PROGRAM)") + "\n")
+        program = fallback
+    if program != current:
+        gdb.execute(f"file {_gdb_quoted(program)}", to_string=True)
+    gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
     gdb.execute("starti", to_string=True)
     return True
 
@@ -156,6 +171,8 @@ class _ImgCommand(gdb.Command):
             self.run(args, from_tty)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"{self.name}: {error}") from None
+        except KeyboardInterrupt:
+            raise gdb.GdbError(f"{self.name}: interrupted") from None
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         raise NotImplementedError
@@ -199,10 +216,8 @@ the restore refused before any change; --accept-loss restores without it, one wa
                 result = plan.run()
             assert plan.progress is not None
             plan.progress.finish()
-        except (ImageError, RestoreError):
-            if started and not plan.changed:  # refused: the process started is no use
-                gdb.execute("kill", to_string=True)
-            raise
+        except (ImageError, RestoreError, KeyboardInterrupt, gdb.error) as error:
+            raise RestoreError(_failed(plan, started, error)) from None
         finally:
             for b in breakpoints:
                 b.enabled = True
@@ -215,6 +230,20 @@ the restore refused before any change; --accept-loss restores without it, one wa
             _fault_again(report.signal_name(image.signal.number), from_tty)
         else:
             gdb.execute("frame", from_tty)
+
+
+def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
+    """The one line for a restore that did not finish: what happened and what state the
+    inferior is in. A process started for the restore is killed either way."""
+    what = "interrupted" if isinstance(error, KeyboardInterrupt) or str(error) == "Quit" \
+        else str(error)
+    if started:
+        gdb.execute("kill", to_string=True)
+    if not plan.changed:
+        return what + ("" if started else "; the inferior was not changed")
+    if started:
+        return f"{what}; the process started for the restore was half-restored and is killed"
+    return f"{what}; the inferior is half-restored and no longer usable: `kill` it"
 
 
 class ImgDump(_ImgCommand):

@@ -17,6 +17,7 @@ from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import PROT_EXEC, Image
 from binfmt_img.restore import RestorePlan
+from binfmt_img.safeio import executable_problem, printable
 
 from .modules import sync_modules
 from .target import LldbTarget
@@ -80,16 +81,25 @@ def _stopped_process(debugger: lldb.SBDebugger) -> lldb.SBProcess:
 
 def _ensure_process(debugger: lldb.SBDebugger, image: Image,
                     result: lldb.SBCommandReturnObject) -> lldb.SBProcess:
-    """With no live process, start the image's executable (or /bin/true if it is gone)
-    stopped at its first instruction."""
+    """With no live process, start the image's executable (or the target's program, for an
+    image that names none) stopped at its first instruction."""
     target = debugger.GetSelectedTarget()
     process = target.GetProcess()
     if process.IsValid() and process.GetState() not in (lldb.eStateExited,
                                                          lldb.eStateDetached):
         return _stopped_process(debugger)
-    exe = image.exe_path if image.exe_path and os.path.exists(image.exe_path) else None
     current = target.GetExecutable().fullpath if target.IsValid() else None
-    program = exe or (current if current and os.path.exists(current) else "/bin/true")
+    program = image.exe_path
+    problem = executable_problem(program) if program else None
+    if program is None or problem is not None:
+        what = (f"the image's executable {printable(program)} cannot be started: {problem}"
+                if program else "the image names no executable (a v0 image)")
+        usable = current if current and os.path.exists(current) else None
+        if usable is None and program is not None:
+            raise RestoreError(f"{what}; create a target for the program first "
+                               "(`target create PATH`), then img-restore")
+        program = usable or "/bin/true"  # a v0 image restores into any process
+        result.AppendWarning(f"img-restore: {what}; restoring into {program}")
     error = lldb.SBError()
     if program != current:
         target = debugger.CreateTarget(program, None, None, True, error)

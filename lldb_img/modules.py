@@ -18,6 +18,7 @@ import lldb
 
 from binfmt_img.model import PAGE_SIZE, Image, Vma
 from binfmt_img.procfs import read_auxv
+from binfmt_img.safeio import open_regular_file
 
 VDSO = "[vdso]"
 AT_PHDR, AT_PHNUM, AT_BASE = 3, 5, 7
@@ -37,7 +38,7 @@ def _identity(path: str) -> Key:
 
 def _is_elf(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False

@@ -14,7 +14,7 @@ from test_gdb_restore import dump_at_checkpoint
 # Signals the programs use on purpose pass to them without stopping the debugger.
 GDB_SIGNALS = "handle all nostop noprint pass"
 LLDB_SIGNALS = ("process handle SIGUSR1 SIGUSR2 SIGALRM SIGVTALRM SIGPROF SIGCHLD SIGPIPE "
-                "SIGIO SIGURG SIGWINCH SIGRTMIN SIGTERM SIGHUP -s false -n false -p true")
+                "SIGIO SIGURG SIGWINCH SIGRTMIN SIGTERM SIGHUP SIGSEGV -s false -n false -p true")
 
 
 def passes(text: str, expected: int) -> None:

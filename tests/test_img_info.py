@@ -150,7 +150,7 @@ def test_not_an_image(content: bytes, tmp_path: Path) -> None:
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert_one_line_error(img_info(str(tmp_path / "nope.img")), "No such file")
-    assert_one_line_error(img_info(str(tmp_path)), "Is a directory")
+    assert_one_line_error(img_info(str(tmp_path)), "is a directory")
 
 
 def test_script_is_executable_python() -> None:

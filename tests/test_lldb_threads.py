@@ -57,8 +57,7 @@ def test_file_half_read_and_working_directory(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "marker.txt").write_text("hello from the marker\n")
     text = round_trip(tmp_path, "file_read", str(data), str(folder))
-    pipes = re.findall(r"warning: fd (\d+): pipe:\[\d+\] not restored", text)
-    assert {"5", "6"} <= set(pipes), text
+    assert "not restored" not in text, text  # the pipe comes back (binfmt_img/fdkinds)
 
 
 def test_log_appended_before_and_after(tmp_path: Path) -> None:

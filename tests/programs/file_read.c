@@ -4,8 +4,8 @@
 #include <unistd.h>
 #include "checkpoint.h"
 /* Reads half of a file before the checkpoint and the rest after it; the descriptor, its
-   offset, a directory stream, /dev/null and the working directory come back. The pipe is
-   recorded but cannot come back: the restore warns and leaves its descriptors closed. */
+   offset, a directory stream, /dev/null and the working directory come back, and the pipe's
+   two ends (binfmt_img/fdkinds/pipe.py). */
 int main(int argc, char **argv) {
     char buf[64];
     int fd = open(argv[1], O_RDONLY);
