@@ -88,7 +88,14 @@ class Injector:
         regs.update({name: _unsigned(value) for name, value in zip(ARG_REGISTERS, args)})
         self.target.write_registers(regs)
         self.target.step_instruction()
-        return self.target.read_registers(("rax",))["rax"]
+        after = self.target.read_registers(("rax", "rip"))
+        if after.get("rip", at + len(SYSCALL)) != at + len(SYSCALL):
+            # A signal the thread does not block was delivered by that step (the debugger
+            # passed it on): its handler or restart moved rip, and the call did not happen.
+            raise RestoreError(f"system call {sc.NAMES.get(nr, nr)}: a signal arrived during "
+                               f"the injected step (rip {after['rip']:#x}, not "
+                               f"{at + len(SYSCALL):#x})")
+        return after["rax"]
 
     def raw(self, nr: int, *args: int) -> int:
         """One system call; returns rax as the kernel left it (an error is -errno)."""

@@ -478,7 +478,9 @@ class RestorePlan:
         tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
         if tid_at:
             inj.raw(sc.SET_TID_ADDRESS, tid_at)
-        image_rseq = self._image_rseq(thread)
+        # An image that records the registration (state kind "rseq") gets exactly it from
+        # that kind's restore_thread; an older one, glibc's area as its libc would have it.
+        image_rseq = None if "rseq" in self.image.states else self._image_rseq(thread)
         if image_rseq is not None:
             result = self._rseq(image_rseq, 0)
             if sc.is_error(result):

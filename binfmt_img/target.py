@@ -39,6 +39,15 @@ class Target(Protocol):
     def read_proc(self, name: str) -> bytes:
         """Optional. /proc/PID/NAME of a remote inferior, fetched by the debugger."""
 
+    def ptrace_available(self) -> bool:
+        """Optional (without it: False). True when ptrace(2) called from this Python
+        process reaches the inferior's threads (this process is their tracer)."""
+
+    def steps_over_signal_handler(self, number: int) -> bool:
+        """Optional (without it: False). True when signal `number`, delivered during
+        step_instruction, reaches the program (its handler runs) and the step still ends
+        after the instruction, without stopping."""
+
     def before_changes(self) -> None:
         """Optional. Called once all checks passed, just before the first change."""
 

@@ -61,6 +61,25 @@ class GdbTarget:
         connection = getattr(self.inferior, "connection", None)
         return connection is not None and connection.type == "native"
 
+    def ptrace_available(self) -> bool:
+        """GDB traces a native inferior from the thread its Python runs in."""
+        return self.is_local()
+
+    def steps_over_signal_handler(self, number: int) -> bool:
+        """A signal that arrives during `stepi` and that GDB handles `nostop pass` reaches
+        the program, and GDB finishes the step once the handler returns (infrun's
+        step-resume breakpoint). GDB names real-time signals SIG32..SIG64."""
+        try:
+            name = signal.Signals(number).name if number < 32 else f"SIG{number}"
+            text = gdb.execute(f"info signals {name}", to_string=True)
+        except (ValueError, gdb.error):
+            return False
+        for line in text.splitlines():
+            fields = line.split()
+            if fields and fields[0] == name and len(fields) >= 4:
+                return fields[1] == "No" and fields[3] == "Yes"
+        return False
+
     def read_memory(self, addr: int, size: int) -> bytes:
         return bytes(self.inferior.read_memory(addr, size))
 

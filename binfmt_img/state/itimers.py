@@ -1,0 +1,75 @@
+"""Interval timers: ITIMER_REAL (alarm), ITIMER_VIRTUAL and ITIMER_PROF, each its remaining
+value and reload interval, read with getitimer at the dump and armed again with setitimer at
+the restore's "late" phase, so that the time left starts counting as late as possible (an
+alarm(3) taken at the checkpoint fires 3 s after the restore). All three are set, disarmed
+ones too: a timer the inferior had armed before the restore does not survive it. Its kind id
+is above those of the pending signals and POSIX timers so that it is armed last: a timer
+that expires during the restore's remaining steps would have its signal delivered in the
+middle of them (see README, "Limits today")."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from construct import Array, Int64ul, Struct
+
+from . import Kind
+from .pending_signals import stack_for_handlers
+
+if TYPE_CHECKING:
+    from ..dump import DumpPlan
+    from ..restore import RestorePlan
+
+GETITIMER, SETITIMER = 36, 38
+NAMES = ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")
+Timer = Struct("interval_sec" / Int64ul, "interval_usec" / Int64ul,
+               "value_sec" / Int64ul, "value_usec" / Int64ul)
+Record = Struct("timers" / Array(3, Timer))
+MAX_SECONDS = 1 << 40  # far beyond any a kernel accepts; guards against a forged image
+
+
+def dump(plan: DumpPlan) -> dict | None:
+    inj, timers = plan.injector, []
+    out = inj.reserve(32)
+    for which, name in enumerate(NAMES):
+        inj.call(GETITIMER, which, out, step=f"reading {name}")
+        fields = struct.unpack("<4Q", plan.target.read_memory(out, 32))
+        timers.append(dict(zip(("interval_sec", "interval_usec", "value_sec",
+                                "value_usec"), fields)))
+    return {"timers": timers}
+
+
+def _valid(timer) -> bool:
+    return (timer.interval_usec < 1_000_000 and timer.value_usec < 1_000_000
+            and timer.interval_sec <= MAX_SECONDS and timer.value_sec <= MAX_SECONDS)
+
+
+def check(plan: RestorePlan, value) -> None:
+    for name, timer in zip(NAMES, value.timers):
+        if not _valid(timer):
+            plan.losses.append(f"{name} (the image holds an invalid time)")
+
+
+def restore(plan: RestorePlan, value) -> None:
+    inj = plan.injector
+    stack_for_handlers(plan)
+    for which, (name, timer) in enumerate(zip(NAMES, value.timers)):
+        if not _valid(timer):
+            timer = {"interval_sec": 0, "interval_usec": 0, "value_sec": 0, "value_usec": 0}
+            timer = Timer.parse(Timer.build(timer))  # a loss the user accepted: disarmed
+        new = inj.put(struct.pack("<4Q", timer.interval_sec, timer.interval_usec,
+                                  timer.value_sec, timer.value_usec))
+        inj.call(SETITIMER, which, new, 0, step=f"arming {name}")
+
+
+def describe(value) -> str:
+    armed = [f"{name} {t.value_sec}.{t.value_usec:06d}s"
+             + (f" every {t.interval_sec}.{t.interval_usec:06d}s"
+                if t.interval_sec or t.interval_usec else "")
+             for name, t in zip(NAMES, value.timers) if t.value_sec or t.value_usec]
+    return ", ".join(armed) or "none armed"
+
+
+KIND = Kind(id=22, name="itimers", record=Record, dump=dump, restore=restore, check=check,
+            phase="late", describe=describe)
