@@ -386,6 +386,7 @@ class _Builder:
                           auxv=list(core.auxv), source=memoryview(self.data))
             image.mapping = self.data
             image.signal = _signal(core.threads[0])
+            image.core_kind = "gcore" if core.by_gdb else "kernel"
             image.vmas = self._vmas()
             image.exe_path = self._exe_path(exe, image.vmas)
             self._name_special_areas(image)
