@@ -12,12 +12,10 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from .elfcore import ELF_DAMAGE  # a file pyelftools cannot read has no names
 from .model import PAGE_SIZE, Image, Vma
 from .safeio import open_regular_file
 
-# pyelftools raises its own errors, or (from some of its parsers) private or plain ones, on
-# a damaged file: a file it cannot read has no names.
-ELF_DAMAGE = Exception
 PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got")
 JMP_RIP = b"\xff\x25"  # jmp *disp32(%rip): a PLT stub's jump through its GOT slot
 SYMBOL_TYPES = ("STT_FUNC", "STT_OBJECT", "STT_GNU_IFUNC")
