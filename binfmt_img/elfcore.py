@@ -14,8 +14,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from elftools.common.exceptions import ELFError
-from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from .errors import ImageError
@@ -67,6 +65,9 @@ X87_SSE, X87_SSE_AVX = 0x3, 0x7
 FAULTS = (4, 7, 8, 11)  # SIGILL, SIGBUS, SIGFPE, SIGSEGV: re-raised by the same instruction
 BRK_RANDOM_RANGE = 1 << 30
 ZERO_PAGE = bytes(PAGE_SIZE)  # x86-64 arch_randomize_brk: up to 1 GiB above the bss
+# What pyelftools raises on a damaged file: its ELFError, or, from a few of its parsers, an
+# error of the copy of construct it bundles (private, and to be dropped), or an ordinary one.
+ELF_DAMAGE = Exception
 
 
 @dataclass
@@ -155,7 +156,9 @@ def _parse(f, size: int) -> _Core:
         core = _Core()
         for segment in elf.iter_segments():
             _read_segment(core, segment, size)
-    except (ELFError, ConstructError, struct.error, ValueError, EOFError) as error:
+    except ImageError:
+        raise
+    except ELF_DAMAGE as error:
         raise ImageError(f"damaged or truncated ELF core: {error}") from None
     if not core.threads:
         raise ImageError("the core holds no thread (no NT_PRSTATUS note)")
@@ -348,7 +351,7 @@ def _elf_prot(path: str, offset: int) -> int:
                     return ((PROT_READ if flags & PF_R else 0)
                             | (PROT_WRITE if flags & PF_W else 0)
                             | (PROT_EXEC if flags & PF_X else 0))
-    except (OSError, ELFError, ConstructError, ValueError, struct.error):
+    except ELF_DAMAGE:  # unreadable, or not ELF: OSError included
         pass
     return PROT_READ
 
@@ -383,6 +386,7 @@ class _Builder:
                           auxv=list(core.auxv), source=memoryview(self.data))
             image.mapping = self.data
             image.signal = _signal(core.threads[0])
+            image.core_kind = "gcore" if core.by_gdb else "kernel"
             image.vmas = self._vmas()
             image.exe_path = self._exe_path(exe, image.vmas)
             self._name_special_areas(image)
@@ -579,7 +583,7 @@ class _MmFields:
                 elf = ELFFile(f)
                 bias = entry - elf.header["e_entry"]
                 loads = [s.header for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        except (OSError, ELFError, ConstructError, ValueError, struct.error):
+        except ELF_DAMAGE:  # unreadable, or not ELF: OSError included
             return None
         if not loads:
             return None

@@ -10,10 +10,10 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable
 
-from . import elfcore, v0, v1
+from . import elfcore, filekind, v0, v1
 from .errors import ImageError
 from .model import Image
-from .safeio import open_regular
+from .safeio import open_regular, open_regular_file
 from .validate import validate
 
 FORMATS = ("v0", "v1")
@@ -90,14 +90,16 @@ def parse(buf: memoryview) -> Image:
 
 def load(path: str) -> Image:
     """Map an image file read-only and parse it; the pages stay in the file until used."""
+    return _load(path, "a binfmt-img image")
+
+
+def _load(path: str, wanted: str) -> Image:
     try:
         fd = open_regular(path)
     except OSError as error:
         raise ImageError(f"{path}: {error.strerror}") from None
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            raise ImageError("empty file", 0)
+        _check_kind(path, os.pread(fd, filekind.HEAD_SIZE, 0), wanted)
         mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         image = parse(memoryview(mapped))
     except OSError as error:
@@ -105,19 +107,39 @@ def load(path: str) -> Image:
         raise ImageError(f"{path}: {error.strerror}") from None
     except ImageError as error:
         os.close(fd)
-        raise ImageError(f"{path}: {error.what}", error.offset) from None
+        raise ImageError(error.what if error.what.startswith(path) else f"{path}: {error.what}",
+                         error.offset) from None
     image.mapping, image.path, image.fd = mapped, path, fd
     # The descriptor lives as long as the image: closed when it is collected.
     weakref.finalize(image, os.close, fd)
     return image
 
 
+def _check_kind(path: str, head: bytes, wanted: str) -> None:
+    """Refuse, in one line saying what it is instead, a file that is not an image."""
+    if filekind.is_image(head):
+        return
+    if filekind.is_core(head):
+        raise ImageError(f"{path}: an ELF core, not {wanted} (core2img converts it to one)")
+    raise ImageError(f"{path}: not {wanted}: {filekind.looks_like(head)}")
+
+
 def load_any(path: str, warn: Callable[[str], None] | None = None) -> Image:
     """An image file, or an ELF core (by its magic) converted in memory as core2img does;
     the conversion's remarks (files gone or changed since the core) go to `warn`."""
-    if elfcore.is_elf(path):
+    if elfcore.is_elf(path) and _is_core(path):
         return elfcore.read_core(path, warn=warn)
-    return load(path)
+    return _load(path, "a binfmt-img image or an ELF core")
+
+
+def _is_core(path: str) -> bool:
+    """An ELF core, or an ELF file too short to tell (read_core says it is truncated)."""
+    try:
+        with open_regular_file(path) as f:
+            head = f.read(filekind.HEAD_SIZE)
+    except OSError:
+        return True  # read_core names the problem
+    return len(head) < 18 or filekind.is_core(head)
 
 
 def save(path: str, image: Image, fmt: str = "v1",

@@ -195,6 +195,7 @@ class Image:
     sigactions: list[SigAction] = field(default_factory=list)  # index = signal - 1
     runs: list[PageRun] = field(default_factory=list)
     signal: Signal | None = None  # v1 only, from a core: what stopped the main thread
+    core_kind: str | None = None  # read from an ELF core: "kernel" or "gcore" (GDB's) wrote it
     # v1 "process" section: the dumped pid (the thread with tid == pid is the main one), the
     # working directory and the fd table. files None: not recorded (v0, older v1 images).
     pid: int = 0

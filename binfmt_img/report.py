@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import os
+import re
 import signal
 from typing import Any
 
 from tabulate import tabulate
 
-from . import state, v0, v1
+from . import state, symbols, v0, v1
 from .model import (
     ALL_REGISTERS,
     FD_DEVICE,
@@ -21,10 +23,12 @@ from .model import (
     SEGMENT_REGISTERS,
     Image,
     PageRun,
+    Signal,
     Thread,
     Vma,
     prot_text,
 )
+from .safeio import open_regular
 
 VERSIONS = {"v0": v0.VERSION, "v1": v1.VERSION}
 DISASSEMBLE_COUNT = 8
@@ -44,6 +48,30 @@ XSAVE_FEATURES = ((0, "x87"), (1, "SSE"), (2, "AVX"), (3, "BNDREGS"), (4, "BNDCS
 GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_ENTRIES = 12, 3
 SS_ONSTACK, SS_DISABLE = 1, 2
 FD_KINDS = {FD_FILE: "file", FD_DIRECTORY: "directory", FD_DEVICE: "device", FD_OTHER: "other"}
+CORE_KINDS = {"kernel": "written by the kernel", "gcore": "written by GDB's gcore"}
+# si_code: what raised a signal. Positive codes are the kernel's, and depend on the signal.
+SENT_BY = {0: "SI_USER: sent by kill", 0x80: "SI_KERNEL: sent by the kernel",
+           -1: "SI_QUEUE: sent by sigqueue", -6: "SI_TKILL: sent by tkill"}
+FAULT_CODES = {
+    signal.SIGILL: ("ILL_ILLOPC: illegal opcode", "ILL_ILLOPN: illegal operand",
+                    "ILL_ILLADR: illegal addressing mode", "ILL_ILLTRP: illegal trap",
+                    "ILL_PRVOPC: privileged opcode", "ILL_PRVREG: privileged register",
+                    "ILL_COPROC: coprocessor error", "ILL_BADSTK: internal stack error"),
+    signal.SIGFPE: ("FPE_INTDIV: integer divide by zero", "FPE_INTOVF: integer overflow",
+                    "FPE_FLTDIV: floating-point divide by zero",
+                    "FPE_FLTOVF: floating-point overflow", "FPE_FLTUND: floating-point underflow",
+                    "FPE_FLTRES: floating-point inexact result",
+                    "FPE_FLTINV: invalid floating-point operation",
+                    "FPE_FLTSUB: subscript out of range"),
+    signal.SIGSEGV: ("SEGV_MAPERR: address not mapped", "SEGV_ACCERR: no permission",
+                     "SEGV_BNDERR: failed bounds check", "SEGV_PKUERR: protection key"),
+    signal.SIGBUS: ("BUS_ADRALN: misaligned address", "BUS_ADRERR: no such physical address",
+                    "BUS_OBJERR: beyond the end of a mapped file",
+                    "BUS_MCEERR_AR: memory error", "BUS_MCEERR_AO: memory error"),
+    signal.SIGTRAP: ("TRAP_BRKPT: breakpoint", "TRAP_TRACE: single step",
+                     "TRAP_BRANCH: branch trap", "TRAP_HWBKPT: hardware watchpoint"),
+}
+FAULTS = (signal.SIGILL, signal.SIGFPE, signal.SIGSEGV, signal.SIGBUS)
 
 
 def selector_name(selector: int) -> str:
@@ -105,19 +133,58 @@ def bad_runs(image: Image) -> list[PageRun] | None:
     return v1.verify_pages(image) if image.format == "v1" else None
 
 
-def disassemble(image: Image, rip: int, count: int = DISASSEMBLE_COUNT) -> list[str] | None:
-    """Instructions at `rip` if its page is in the image; stops where the stored bytes end."""
+def read_code(image: Image, addr: int, size: int) -> tuple[bytes, str | None] | None:
+    """Up to `size` bytes at `addr` (fewer where the stored bytes or the mapping end), and the
+    file they were read from when the image does not store the page: the mapped file on
+    disk, if it is the one the image mapped (a core leaves out unchanged file pages)."""
+    code = image.read(addr, size)
+    if code is None:
+        code = image.read(addr, PAGE_SIZE - addr % PAGE_SIZE)
+    if code is not None:
+        return code, None
+    vma = next((v for v in image.vmas if v.start <= addr < v.end), None)
+    if vma is None or vma.path is None or not symbols.unchanged(vma.path, vma):
+        return None
+    try:
+        fd = open_regular(vma.path)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, min(size, vma.end - addr), vma.pgoff * PAGE_SIZE + addr - vma.start)
+    finally:
+        os.close(fd)
+    return (data, vma.path) if data else None
+
+
+def disassemble(image: Image, rip: int, count: int = DISASSEMBLE_COUNT,
+                names: symbols.Symbols | None = None) -> list[str] | None:
+    """Instructions at `rip` if its bytes are in the image (or its mapped file); stops where
+    those bytes end. With `names`, addresses and call or jump targets get <symbol+offset>."""
+    found = read_code(image, rip, 15 * count)
+    return None if found is None else _instructions(found[0], rip, count, names)
+
+
+def _instructions(code: bytes, rip: int, count: int,
+                  names: symbols.Symbols | None) -> list[str]:
     # Imported here: capstone loads every architecture, and only this needs it.
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
-    code = image.read(rip, 15 * count)
-    if code is None:
-        code = image.read(rip, PAGE_SIZE - rip % PAGE_SIZE)
-    if code is None:
-        return None
+    def named(addr: int) -> str:
+        name = names.name(addr) if names is not None else None
+        return f" <{name}>" if name else ""
+
     lines = []
     for insn in Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, rip, count):
-        lines.append(f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}".rstrip())
+        operands = insn.op_str
+        relative = re.search(r"\[rip ([+-]) (0x[0-9a-f]+)\]", operands)
+        if re.fullmatch(r"0x[0-9a-f]+", operands) and insn.mnemonic.startswith(("call", "j")):
+            operands += named(int(operands, 16))
+        elif relative:  # rip-relative data, as GDB shows it: "# 0x4010 <counter>"
+            target = insn.address + insn.size + int(relative.group(1) + relative.group(2), 16)
+            if named(target):
+                operands += f"  # {target:#x}{named(target)}"
+        lines.append(f"{insn.address:#x}{named(insn.address)}: {insn.mnemonic} {operands}"
+                     .rstrip())
     return lines
 
 
@@ -161,6 +228,14 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
     }
     if image.format == "v0":
         result["exe_fd"] = image.exe_fd
+    if image.core_kind is not None:
+        result["core"] = image.core_kind
+    if image.signal is not None:
+        sig = image.signal
+        result["signal"] = {"number": sig.number, "name": signal_name(sig.number),
+                            "code": sig.code, "code_name": signal_code(sig),
+                            "address": sig.address if is_fault(sig) else None,
+                            "tid": image.main.tid}
     if image.files is not None:
         result.update(pid=image.pid, cwd=image.cwd, files=[
             {"fd": f.fd, "kind": FD_KINDS.get(f.kind), "path": f.path, "flags": f.flags,
@@ -176,10 +251,18 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
 
 # --- text ---------------------------------------------------------------------------------
 
+def _table(rows: list[list[Any]], headers: tuple[str, ...] = (),
+           colalign: tuple[str, ...] | None = None) -> list[str]:
+    """A table as indented lines (tabulate's plain format, text kept as text)."""
+    text = tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True,
+                    colalign=colalign)
+    return ["  " + line.rstrip() for line in text.splitlines()]
+
+
 def _registers_text(image: Image) -> list[str]:
     regs = image.registers
     main = image.main
-    lines = [f"registers (thread 1 of {len(image.threads)}, tid {main.tid}):"]
+    rows = []
     for name in ALL_REGISTERS:
         if name not in regs:
             continue
@@ -189,19 +272,22 @@ def _registers_text(image: Image) -> list[str]:
             note = selector_name(value)
         elif name == "eflags":
             note = f"[ {bit_names(value, EFLAGS_BITS)} ]"
-        lines.append(f"  {name:<9} {value:#18x}  {note}".rstrip())
-    lines.append("  tls       " + "  ".join(f"{value:#018x}" for value in main.tls))
+        rows.append([name, f"{value:#x}", note])
+    lines = [f"registers (thread 1 of {len(image.threads)}, tid {main.tid}):"]
+    lines += _table(rows, colalign=("left", "right", "left"))
+    lines.append("  tls  " + "  ".join(f"{value:#018x}" for value in main.tls))
     return lines
 
 
 def _mm_text(image: Image) -> list[str]:
-    lines = ["mm:"] + [f"  {name:<12} {value:#x}" for name, value in image.mm.items()]
+    rows = [[name, f"{value:#x}"] for name, value in image.mm.items()]
     if image.format == "v0":
-        lines.append(f"  {'exe_fd':<12} {image.exe_fd}")
+        rows.append(["exe_fd", str(image.exe_fd)])
+    lines = ["mm:"] + _table(rows)
     lines.append(f"exe: {image.exe_path or '(not recorded)'}")
     if image.auxv:
         lines.append("auxv:")
-        lines += [f"  {AUXV_NAMES.get(t, str(t)):<16} {v:#x}" for t, v in image.auxv]
+        lines += _table([[AUXV_NAMES.get(t, str(t)), f"{v:#x}"] for t, v in image.auxv])
     return lines
 
 
@@ -221,15 +307,12 @@ def _signals_text(image: Image) -> list[str]:
     if image.format == "v0":
         return ["signal handlers, mask, alt stack: not recorded in v0"]
     main = image.main
+    rows = [[signal_name(i + 1), "SIG_IGN" if action.handler == 1 else f"{action.handler:#x}",
+             f"{action.flags:#x}", f"{action.restorer:#x}", f"{action.mask:#x}"]
+            for i, action in enumerate(image.sigactions) if action.handler != 0]
     lines = ["signal handlers (not SIG_DFL):"]
-    for i, action in enumerate(image.sigactions):
-        if action.handler == 0:
-            continue
-        handler = "SIG_IGN" if action.handler == 1 else f"{action.handler:#x}"
-        lines.append(f"  {signal_name(i + 1):<10} {handler}  flags {action.flags:#x}  "
-                     f"restorer {action.restorer:#x}  mask {action.mask:#x}")
-    if len(lines) == 1:
-        lines.append("  (none)")
+    lines += _table(rows, ("signal", "handler", "flags", "restorer", "mask")) if rows else [
+        "  (none)"]
     blocked = [signal_name(n) for n in range(1, 65) if main.sigmask >> (n - 1) & 1]
     lines.append(f"signal mask: {main.sigmask:#x} {' '.join(blocked)}".rstrip())
     alt = main.altstack
@@ -249,11 +332,11 @@ def _threads_text(image: Image) -> list[str]:
     tids = ", ".join(str(thread.tid) for thread in image.threads)
     lines.append(f"threads: {len(image.threads)} (tids {tids})")
     if len(image.threads) > 1:
-        for thread in image.threads:
-            regs = thread.registers
-            lines.append(f"  tid {thread.tid}: rip {regs.get('rip', 0):#x} rsp "
-                         f"{regs.get('rsp', 0):#x} fs_base {regs.get('fs_base', 0):#x} "
-                         f"sigmask {thread.sigmask:#x} tid at {thread.clear_child_tid:#x}")
+        rows = [[str(thread.tid), f"{thread.registers.get('rip', 0):#x}",
+                 f"{thread.registers.get('rsp', 0):#x}",
+                 f"{thread.registers.get('fs_base', 0):#x}", f"{thread.sigmask:#x}",
+                 f"{thread.clear_child_tid:#x}"] for thread in image.threads]
+        lines += _table(rows, ("tid", "rip", "rsp", "fs_base", "sigmask", "clear_child_tid"))
     return lines
 
 
@@ -262,10 +345,9 @@ def _files_text(image: Image) -> list[str]:
         return ["open files: not recorded"]
     lines = [f"pid {image.pid}, working directory {image.cwd or '(unknown)'}",
              f"open files: {len(image.files)}"]
-    for f in image.files:
-        lines.append(f"  fd {f.fd:<4} {FD_KINDS.get(f.kind, '?'):<9} flags {f.flags:#o} "
-                     f"pos {f.pos} {f.path}")
-    return lines
+    rows = [[str(f.fd), FD_KINDS.get(f.kind, "?"), f"{f.flags:#o}", str(f.pos), f.path]
+            for f in image.files]
+    return lines + (_table(rows, ("fd", "kind", "flags", "pos", "path")) if rows else [])
 
 
 def _plain(value: Any) -> Any:
@@ -293,11 +375,41 @@ def _states_text(image: Image) -> list[str]:
 
 def _code_text(image: Image) -> list[str]:
     rip = image.registers.get("rip", 0)
-    lines = disassemble(image, rip)
-    if lines is None:
-        return [f"code at rip {rip:#x}: page not in the image"]
-    return [f"code at rip {rip:#x}:"] + [("=> " if i == 0 else "   ") + line
-                                          for i, line in enumerate(lines)]
+    found = read_code(image, rip, 15 * DISASSEMBLE_COUNT)
+    if found is None:
+        vma = next((v for v in image.vmas if v.start <= rip < v.end), None)
+        where = (f"; {vma.path} is gone or changed" if vma is not None and vma.path
+                 else "" if vma is not None else "; no VMA holds it")
+        return [f"code at rip {rip:#x}: page not in the image{where}"]
+    code, path = found
+    names = symbols.Symbols(image)
+    lines = _instructions(code, rip, DISASSEMBLE_COUNT, names)
+    source = f" (read from {path}: the image does not store this page)" if path else ""
+    return [f"code at rip {rip:#x}{source}:"] + [("=> " if i == 0 else "   ") + line
+                                                  for i, line in enumerate(lines)]
+
+
+def signal_code(sig: Signal) -> str:
+    """What raised a signal, from its si_code: "SEGV_MAPERR: address not mapped"."""
+    if sig.code > 0:
+        names = FAULT_CODES.get(sig.number, ())
+        if sig.code <= len(names):
+            return names[sig.code - 1]
+    return SENT_BY.get(sig.code, f"si_code {sig.code}")
+
+
+def is_fault(sig: Signal) -> bool:
+    """Raised by an instruction: si_addr holds the faulting address."""
+    return sig.number in FAULTS and sig.code > 0
+
+
+def _stop_text(image: Image) -> list[str]:
+    sig = image.signal
+    if sig is None:
+        return []
+    where = f", fault address {sig.address:#x}" if is_fault(sig) else ""
+    return [f"signal: {signal_name(sig.number)} ({signal_code(sig)}){where}, in thread 1 "
+            f"(tid {image.main.tid}) at rip {image.registers.get('rip', 0):#x}"]
 
 
 def _verify_text(bad: list[PageRun] | None, runs: int) -> list[str]:
@@ -312,11 +424,14 @@ def _verify_text(bad: list[PageRun] | None, runs: int) -> list[str]:
 
 def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = None) -> str:
     """The human report; with `verify`, page checksums too (pass `bad` if already computed)."""
-    head = (f"image format {image.format} (version {VERSIONS[image.format]:#x}), "
-            f"{len(image.vmas)} VMAs, {image.page_count} pages, "
+    if image.core_kind is not None:
+        what = f"ELF core {CORE_KINDS.get(image.core_kind, image.core_kind)}"
+    else:
+        what = f"image format {image.format} (version {VERSIONS[image.format]:#x})"
+    head = (f"{what}, {len(image.vmas)} VMAs, {image.page_count} pages, "
             f"{plural(len(image.threads), 'thread')}")
     lines = [head]
-    for part in (_registers_text, _mm_text, _vmas_text, _signals_text, _threads_text,
+    for part in (_stop_text, _registers_text, _mm_text, _vmas_text, _signals_text, _threads_text,
                  _files_text, _states_text, _code_text):
         lines += part(image)
     if verify:

@@ -98,6 +98,9 @@ class GdbTarget:
         return out
 
     def write_registers(self, values: dict[str, int]) -> None:
+        # `set $reg` writes the selected frame's register: in an outer frame (after `up`)
+        # that is the slot where the callee saved it, on the stack. Frame 0 is the CPU's.
+        gdb.newest_frame().select()
         for name, value in values.items():
             gdb.execute(f"set ${name} = {value & _MASK:#x}", to_string=True)
 

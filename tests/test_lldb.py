@@ -236,7 +236,7 @@ def test_img_info_and_errors(tmp_path: Path) -> None:
     assert "auto|fast|debugger" in help_text, help_text
     for command, message in (
             (f"img-restore {tmp_path / 'missing.img'}", "No such file or directory"),
-            (f"img-info {binary}", "not a core file"),
+            (f"img-info {binary}", "an ELF executable, not a core"),
             ("img-restore", "the following arguments are required: file"),
             (f"img-restore {image} --via teleport", "invalid choice"),
             (f"img-dump {tmp_path / 'x.img'}", "no live process")):
