@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import struct
 import tempfile
 
 import gdb
 
 from binfmt_img.errors import RestoreError
 
+from . import native
+
 _MASK = (1 << 64) - 1
+_AT_SYSINFO_EHDR = 33
+_SYSCALL = b"\x0f\x05"
+_RT_SIGPROCMASK = 14
+# System calls GDB steps itself: those that make or end a thread or process (GDB must see
+# the clone event or the exit), and those whose signals must reach the program as under
+# GDB's `stepi` (a native step blocks every signal): clone, fork, vfork, execve, exit,
+# exit_group, execveat, clone3, pause, kill, tkill, tgkill, rt_sigpending,
+# rt_sigtimedwait, rt_sigqueueinfo, rt_sigsuspend, rt_tgsigqueueinfo.
+_GDB_STEPS = frozenset((56, 57, 58, 59, 60, 231, 322, 435, 34, 62, 200, 234, 127, 128, 129,
+                        130, 297))
 # Processes GDB started that a re-attach turned into attached ones, which GDB would only
 # detach on exit; kill_started_here() ends them as GDB ends the processes it started.
 STARTED_HERE: set[int] = set()
@@ -49,10 +63,31 @@ def kill_started_here(_event: object = None) -> None:
     STARTED_HERE.clear()
 
 
+def _vdso(pid: int) -> int | None:
+    """The process's vDSO address (AT_SYSINFO_EHDR of /proc/PID/auxv)."""
+    try:
+        with open(f"/proc/{pid}/auxv", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    for i in range(0, len(data) - 15, 16):
+        key, value = struct.unpack_from("<QQ", data, i)
+        if key == _AT_SYSINFO_EHDR:
+            return value
+    return None
+
+
+def _quoted(path: str) -> str:
+    """A path as one argument of a GDB command (gdb_buildargv's escapes)."""
+    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
+
+
 class GdbTarget:
     def __init__(self, exe_path: str | None = None) -> None:
         self.inferior = gdb.selected_inferior()
         self.exe_path = exe_path  # the image's executable, for reload_process
+        self._stale = False  # GDB's register cache predates our own ptrace steps or writes
+        self._vdso_before: int | None = None  # where the vDSO was when GDB last read it
 
     def pid(self) -> int | None:
         return self.inferior.pid or None
@@ -86,7 +121,27 @@ class GdbTarget:
     def write_memory(self, addr: int, data: bytes | memoryview) -> None:
         self.inferior.write_memory(addr, data)
 
+    def _native_tid(self) -> int | None:
+        """The selected thread's LWP when steps and registers go through ptrace directly
+        (a local native inferior), else None."""
+        if not self.is_local():
+            return None
+        thread = gdb.selected_thread()
+        return thread.ptid[1] if thread is not None else None
+
+    def _sync(self) -> None:
+        """GDB looks again after steps or register writes it did not make: drop its caches."""
+        if self._stale:
+            self._stale = False
+            gdb.execute("maintenance flush register-cache", to_string=True)
+            gdb.execute("maintenance flush dcache", to_string=True)
+
     def read_registers(self, names: tuple[str, ...]) -> dict[str, int]:
+        tid = self._native_tid()
+        if tid is not None and all(name in native.USER_REGS for name in names):
+            regs = native.get_regs(tid)
+            return {name: regs[name] for name in names}
+        self._sync()
         frame = gdb.newest_frame()
         out = {}
         for name in names:
@@ -98,6 +153,17 @@ class GdbTarget:
         return out
 
     def write_registers(self, values: dict[str, int]) -> None:
+        tid = self._native_tid()
+        if tid is not None and all(name in native.USER_REGS for name in values):
+            regs = native.get_regs(tid)
+            for name, value in values.items():
+                regs[name] = value & _MASK
+                if name == "rip":  # as GDB does: no system call restart at the new pc
+                    regs["orig_rax"] = _MASK
+            native.set_regs(tid, regs)
+            self._stale = True
+            return
+        self._sync()
         # `set $reg` writes the selected frame's register: in an outer frame (after `up`)
         # that is the slot where the callee saved it, on the stack. Frame 0 is the CPU's.
         gdb.newest_frame().select()
@@ -105,8 +171,40 @@ class GdbTarget:
             gdb.execute(f"set ${name} = {value & _MASK:#x}", to_string=True)
 
     def step_instruction(self) -> None:
+        tid = self._native_tid()
+        if tid is not None:
+            regs = native.get_regs(tid)
+            call = regs["rax"] if self.read_memory(regs["rip"], 2) == _SYSCALL else None
+            if call == _RT_SIGPROCMASK:
+                self._sigprocmask(tid, regs)
+                return
+            if call not in _GDB_STEPS:
+                native.single_step(tid)
+                self._stale = True
+                return
+        self._sync()
         # The commands set scheduler-locking on around a restore or dump: one thread moves.
         gdb.execute("stepi", to_string=True)
+
+    def _sigprocmask(self, tid: int, regs: dict[str, int]) -> None:
+        """rt_sigprocmask done from here with PTRACE_GET/SETSIGMASK: a native step runs
+        with every signal blocked, which the call would read or undo."""
+        how, new, old, size = regs["rdi"], regs["rsi"], regs["rdx"], regs["r10"]
+        result = 0
+        mask = native.get_sigmask(tid)
+        if size != 8 or (new and how not in (0, 1, 2)):
+            result = -22  # EINVAL, as the kernel says
+        else:
+            if old:
+                self.write_memory(old, mask.to_bytes(8, "little"))
+            if new:
+                value = int.from_bytes(self.read_memory(new, 8), "little")
+                mask = (mask | value if how == 0 else mask & ~value if how == 1 else value)
+                native.set_sigmask(tid, mask)
+        regs.update(rax=result & _MASK, rip=regs["rip"] + 2, rcx=regs["rip"] + 2,
+                    r11=regs["eflags"], orig_rax=_RT_SIGPROCMASK)
+        native.set_regs(tid, regs)
+        self._stale = True
 
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()
@@ -122,6 +220,7 @@ class GdbTarget:
         raise RestoreError(f"GDB has no thread with LWP {tid}")
 
     def memory_changed(self) -> None:
+        self._stale = False
         gdb.execute("maintenance flush dcache", to_string=True)
         gdb.execute("maintenance flush register-cache", to_string=True)
 
@@ -139,27 +238,34 @@ class GdbTarget:
     def before_changes(self) -> None:
         """libthread_db reads the process's libc data, which a restore replaces mid-way, and
         GDB then cannot step. Attach again without it (reload_process brings it back)."""
+        self._sync()
+        self._vdso_before = _vdso(self.inferior.pid) if self.is_local() else None
         if self.is_local() and "Thread 0x" in gdb.execute("info threads", to_string=True):
             self._attach_again({"libthread-db-search-path": "/nonexistent"})
 
     def reload_process(self) -> None:
-        """Detach and attach again, so that GDB reads the restored process as on a first
-        attach: the exe link and auxv that PR_SET_MM_MAP set, the PIE and shared-library
-        addresses, the vDSO, and the stop pc, so a breakpoint right there is stepped over."""
+        """Make GDB read the restored process afresh: the executable loaded again (which
+        drops the cached auxv), then the library search path set to what it is, which reruns
+        GDB's solib start-up: the PIE from the new auxv, the dynamic linker's breakpoint, the
+        libraries from the restored link map. GDB keeps the process as it had it (one it
+        started is killed by `quit`, not detached). Only where the vDSO moved, which GDB
+        reads once per process start, does it detach and attach again."""
+        self._sync()
         pid = self.inferior.pid
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
         if exe is not None:
-            gdb.execute(f"file {exe}", to_string=True)
-        if not self.is_local():
-            # gdbserver ends with a detach. Setting the library search path (to what it is)
-            # makes GDB run its solib start-up again: the PIE from the new auxv, the
-            # libraries from the restored link map.
-            path = gdb.parameter("solib-search-path") or ""
-            gdb.execute(f"set solib-search-path {path}", to_string=True)
+            gdb.execute(f"file {_quoted(exe)}", to_string=True)
+        if self.is_local() and _vdso(pid) != self._vdso_before:
+            linked = exe is not None and (os.path.realpath(f"/proc/{pid}/exe")
+                                          == os.path.realpath(exe))
+            # Where the kernel kept the old exe link, trust the file loaded above.
+            self._attach_again({} if linked else {"exec-file-mismatch": "off"})
             return
-        linked = exe is not None and os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(exe)
-        # Where the kernel kept the old exe link, trust the file loaded above.
-        self._attach_again({} if linked else {"exec-file-mismatch": "off"})
+        path = gdb.parameter("solib-search-path") or ""
+        gdb.execute(f"set solib-search-path {path}", to_string=True)
+        if self.is_local():
+            gdb.execute("sharedlibrary", to_string=True)
+        gdb.execute("maintenance flush register-cache", to_string=True)
 
     def _attach_again(self, settings: dict[str, str]) -> None:
         """Detach, then attach to the same process with GDB settings changed meanwhile."""
