@@ -19,7 +19,7 @@ from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 
-from .target import GdbTarget, forget_detached, kill_started_here
+from .target import GdbTarget, forget_detached, kill_started_here, machine_interface
 
 
 class _ArgumentError(Exception):
@@ -86,15 +86,9 @@ def _ensure_process(image: image_file.Image) -> bool:
     return True
 
 
+
 def _machine_interface() -> bool:
-    """True when GDB talks MI on its stdout (started with --interpreter=mi*)."""
-    args = progress.command_line()
-    for i, arg in enumerate(args):
-        value = arg.split("=", 1)[1] if "=" in arg else (
-            args[i + 1] if i + 1 < len(args) else "")
-        if arg.lstrip("-").split("=")[0] in ("interpreter", "i") and value.startswith("mi"):
-            return True
-    return False
+    return machine_interface()
 
 
 def _progress(label: str, asked: bool) -> progress.ProgressLine:
@@ -207,7 +201,8 @@ the restore refused before any change; --accept-loss restores without it, one wa
         image = image_file.load_any(_path(args.file), warn=_warn(self.name))
         with _quiet():
             started = _ensure_process(image)
-        plan = RestorePlan(GdbTarget(image.exe_path), image, via=args.via,
+        target = GdbTarget(image.exe_path)
+        plan = RestorePlan(target, image, via=args.via,
                            progress=_progress(self.name, args.progress),
                            accept_loss=args.accept_loss)
         breakpoints = [b for b in gdb.breakpoints() if b.enabled]
@@ -231,7 +226,7 @@ the restore refused before any change; --accept-loss restores without it, one wa
                   f"{result.seconds:.2f} s via {result.path}\n")
         if image.signal is not None and elfcore.is_fault(image.signal):
             _fault_again(report.signal_name(image.signal.number), from_tty)
-        else:
+        elif not target.stop_at_checkpoint(from_tty):
             gdb.execute("frame", from_tty)
 
 
@@ -267,7 +262,11 @@ format; v0 is the seed's."""
         global last_dump
         with _quiet(), _scheduler_locked():
             line = _progress(self.name, args.progress)
-            result = dump(GdbTarget(), _path(args.file), args.format, line)
+            target = GdbTarget()
+            try:
+                result = dump(target, _path(args.file), args.format, line)
+            finally:
+                target.sync()
             line.finish()
         last_dump = result
         for warning in result.warnings:

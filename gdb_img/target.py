@@ -10,21 +10,23 @@ import tempfile
 
 import gdb
 
+from binfmt_img import progress
 from binfmt_img.errors import RestoreError
 
 from . import native
 
 _MASK = (1 << 64) - 1
 _AT_SYSINFO_EHDR = 33
+_JUMP = b"\xff\x25\x00\x00\x00\x00"  # jmp [rip+0]: to the 8-byte address after it
 _SYSCALL = b"\x0f\x05"
 _RT_SIGPROCMASK = 14
 # System calls GDB steps itself: those that make or end a thread or process (GDB must see
-# the clone event or the exit), and those whose signals must reach the program as under
-# GDB's `stepi` (a native step blocks every signal): clone, fork, vfork, execve, exit,
-# exit_group, execveat, clone3, pause, kill, tkill, tgkill, rt_sigpending,
-# rt_sigtimedwait, rt_sigqueueinfo, rt_sigsuspend, rt_tgsigqueueinfo.
-_GDB_STEPS = frozenset((56, 57, 58, 59, 60, 231, 322, 435, 34, 62, 200, 234, 127, 128, 129,
-                        130, 297))
+# the clone event or the exit): clone, fork, vfork, execve, exit, exit_group, execveat,
+# clone3; and those that wait for or report unblocked signals, which a native step (every
+# signal blocked) would change: pause, rt_sigpending, rt_sigsuspend. A signal queued or
+# arriving during a native step stays pending, to be delivered when the user resumes,
+# as at the checkpoint.
+_GDB_STEPS = frozenset((56, 57, 58, 59, 60, 231, 322, 435, 34, 127, 130))
 # Processes GDB started that a re-attach turned into attached ones, which GDB would only
 # detach on exit; kill_started_here() ends them as GDB ends the processes it started.
 STARTED_HERE: set[int] = set()
@@ -63,6 +65,17 @@ def kill_started_here(_event: object = None) -> None:
     STARTED_HERE.clear()
 
 
+def machine_interface() -> bool:
+    """True when GDB talks MI on its stdout (started with --interpreter=mi*)."""
+    args = progress.command_line()
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if "=" in arg else (
+            args[i + 1] if i + 1 < len(args) else "")
+        if arg.lstrip("-").split("=")[0] in ("interpreter", "i") and value.startswith("mi"):
+            return True
+    return False
+
+
 def _vdso(pid: int) -> int | None:
     """The process's vDSO address (AT_SYSINFO_EHDR of /proc/PID/auxv)."""
     try:
@@ -74,6 +87,36 @@ def _vdso(pid: int) -> int | None:
         key, value = struct.unpack_from("<QQ", data, i)
         if key == _AT_SYSINFO_EHDR:
             return value
+    return None
+
+
+def _breakpoint_addresses() -> set[int]:
+    out = set()
+    for b in gdb.breakpoints():
+        for location in getattr(b, "locations", []):
+            if location.address is not None:
+                out.add(location.address)
+    return out
+
+
+def _trampoline_site(pid: int, pc: int) -> int | None:
+    """An address in executable code, clear of the pc and of every breakpoint, where the
+    jump for stop_at_checkpoint can be written for one step."""
+    size = len(_JUMP) + 8
+    taken = _breakpoint_addresses() | {pc}
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[1][2] != "x" or line.endswith(("[vsyscall]", "[vdso]")):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        for at in range(start, min(end - size, start + 0x1000), 0x40):
+            if not any(at - size < t < at + size for t in taken):
+                return at
     return None
 
 
@@ -119,6 +162,19 @@ class GdbTarget:
         return bytes(self.inferior.read_memory(addr, size))
 
     def write_memory(self, addr: int, data: bytes | memoryview) -> None:
+        if self.is_local():
+            # Through /proc/PID/mem (as the tracer): no `=memory-changed` MI record for
+            # each of a restore's many small writes; GDB's caches are flushed afterwards.
+            try:
+                fd = os.open(f"/proc/{self.inferior.pid}/mem", os.O_RDWR)
+                try:
+                    if os.pwrite(fd, data, addr) == len(data):
+                        self._stale = True
+                        return
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # GDB's own way says what is wrong
         self.inferior.write_memory(addr, data)
 
     def _native_tid(self) -> int | None:
@@ -184,6 +240,8 @@ class GdbTarget:
                 return
         self._sync()
         # The commands set scheduler-locking on around a restore or dump: one thread moves.
+        # (Under MI this step shows: `*running`, `*stopped` and a frame line. Running it as
+        # an MI command instead would hide the line but answer the outer command's token.)
         gdb.execute("stepi", to_string=True)
 
     def _sigprocmask(self, tid: int, regs: dict[str, int]) -> None:
@@ -205,6 +263,47 @@ class GdbTarget:
                     r11=regs["eflags"], orig_rax=_RT_SIGPROCMASK)
         native.set_regs(tid, regs)
         self._stale = True
+
+    def sync(self) -> None:
+        """After a restore or dump: GDB's caches match the process again."""
+        self._sync()
+
+    def stop_at_checkpoint(self, from_tty: bool) -> bool:
+        """End a restore with a stop GDB makes itself at the checkpoint's pc: GDB then knows
+        the thread stopped there (a breakpoint at that pc is stepped over by `continue`, not
+        hit again), reports it as after any stop (the stop line, MI's `*stopped` with the
+        frame, a breakpoint there as hit), and its views are fresh. The selected thread
+        `stepi`s a `jmp [rip]` to the pc, written for that step into code elsewhere. False
+        where it cannot (not a local native inferior, no spot for the jump)."""
+        tid = self._native_tid()
+        if tid is None:
+            return False
+        regs = native.get_regs(tid)
+        pc = regs["rip"]
+        at = _trampoline_site(self.inferior.pid, pc)
+        if at is None:
+            return False
+        saved = self.read_memory(at, len(_JUMP) + 8)
+        self.write_memory(at, _JUMP + pc.to_bytes(8, "little"))
+        try:
+            # No system call restart on this resume (the kernel would move rip back at the
+            # jump); orig_rax and rax are put back once stopped at the pc.
+            native.set_regs(tid, {**regs, "rip": at, "orig_rax": _MASK})
+            self._stale = True
+            self._sync()
+            mode = gdb.parameter("scheduler-locking")
+            gdb.execute("set scheduler-locking on", to_string=True)
+            try:
+                gdb.execute("stepi", from_tty)
+            finally:
+                gdb.execute(f"set scheduler-locking {mode}", to_string=True)
+        finally:
+            self.write_memory(at, saved)
+            now = native.get_regs(tid)
+            if now["rip"] == pc:
+                native.set_regs(tid, {**now, "rax": regs["rax"], "orig_rax": regs["orig_rax"]})
+            gdb.execute("maintenance flush register-cache", to_string=True)
+        return True
 
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()

@@ -58,6 +58,14 @@ def restore(plan: RestorePlan, value) -> None:
         if not _valid(timer):
             timer = {"interval_sec": 0, "interval_usec": 0, "value_sec": 0, "value_usec": 0}
             timer = Timer.parse(Timer.build(timer))  # a loss the user accepted: disarmed
+        elif which == 0 and not (timer.value_sec or timer.value_usec) and (
+                timer.interval_sec or timer.interval_usec):
+            # ITIMER_REAL expired with its SIGALRM still pending (a signal is blocked, or
+            # was during the dump's steps): the kernel re-arms it when the signal is taken,
+            # which setitimer with a zero value cannot say; arm it one interval ahead.
+            timer = Timer.parse(Timer.build({
+                "interval_sec": timer.interval_sec, "interval_usec": timer.interval_usec,
+                "value_sec": timer.interval_sec, "value_usec": timer.interval_usec}))
         new = inj.put(struct.pack("<4Q", timer.interval_sec, timer.interval_usec,
                                   timer.value_sec, timer.value_usec))
         inj.call(SETITIMER, which, new, 0, step=f"arming {name}")

@@ -1,0 +1,203 @@
+"""GDB's front end: what a restore leaves GDB holding, quitting afterwards, the MI shape."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cprogs import compile_program
+from gdbmi import INIT, Gdb, GdbError
+from test_gdb_restore import dump_at_checkpoint
+
+pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+
+
+@pytest.fixture(scope="module")
+def threads_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("threads")
+    binary = compile_program("threads_cond", tmp, "-pthread")
+    image = tmp / "threads_cond.img"
+    dump_at_checkpoint(binary, image)
+    return binary, image
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for init to reap it."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_quit_after_threaded_restore_20_times(threads_image, tmp_path: Path) -> None:
+    """GDB started the process it restores into and keeps it as one it started: `quit`
+    kills it, says nothing of a detach, and GDB does not abort (GDB 13's detach assertion
+    on exiting threads wrote core files here when the restore re-attached)."""
+    _, image = threads_image
+    for run in range(20):
+        done = subprocess.run(
+            ["gdb", "--nx", "--batch", "-ex", "set confirm off", "-ex", f"source {INIT}",
+             "-ex", f"img-restore {image}", "-ex", "info threads",
+             "-ex", "python print('PID', gdb.selected_inferior().pid)",
+             "-ex", "info inferiors", "-ex", "quit"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        text = done.stdout + done.stderr
+        assert done.returncode == 0, (run, text)
+        assert "internal-error" not in text and "detached" not in text.lower(), (run, text)
+        assert text.count("threads_cond\" ") + text.count("threads_cond\"\n") >= 4, (run, text)
+        pid = int(re.search(r"^PID (\d+)$", text, re.M).group(1))
+        assert _gone(pid), (run, pid)
+        assert not list(tmp_path.glob("core*")), (run, text)
+
+
+def _records_of(gdb: Gdb, start: int) -> list[dict]:
+    return gdb.records[start:]
+
+
+def _console_lines(records: list[dict]) -> list[str]:
+    text = "".join(r["payload"] for r in records
+                   if r["type"] == "console" and isinstance(r["payload"], str))
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _mi_restore_into_live(binary: Path, image: Path, out: Path) -> tuple[Gdb, list[dict]]:
+    gdb = Gdb(str(binary))
+    gdb.console(f"set args > {out}")
+    gdb.until_stopped("starti")
+    start = len(gdb.records)
+    gdb.console(f"img-restore {image}")
+    return gdb, gdb.records[start:]
+
+
+def _notes(records: list[dict], message: str) -> list[dict]:
+    return [r for r in records if r["type"] == "notify" and r["message"] == message]
+
+
+def _no_step_noise(records: list[dict], allowed: tuple[str, ...] = ()) -> list[str]:
+    """Only the command's own lines (img-restore: ...) and the checkpoint's stop line, and
+    lines matching `allowed`; returns those."""
+    lines = _console_lines(records)
+    noise = [line for line in lines if not line.startswith("img-restore: ")
+             and "checkpoint" not in line and not re.match(r"\d+\s", line)]
+    extra = [line for line in noise if any(re.fullmatch(a, line) for a in allowed)]
+    assert noise == extra, lines
+    return extra
+    assert not _notes(records, "memory-changed"), records
+
+
+def test_mi_restore_shape(tmp_path: Path) -> None:
+    """Under MI, a restore into a live process is seen as one step: one `*running`, one
+    `*stopped` at the checkpoint with its frame, and no console line from the restore's
+    internal steps (each step used to be a `*running`/`*stopped` pair and a frame line)."""
+    binary = compile_program("loop", tmp_path)
+    image = tmp_path / "loop.img"
+    dump_at_checkpoint(binary, image)
+    gdb, records = _mi_restore_into_live(binary, image, tmp_path / "out")
+    try:
+        stops, running = _notes(records, "stopped"), _notes(records, "running")
+        assert len(stops) == 1 and len(running) == 1, records
+        assert stops[0]["payload"]["frame"]["func"] == "checkpoint", stops
+        results = [r for r in records if r["type"] == "result"]
+        assert results[0]["message"] == "running", results
+        _no_step_noise(records)
+        assert len(records) < 25, records
+        stop = gdb.until_stopped("continue")
+        assert stop.get("reason") == "exited-normally", stop
+    finally:
+        gdb.close()
+
+
+def test_mi_threaded_restore_shape(threads_image, tmp_path: Path) -> None:
+    """A threaded program: besides the stop at the checkpoint, only each thread's creation
+    is a step GDB makes itself (GDB must see the clone to know the thread)."""
+    binary, image = threads_image
+    gdb, records = _mi_restore_into_live(binary, image, tmp_path / "out")
+    try:
+        stops = _notes(records, "stopped")
+        # Three clone steps and the stop at the checkpoint; a new thread's own `*running`.
+        assert len(stops) == 4 and len(_notes(records, "running")) == 4 + 3, records
+        assert stops[-1]["payload"]["frame"]["func"] == "checkpoint", stops
+        assert len(_notes(records, "thread-created")) == 3, records
+        # GDB prints each clone step's stop as a console line too (known, not wanted).
+        clones = _no_step_noise(records, (r"0x\w+ in \?\? \(\)",))
+        assert len(clones) == 3, clones
+        assert len(records) < 60, records
+        stop = gdb.until_stopped("continue")
+        assert stop.get("reason") == "exited-normally", stop
+    finally:
+        gdb.close()
+
+
+def test_mi_restore_fresh_process(tmp_path: Path) -> None:
+    """With no process, the restore starts one (GDB's `starti`, with its own stop record and
+    its stop lines, which GDB 13 prints whatever the command does), then stops once at the
+    checkpoint."""
+    binary = compile_program("loop", tmp_path)
+    image = tmp_path / "loop.img"
+    dump_at_checkpoint(binary, image)
+    gdb = Gdb()
+    try:
+        gdb.console(f"set args > {tmp_path / 'out'}")
+        start = len(gdb.records)
+        gdb.console(f"img-restore {image}")
+        records = _records_of(gdb, start)
+        stops = _notes(records, "stopped")
+        assert len(stops) == 2 and len(_notes(records, "running")) == 2, records
+        assert stops[-1]["payload"]["frame"]["func"] == "checkpoint", stops
+        starti = _no_step_noise(records, ("Program stopped.", r"0x\w+ in _start \(\) .*"))
+        assert len(starti) <= 2, starti
+        stop = gdb.until_stopped("continue")
+        assert stop.get("reason") == "exited-normally", stop
+        assert "iteration 5" in (tmp_path / "out").read_text()
+    finally:
+        gdb.close()
+
+
+def test_mi_damaged_image_is_one_error(threads_image, tmp_path: Path) -> None:
+    binary, image = threads_image
+    damaged = tmp_path / "damaged.img"
+    damaged.write_bytes(image.read_bytes()[:200])
+    gdb = Gdb(str(binary))
+    try:
+        start = len(gdb.records)
+        with pytest.raises(GdbError) as error:
+            gdb.console(f"img-restore {damaged}")
+        records = _records_of(gdb, start)
+        results = [r for r in records if r["type"] == "result"]
+        assert [r["message"] for r in results] == ["error"], records
+        msg = results[0]["payload"]["msg"]
+        assert msg.startswith("img-restore: ") and "\n" not in msg, msg
+        assert not any(r["type"] == "notify" and r["message"] in ("running", "stopped")
+                       for r in records), records
+        assert "img-restore" in str(error.value)
+    finally:
+        gdb.close()
+
+
+def test_breakpoint_at_checkpoint_is_reported_and_stepped_over(threads_image,
+                                                              tmp_path: Path) -> None:
+    """The restored stop is one GDB made: a breakpoint at the checkpoint's pc shows as hit,
+    and `continue` goes on from it instead of hitting it again."""
+    _, image = threads_image
+    done = subprocess.run(
+        ["gdb", "--nx", "--batch", "-ex", "set confirm off", "-ex", f"source {INIT}",
+         "-ex", "set breakpoint pending on", "-ex", "break checkpoint",
+         "-ex", f"img-restore {image}", "-ex", "info program", "-ex", "continue"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = done.stdout + done.stderr
+    assert re.search(r"hit Breakpoint 1, checkpoint \(\)", text), text
+    assert "It stopped at breakpoint 1." in text, text
+    assert "exited normally" in text, text
+    assert text.count("hit Breakpoint 1") == 1, text
+    assert os.path.exists(tmp_path) and not list(tmp_path.glob("core*"))
