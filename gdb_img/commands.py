@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
+from binfmt_img.state import stop_reason
 
 from .target import GdbTarget, forget_detached, kill_started_here, machine_interface
 
@@ -226,8 +228,31 @@ the restore refused before any change; --accept-loss restores without it, one wa
                   f"{result.seconds:.2f} s via {result.path}\n")
         if image.signal is not None and elfcore.is_fault(image.signal):
             _fault_again(report.signal_name(image.signal.number), from_tty)
-        elif not target.stop_at_checkpoint(from_tty):
-            gdb.execute("frame", from_tty)
+        else:
+            siginfo = _checkpoint_siginfo(image)
+            if not target.stop_at_checkpoint(from_tty, siginfo):
+                gdb.execute("frame", from_tty)
+            elif siginfo is not None:
+                _pass_on_again(stop_reason.signal_number(siginfo))
+
+
+def _checkpoint_siginfo(image: image_file.Image) -> bytes | None:
+    value = getattr(image, "states", {}).get("stop_reason")
+    if value is None or not stop_reason.valid(value.siginfo):
+        return None
+    return bytes(value.siginfo)
+
+
+def _pass_on_again(number: int) -> None:
+    """The checkpoint stopped for a signal GDB passes on at the next resume: queue it so
+    (its siginfo is already the thread's), as `continue` from the live stop would have."""
+    if number == signal.SIGTRAP:
+        return
+    name = signal.Signals(number).name if number < 32 else f"SIG{number}"
+    try:
+        gdb.execute(f"queue-signal {name}", to_string=True)
+    except gdb.error:
+        pass  # handled `nopass`: GDB would not have passed it either
 
 
 def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
@@ -267,6 +292,7 @@ format; v0 is the seed's."""
                 result = dump(target, _path(args.file), args.format, line)
             finally:
                 target.sync()
+                target.put_back_stop()
             line.finish()
         last_dump = result
         for warning in result.warnings:

@@ -131,6 +131,28 @@ class GdbTarget:
         self.exe_path = exe_path  # the image's executable, for reload_process
         self._stale = False  # GDB's register cache predates our own ptrace steps or writes
         self._vdso_before: int | None = None  # where the vDSO was when GDB last read it
+        self._stop = self._read_stop()  # (tid, siginfo) of the stop GDB reported last
+
+    def _read_stop(self) -> tuple[int, bytes] | None:
+        tid = self._native_tid() if self.inferior.pid else None
+        if tid is None:
+            return None
+        try:
+            return tid, native.get_siginfo(tid)
+        except RestoreError:
+            return None
+
+    def stop_siginfo(self) -> bytes | None:
+        """The siginfo of the selected thread's stop as it was before our own steps."""
+        return self._stop[1] if self._stop is not None else None
+
+    def put_back_stop(self) -> None:
+        """After a dump: the thread's siginfo as before its injected steps ($_siginfo)."""
+        if self._stop is not None:
+            try:
+                native.set_siginfo(*self._stop)
+            except RestoreError:
+                pass
 
     def pid(self) -> int | None:
         return self.inferior.pid or None
@@ -268,13 +290,14 @@ class GdbTarget:
         """After a restore or dump: GDB's caches match the process again."""
         self._sync()
 
-    def stop_at_checkpoint(self, from_tty: bool) -> bool:
+    def stop_at_checkpoint(self, from_tty: bool, siginfo: bytes | None = None) -> bool:
         """End a restore with a stop GDB makes itself at the checkpoint's pc: GDB then knows
         the thread stopped there (a breakpoint at that pc is stepped over by `continue`, not
         hit again), reports it as after any stop (the stop line, MI's `*stopped` with the
         frame, a breakpoint there as hit), and its views are fresh. The selected thread
         `stepi`s a `jmp [rip]` to the pc, written for that step into code elsewhere. False
-        where it cannot (not a local native inferior, no spot for the jump)."""
+        where it cannot (not a local native inferior, no spot for the jump). `siginfo`: what
+        the checkpoint's stop had, for `$_siginfo`."""
         tid = self._native_tid()
         if tid is None:
             return False
@@ -302,6 +325,8 @@ class GdbTarget:
             now = native.get_regs(tid)
             if now["rip"] == pc:
                 native.set_regs(tid, {**now, "rax": regs["rax"], "orig_rax": regs["orig_rax"]})
+                if siginfo is not None:
+                    native.set_siginfo(tid, siginfo)
             gdb.execute("maintenance flush register-cache", to_string=True)
         return True
 

@@ -201,3 +201,27 @@ def test_breakpoint_at_checkpoint_is_reported_and_stepped_over(threads_image,
     assert "exited normally" in text, text
     assert text.count("hit Breakpoint 1") == 1, text
     assert os.path.exists(tmp_path) and not list(tmp_path.glob("core*"))
+
+
+def test_siginfo_of_the_checkpoint_stop(tmp_path: Path) -> None:
+    """$_siginfo after the restore is the checkpoint's (a breakpoint: SIGTRAP, si_code
+    SI_KERNEL), not the internal steps' or `starti`'s; the dump leaves it as it was too."""
+    binary = compile_program("loop", tmp_path)
+    image = tmp_path / "loop.img"
+    done = subprocess.run(
+        ["gdb", "--nx", "--batch", "-ex", "set confirm off", "-ex", f"source {INIT}",
+         "-ex", "break checkpoint", "-ex", f"run > {tmp_path / 'out'}",
+         "-ex", "p/x $_siginfo.si_code", "-ex", f"img-dump {image}",
+         "-ex", "p/x $_siginfo.si_code", "-ex", "kill", "-ex", "delete",
+         "-ex", f"img-restore {image} --accept-loss",
+         "-ex", "p $_siginfo.si_signo", "-ex", "p/x $_siginfo.si_code",
+         "-ex", "continue", str(binary)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = done.stdout + done.stderr
+    values = re.findall(r"^\$\d+ = (\S+)$", text, re.M)
+    assert values == ["0x80", "0x80", "5", "0x80"], text
+    assert "exited normally" in text, text
+    info = subprocess.run(["gdb", "--nx", "--batch", "-ex", f"source {INIT}",
+                           "-ex", f"img-info {image}"], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL).stdout
+    assert "stop_reason: thread" in info and "SIGTRAP (si_code 0x80, a breakpoint)" in info, info
