@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -87,6 +88,37 @@ def _ensure_process(image: image_file.Image) -> bool:
     gdb.execute("starti", to_string=True)
     return True
 
+
+
+def _confirmed(question: str) -> bool:
+    """GDB's query: yes without asking with `set confirm off`, in batch mode or under MI,
+    and (said so) when the input is not a terminal."""
+    if (not gdb.parameter("confirm") or _machine_interface()
+            or progress.started_with(("-batch", "--batch"))):
+        return True
+    if not sys.stdin.isatty():
+        gdb.write(f"{question}(y or n) [answered Y; input not from terminal]\n")
+        return True
+    while True:
+        gdb.write(f"{question}(y or n) ")
+        gdb.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer in ("y", "yes", "n", "no") or not answer and not sys.stdin.isatty():
+            return answer.startswith("y")
+        gdb.write("Please answer y or n.\n")
+
+
+def _replace_live_process(yes: bool) -> None:
+    """A live process is replaced as `run` replaces one: asked first. One with several
+    threads is killed, and a fresh one started for the restore."""
+    inferior = gdb.selected_inferior()
+    if not inferior.pid:
+        return
+    if not yes and not _confirmed(f"The program being debugged has been started already "
+                                  f"(process {inferior.pid}).\nReplace it with the image? "):
+        raise RestoreError("not confirmed; the inferior was not changed")
+    if len([t for t in inferior.threads() if t.is_valid()]) > 1:
+        gdb.execute("kill", to_string=True)
 
 
 def _machine_interface() -> bool:
@@ -188,7 +220,9 @@ its signal shown.
 --via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
 memory API (slower); auto picks fast. --progress: a progress line in batch mode too.
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
-the restore refused before any change; --accept-loss restores without it, one warning each."""
+the restore refused before any change; --accept-loss restores without it, one warning each.
+A live process is replaced after a question, as `run` asks (--yes, batch mode or `set
+confirm off` answer it); one with several threads is killed and a fresh one started."""
 
     name, category = "img-restore", gdb.COMMAND_RUNNING
 
@@ -197,10 +231,12 @@ the restore refused before any change; --accept-loss restores without it, one wa
         self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
         self.parser.add_argument("--progress", action="store_true")
         self.parser.add_argument("--accept-loss", action="store_true")
+        self.parser.add_argument("--yes", "-y", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
         image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        _replace_live_process(args.yes)
         with _quiet():
             started = _ensure_process(image)
         target = GdbTarget(image.exe_path)

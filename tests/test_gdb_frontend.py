@@ -225,3 +225,34 @@ def test_siginfo_of_the_checkpoint_stop(tmp_path: Path) -> None:
                            "-ex", f"img-info {image}"], capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL).stdout
     assert "stop_reason: thread" in info and "SIGTRAP (si_code 0x80, a breakpoint)" in info, info
+
+
+def test_replacing_a_live_threaded_process_asks_first(threads_image, tmp_path: Path) -> None:
+    """Over a live process img-restore asks as `run` does (input not from a terminal: GDB's
+    own answer, said so); a process with several threads is replaced by a fresh one."""
+    binary, image = threads_image
+    done = subprocess.run(
+        ["gdb", "--nx", "-ex", "set pagination off", "-ex", f"source {INIT}",
+         "-ex", "break checkpoint", "-ex", f"run > {tmp_path / 'out1'}",
+         "-ex", f"set args > {tmp_path / 'out2'}",
+         "-ex", f"img-restore {image}", "-ex", "info threads", "-ex", "continue",
+         "-ex", "quit", str(binary)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = done.stdout + done.stderr
+    assert "Replace it with the image? (y or n) [answered Y; input not from terminal]" in text
+    assert "img-restore: starting" in text, text
+    assert "exited normally" in text, text
+    assert "joined=1" in (tmp_path / "out2").read_text(), text
+
+
+def test_yes_and_batch_do_not_ask(threads_image, tmp_path: Path) -> None:
+    binary, image = threads_image
+    for extra in (["--batch"], []):
+        done = subprocess.run(
+            ["gdb", "--nx", *extra, "-ex", f"source {INIT}", "-ex", "starti",
+             "-ex", f"img-restore {image} --yes" if not extra else f"img-restore {image}",
+             "-ex", "kill", "-ex", "quit", str(binary)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL)
+        text = done.stdout + done.stderr
+        assert "Replace it" not in text and "checkpoint ()" in text, text
