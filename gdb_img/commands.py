@@ -47,9 +47,12 @@ def _parse(parser: argparse.ArgumentParser, argument: str) -> argparse.Namespace
         gdb.execute(f"help {parser.prog}")
         raise _HelpShown
     try:
-        return parser.parse_args(words)
+        args = parser.parse_args(words)
     except _ArgumentError as error:
         raise gdb.GdbError(str(error)) from None
+    # A path with spaces needs no quotes, as with GDB's own file commands.
+    args.file = " ".join(args.file) if args.file else None
+    return args
 
 
 def _path(text: str) -> str:
@@ -185,13 +188,33 @@ class _ImgCommand(gdb.Command):
     """What the three commands share: a file argument with completion, options parsed with
     argparse, -h/--help, and every expected failure as one line through gdb.GdbError."""
 
-    name = ""
+    name = ""  # the dashed name: messages and the alias, `img-dump`
     category = gdb.COMMAND_DATA
+    file_optional = False
 
     def __init__(self) -> None:
-        super().__init__(self.name, self.category, gdb.COMPLETE_FILENAME)
+        super().__init__(self.name.replace("-", " ", 1), self.category)  # complete() below
+        gdb.execute(f"alias {self.name} = {self.name.replace('-', ' ', 1)}", to_string=True)
         self.parser = _Parser(prog=self.name, add_help=False)
-        self.parser.add_argument("file")
+        self.parser.add_argument("file", nargs="*" if self.file_optional else "+")
+
+    def complete(self, text: str, word: str | None) -> object:
+        """Options (and an option's choices) complete like GDB's own; the rest is a file.
+        GDB breaks words at '-': `word` is the end of an option being typed."""
+        tokens = text.split()
+        token = tokens[-1] if tokens and not text[-1:].isspace() else ""
+        if token.startswith("-"):
+            cut = len(token) - len(word or "")
+            return [o[cut:] for o in self._options() if o.startswith(token)]
+        previous = (tokens[:-1] if token else tokens)[-1:]
+        for action in self.parser._actions:  # noqa: SLF001 - argparse has no public list
+            if previous and previous[0] in action.option_strings and action.choices:
+                return [c for c in action.choices if c.startswith(token)]
+        return gdb.COMPLETE_FILENAME
+
+    def _options(self) -> list[str]:
+        return sorted(o for a in self.parser._actions  # noqa: SLF001
+                      for o in a.option_strings if o.startswith("--")) + ["--help"]
 
     def invoke(self, argument: str, from_tty: bool) -> None:
         try:
@@ -210,7 +233,10 @@ class _ImgCommand(gdb.Command):
 
 
 class ImgRestore(_ImgCommand):
-    """Restore a process image into the inferior: img-restore FILE [--via V] [--accept-loss]
+    """Restore a process image into the inferior, stopped at the checkpoint.
+
+Usage: img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
+(or `img restore ...`)
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
 files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
@@ -306,13 +332,17 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 
 
 class ImgDump(_ImgCommand):
-    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1] [--progress]
+    """Write the stopped inferior to a process image (a checkpoint).
+
+Usage: img-dump FILE [--format v0|v1] [--progress]   (or `img dump ...`)
+With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
 format; v0 is the seed's."""
 
     name = "img-dump"
+    file_optional = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -325,7 +355,8 @@ format; v0 is the seed's."""
             line = _progress(self.name, args.progress)
             target = GdbTarget()
             try:
-                result = dump(target, _path(args.file), args.format, line)
+                result = dump(target, _path(args.file or _default_image_name()), args.format,
+                          line)
             finally:
                 target.sync()
                 target.put_back_stop()
@@ -337,8 +368,17 @@ format; v0 is the seed's."""
                   f"in {result.seconds:.2f} s\n")
 
 
+def _default_image_name() -> str:
+    """PROGRAM.PID.img, as gcore writes core.PID."""
+    inferior = gdb.selected_inferior()
+    program = gdb.current_progspace().filename or "process"
+    return f"{os.path.basename(program)}.{inferior.pid}.img"
+
+
 class ImgInfo(_ImgCommand):
-    """Describe a process image without changing anything: img-info FILE [--json] [--verify]
+    """Describe a process image (or core) without changing anything.
+
+Usage: img-info FILE [--json] [--verify]   (or `img info ...`)
 
 Shows registers, mm fields, the VMA table, threads, open files and the code at rip;
 --verify checks every page run's checksum; --json prints one JSON object."""
@@ -359,11 +399,24 @@ Shows registers, mm fields, the VMA table, threads, open files and the code at r
             gdb.write(report.report_text(image, verify=args.verify, bad=bad) + "\n")
 
 
+class ImgPrefix(gdb.Command):
+    """Checkpoint a stopped process into an image file and restore it later.
+
+img dump FILE    write the stopped inferior to a process image (img-dump)
+img restore FILE restore an image into the inferior, stopped at the checkpoint (img-restore)
+img info FILE    describe an image without changing anything (img-info)
+The dashed names are the same commands. `help img restore` and the like give the options."""
+
+    def __init__(self) -> None:
+        super().__init__("img", gdb.COMMAND_DATA, gdb.COMPLETE_COMMAND, True)
+
+
 def register() -> None:
     exiting = getattr(gdb.events, "gdb_exiting", None)
     if exiting is not None:
         exiting.connect(kill_started_here)
         gdb.events.before_prompt.connect(forget_detached)
+    ImgPrefix()
     ImgRestore()
     ImgDump()
     ImgInfo()

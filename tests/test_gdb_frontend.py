@@ -256,3 +256,31 @@ def test_yes_and_batch_do_not_ask(threads_image, tmp_path: Path) -> None:
             stdin=subprocess.DEVNULL)
         text = done.stdout + done.stderr
         assert "Replace it" not in text and "checkpoint ()" in text, text
+
+
+def test_img_prefix_completion_default_name_and_spaces(tmp_path: Path) -> None:
+    """`help img` lists the family, the dashed names are aliases with a short first help
+    line, options complete, img-dump with no file writes PROGRAM.PID.img, and a path with
+    spaces needs no quotes."""
+    binary = compile_program("loop", tmp_path)
+    spaced = tmp_path / "with space" / "a b.img"
+    spaced.parent.mkdir()
+    done = subprocess.run(
+        ["gdb", "--nx", "--batch", "-ex", f"source {INIT}", "-ex", "help img",
+         "-ex", "complete img-restore --acc", "-ex", "complete img restore x --via f",
+         "-ex", "complete img-dump --fo", "-ex", "break checkpoint",
+         "-ex", f"run > {tmp_path / 'out'}", "-ex", "img-dump",
+         "-ex", "python print('PID', gdb.selected_inferior().pid)",
+         "-ex", f"img dump {spaced}", "-ex", "kill",
+         "-ex", f"img-restore {spaced} --accept-loss", "-ex", "continue", str(binary)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = done.stdout + done.stderr
+    assert "img restore, img-restore -- Restore a process image into the inferior, stopped " \
+           "at the checkpoint.\n" in text, text
+    assert "img dump, img-dump -- " in text and "img info, img-info -- " in text, text
+    assert "img-restore --accept-loss\n" in text, text
+    assert "img restore x --via fast\n" in text, text
+    assert "img-dump --format\n" in text, text
+    pid = re.search(r"^PID (\d+)$", text, re.M).group(1)
+    assert (tmp_path / f"loop.{pid}.img").exists(), text
+    assert spaced.exists() and "exited normally" in text, text
