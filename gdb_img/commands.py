@@ -81,7 +81,8 @@ def _ensure_process(image: image_file.Image) -> bool:
                                "img-restore")
         fallback = current or "/bin/true"  # a v0 image restores into any process
         gdb.write(f"img-restore: warning: {what}; restoring into {fallback}"
-                  + ("" if current else " (symbols need the program: gdb PROGRAM)") + "\n")
+                  + ("" if current else " (symbols need the program: gdb PROGRAM)") + "\n",
+                  gdb.STDERR)
         program = fallback
     if program != current:
         gdb.execute(f"file {_gdb_quoted(program)}", to_string=True)
@@ -162,7 +163,7 @@ def _scheduler_locked() -> Iterator[None]:
 
 
 def _warn(command: str) -> Callable[[str], None]:
-    return lambda message: gdb.write(f"{command}: warning: {message}\n")
+    return lambda message: gdb.write(f"{command}: warning: {message}\n", gdb.STDERR)
 
 
 def _fault_again(name: str, from_tty: bool) -> None:
@@ -172,7 +173,8 @@ def _fault_again(name: str, from_tty: bool) -> None:
     pc = int(gdb.parse_and_eval("$pc"))
     gdb.execute("stepi", from_tty)
     if int(gdb.parse_and_eval("$pc")) != pc:
-        gdb.write(f"img-restore: warning: the instruction at {pc:#x} did not fault again\n")
+        gdb.write(f"img-restore: warning: the instruction at {pc:#x} did not fault again\n",
+                  gdb.STDERR)
         return
     gdb.execute("queue-signal 0", to_string=True)
     gdb.write(f"img-restore: {name} is not passed on: `continue` retries the instruction, "
@@ -285,7 +287,7 @@ confirm off` answer it); one with several threads is killed and a fresh one star
                 b.enabled = True
         last_restore = result
         for warning in result.warnings:
-            gdb.write(f"img-restore: warning: {warning}\n")
+            gdb.write(f"img-restore: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
         if image.signal is not None and elfcore.is_fault(image.signal):
@@ -363,7 +365,7 @@ format; v0 is the seed's."""
             line.finish()
         last_dump = result
         for warning in result.warnings:
-            gdb.write(f"img-dump: warning: {warning}\n")
+            gdb.write(f"img-dump: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-dump: {result.vmas} VMAs, {result.pages} pages, {result.bytes} bytes "
                   f"in {result.seconds:.2f} s\n")
 

@@ -53,7 +53,8 @@ class Gdb:
         raise GdbError(f"gdb timed out; last records: {got[-5:]}")
 
     def console(self, command: str, timeout: float = 60, settle: bool = True) -> str:
-        """Run a CLI command; returns its console output; a GDB error raises GdbError."""
+        """Run a CLI command; returns its console output and its stderr lines; a GDB error
+        raises GdbError. Answered `^done`, or `^running` when it resumed the inferior."""
         token = self._send(f'-interpreter-exec console "{_quoted(command)}"')
         got = self._until_result(token, timeout)
         result = next(r for r in got if r["type"] == "result" and r.get("token") == token)
@@ -63,7 +64,8 @@ class Gdb:
             # A command that single-steps the inferior (img-restore, img-dump) answers ^running
             # at its first step and nothing at its end: a no-op sent behind it marks the end.
             got += self._until_result(self._send("-data-evaluate-expression 0"), timeout)
-        text = "".join(r["payload"] for r in got if r["type"] in ("console", "output")
+        # "log" records: what the command wrote to GDB's stderr (the plugin's warnings).
+        text = "".join(r["payload"] for r in got if r["type"] in ("console", "output", "log")
                        and isinstance(r["payload"], str))
         for r in got:
             if r["type"] == "result" and r.get("token") == token and r["message"] == "error":

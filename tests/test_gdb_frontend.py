@@ -284,3 +284,16 @@ def test_img_prefix_completion_default_name_and_spaces(tmp_path: Path) -> None:
     pid = re.search(r"^PID (\d+)$", text, re.M).group(1)
     assert (tmp_path / f"loop.{pid}.img").exists(), text
     assert spaced.exists() and "exited normally" in text, text
+
+
+def test_warnings_go_to_stderr(tmp_path: Path) -> None:
+    """The plugin's warnings are GDB's stderr (MI's log records), its figures stdout."""
+    binary = compile_program("loop", tmp_path)
+    image = tmp_path / "loop.img"
+    dump_at_checkpoint(binary, image)
+    done = subprocess.run(
+        ["gdb", "--nx", "--batch", "-ex", f"source {INIT}", "-ex", "set args > /dev/null",
+         "-ex", f"img-restore {image} --accept-loss", "-ex", "kill"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert "img-restore: warning: " in done.stderr, done.stderr
+    assert ": warning:" not in done.stdout and "img-restore: " in done.stdout, done.stdout
