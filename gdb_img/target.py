@@ -108,6 +108,11 @@ class GdbTarget:
         # The commands set scheduler-locking on around a restore or dump: one thread moves.
         gdb.execute("stepi", to_string=True)
 
+    def run_to_trap(self) -> None:
+        """Resume the selected thread alone (the commands set scheduler-locking on) until it
+        stops: at the restorer's int3, or wherever a signal stopped it (the core checks)."""
+        gdb.execute("continue", to_string=True)
+
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()
         tids = sorted(t.ptid[1] for t in self.inferior.threads() if t.is_valid())

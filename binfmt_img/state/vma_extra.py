@@ -21,7 +21,7 @@ from construct import Int8ul, Int32ul, Int64ul, PascalString, PrefixedArray, Str
 
 from .. import syscalls as sc
 from ..errors import RestoreError
-from ..inject import free_area
+from ..inject import RESERVED, free_area
 from ..model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -223,7 +223,7 @@ def _create_by_remap(plan: RestorePlan, entry, members: list[tuple[Vma, object]]
     inj = plan.injector
     size = _extent(members)
     taken = [(v.start, v.end) for v in plan.image.vmas] + [(m.start, m.end) for m in plan.live]
-    taken.append((plan.scratch, plan.parking + (plan.vdso.size if plan.vdso else 0)))
+    taken.append((plan.scratch, plan.scratch + RESERVED))
     whole = free_area(taken, size)
     what = OBJECT_WORDS[entry.object]
     if entry.object == ANON:
@@ -316,39 +316,41 @@ def restore(plan: RestorePlan, value) -> None:
     todo = [(by_start[e.start], e) for e in value.vmas
             if by_start[e.start].name not in NOT_TOUCHED
             and by_start[e.start] not in plan.vdso_block]
-    for vma, e in todo:
-        for g in e.guards:
-            _advise(plan, g.start, g.count * PAGE_SIZE, "MADV_GUARD_INSTALL",
-                    MADV_GUARD_INSTALL)
-        for code in sorted(codes(e) & MADVICE.keys()):
-            _advise(plan, vma.start, vma.size, *MADVICE[code])
-        _lock(plan, vma, codes(e))
-    for vma, e in todo:  # sealing last: a sealed VMA refuses every later change
-        if "sl" in codes(e):
-            result = plan.injector.raw(MSEAL, vma.start, vma.size, 0)
-            if sc.is_error(result):
-                plan.report.warnings.append(f"VMA {vma.start:#x}-{vma.end:#x} was sealed "
-                                            f"(mseal) and is not now: {sc.errno_text(result)}")
+    # (result, the warning should it fail) for every call, all run in one batch
+    checks: list[tuple[object, str]] = []
+    with plan.injector.batch() as batch:
+        for vma, e in todo:
+            for g in e.guards:
+                size = g.count * PAGE_SIZE
+                checks.append((batch.raw(MADVISE, g.start, size, MADV_GUARD_INSTALL),
+                               f"MADV_GUARD_INSTALL on {g.start:#x}-{g.start + size:#x} "
+                               "was refused"))
+            for code in sorted(codes(e) & MADVICE.keys()):
+                name, advice = MADVICE[code]
+                checks.append((batch.raw(MADVISE, vma.start, vma.size, advice),
+                               f"{name} on {vma.start:#x}-{vma.end:#x} was refused"))
+            _lock(batch, vma, codes(e), checks)
+        for vma, e in todo:  # sealing last: a sealed VMA refuses every later change
+            if "sl" in codes(e):
+                checks.append((batch.raw(MSEAL, vma.start, vma.size, 0),
+                               f"VMA {vma.start:#x}-{vma.end:#x} was sealed (mseal) and is "
+                               "not now"))
+    for ref, text in checks:
+        result = batch.value(ref)
+        if sc.is_error(result):
+            plan.report.warnings.append(f"{text}: {sc.errno_text(result)}" + (
+                " (RLIMIT_MEMLOCK, or CAP_IPC_LOCK, limits it)" if "mlock" in text else ""))
 
 
-def _advise(plan: RestorePlan, start: int, size: int, name: str, advice: int) -> None:
-    result = plan.injector.raw(MADVISE, start, size, advice)
-    if sc.is_error(result):
-        plan.report.warnings.append(f"{name} on {start:#x}-{start + size:#x} was refused: "
-                                    f"{sc.errno_text(result)}")
-
-
-def _lock(plan: RestorePlan, vma: Vma, flags: set[str]) -> None:
+def _lock(batch, vma: Vma, flags: set[str], checks: list) -> None:
     if "lo" not in flags:
         return
     if "lf" in flags:
-        result = plan.injector.raw(MLOCK2, vma.start, vma.size, MLOCK_ONFAULT)
+        result = batch.raw(MLOCK2, vma.start, vma.size, MLOCK_ONFAULT)
     else:
-        result = plan.injector.raw(MLOCK, vma.start, vma.size)
-    if sc.is_error(result):
-        plan.report.warnings.append(
-            f"{vma.start:#x}-{vma.end:#x} was locked in memory (mlock) and is not now: "
-            f"{sc.errno_text(result)} (RLIMIT_MEMLOCK, or CAP_IPC_LOCK, limits it)")
+        result = batch.raw(MLOCK, vma.start, vma.size)
+    checks.append((result, f"{vma.start:#x}-{vma.end:#x} was locked in memory (mlock) and "
+                           "is not now"))
 
 
 def describe(value) -> str:
