@@ -198,15 +198,17 @@ class Injector:
         code = self.scratch + RESTORER_AT
         self.target.write_registers({"rip": code, "rbx": layout.table, "r12": len(entries),
                                      "r14": layout.results})
-        run_to_trap()
+        failed, end = code + restorer.FAILED, code + restorer.END
+        run_to_trap((failed - 1, end - 1))
         after = self.target.read_registers(("rip", "r13"))
-        if after.get("rip") == code + restorer.END:
+        rip = after.get("rip", 0)
+        if rip in (end, end - 1):  # after the int3, or on it (a debugger's breakpoint)
             ran = len(entries)
-        elif after.get("rip") == code + restorer.FAILED:
+        elif rip in (failed, failed - 1):
             ran = after["r13"] + 1
         else:
-            raise RestoreError(f"the restorer stopped at rip {after.get('rip', 0):#x}, not at "
-                               f"its end ({code + restorer.END:#x}): a signal arrived")
+            raise RestoreError(f"the restorer stopped at rip {rip:#x}, not at its end "
+                               f"({end:#x}): a signal arrived")
         data = self.target.read_memory(layout.results, 8 * ran)
         return list(struct.unpack(f"<{ran}Q", data))
 

@@ -348,9 +348,10 @@ class RestorePlan:
         extra = vma_extra.entries(self)
         shared_done: set[int] = set()
         mapped = []
+        vdso = {id(v) for v in self.vdso_block}
         with self.injector.batch() as batch:
             for vma in sorted(self.image.vmas, key=lambda v: v.start):
-                if vma in self.vdso_block or vma.name in MOVABLE_NAMES \
+                if id(vma) in vdso or vma.name in MOVABLE_NAMES \
                         or vma.start >= VSYSCALL_START:
                     continue
                 entry = extra.get(vma.start)

@@ -120,11 +120,15 @@ def build(layout: Layout, entries: list[tuple[int, tuple[int | Ref, ...], bool]]
           data: bytes) -> bytes:
     """The bytes from layout.base to layout.end: entries are (nr, args, may_fail)."""
     out = bytearray(16)
+    pack, zero = struct.Struct("<14Q").pack, layout.zero
     for nr, args, may_fail in entries:
-        padded = tuple(args) + (0,) * (6 - len(args))
-        pairs = [layout.resolve(a) for a in padded]
-        out += struct.pack("<14Q", nr, MAY_FAIL if may_fail else 0,
-                           *(imm for imm, _ in pairs), *(ref for _, ref in pairs))
+        imms, refs = [0] * 6, [zero] * 6
+        for i, arg in enumerate(args):
+            if isinstance(arg, int):
+                imms[i] = arg & MASK
+            else:
+                imms[i], refs[i] = layout.resolve(arg)
+        out += pack(nr, MAY_FAIL if may_fail else 0, *imms, *refs)
     out += bytes(layout.data - layout.results)
     out += data
     assert len(out) == layout.size

@@ -58,10 +58,11 @@ class Target(Protocol):
     def memory_changed(self) -> None:
         """The address space was changed behind the debugger: drop its caches."""
 
-    def run_to_trap(self) -> None:
+    def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
         """Optional (without it: every batched system call is its own single-step). Resume
-        the selected thread alone, the others staying stopped, until it stops again: at an
-        int3 of the restorer (binfmt_img/restorer.py), or for a signal."""
+        the selected thread alone, the others staying stopped, until it stops again: at one
+        of the int3s at `traps` (binfmt_img/restorer.py; rip then either on it or after it),
+        or for a signal."""
 
 
 # Every stop any CountingTarget asked for in this process (scripts/bench reads it from LLDB,
@@ -95,9 +96,9 @@ def counting(target: Target) -> CountingTarget:
     counted = CountingTarget(target)
     inner_run = getattr(target, "run_to_trap", None)
     if inner_run is not None:
-        def run_to_trap() -> None:
+        def run_to_trap(traps: tuple[int, ...] = ()) -> None:
             counted.stops += 1
             TOTAL["stops"] += 1
-            inner_run()
+            inner_run(traps)
         counted.run_to_trap = run_to_trap  # type: ignore[attr-defined]
     return counted

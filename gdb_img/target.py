@@ -108,10 +108,17 @@ class GdbTarget:
         # The commands set scheduler-locking on around a restore or dump: one thread moves.
         gdb.execute("stepi", to_string=True)
 
-    def run_to_trap(self) -> None:
+    def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
         """Resume the selected thread alone (the commands set scheduler-locking on) until it
-        stops: at the restorer's int3, or wherever a signal stopped it (the core checks)."""
-        gdb.execute("continue", to_string=True)
+        stops: at one of the restorer's int3s `traps`, or wherever a signal stopped it (the
+        core checks). Internal breakpoints on the int3s make the stop a breakpoint's, which
+        suppress-cli-notifications keeps quiet (a SIGTRAP's report it does not)."""
+        breakpoints = [gdb.Breakpoint(f"*{at:#x}", internal=True) for at in traps]
+        try:
+            gdb.execute("continue", to_string=True)
+        finally:
+            for breakpoint in breakpoints:
+                breakpoint.delete()
 
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()

@@ -146,9 +146,10 @@ class LldbTarget:
             raise RestoreError(f"single-step stopped for another reason: "
                                f"{thread.GetStopDescription(200)}")
 
-    def run_to_trap(self) -> None:
-        """Resume the selected thread alone until it stops (the restorer's int3, or a signal:
-        the core checks where). The commands run LLDB synchronously."""
+    def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
+        """Resume the selected thread alone until it stops (at one of the restorer's int3s
+        `traps`, or for a signal: the core checks where). The commands run LLDB
+        synchronously."""
         thread = self._thread()
         others = [t for t in self.process if t.GetThreadID() != thread.GetThreadID()]
         for other in others:  # only the restorer's thread runs
