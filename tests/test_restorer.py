@@ -140,3 +140,148 @@ def test_data_is_written_back_in_place() -> None:
         return data
     data = _in_child(body)
     assert data[:16] == bytes(16) and len(data) == 24
+
+
+# ---- end to end: the restorer inside GDB and LLDB ----
+
+needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _manyvmas(tmp_path: Path) -> Path:
+    binary = tmp_path / "manyvmas"
+    subprocess.run(["gcc", "-O0", "-g", "-pthread", "-I", str(ROOT / "tests" / "programs"),
+                    "-o", str(binary), str(ROOT / "tests" / "programs" / "manyvmas.c")],
+                   check=True)
+    return binary
+
+
+def _gdb_script(tmp_path: Path, body: str, binary: Path) -> str:
+    script = tmp_path / "script.py"
+    script.write_text("import gdb\n"
+                      f"gdb.execute('source {ROOT}/gdb_img/init.py')\n" + body)
+    done = subprocess.run(["gdb", "-q", "-batch", "-nx", "-x", str(script), str(binary)],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    return done.stdout + done.stderr
+
+
+BATCHES = """
+gdb.execute("break checkpoint")
+gdb.execute("run 10 > {out}")
+gdb.execute("set scheduler-locking on")
+from binfmt_img.errors import RestoreError
+from binfmt_img.inject import Injector, free_area, RESERVED
+from binfmt_img.procfs import read_maps
+from binfmt_img.target import counting
+from gdb_img.target import GdbTarget
+target = counting(GdbTarget())
+inj = Injector(target)
+pid = gdb.selected_inferior().pid
+inj.open_scratch(free_area([(m.start, m.end) for m in read_maps(pid)], RESERVED))
+before = target.stops
+with inj.batch() as b:
+    fd = b.call(2, b.put_string("/dev/null"), 0, 0, step="opening /dev/null")
+    copy = b.call(32, fd, step="dup")
+    b.raw(3, fd)
+    b.raw(3, copy)
+    closed = b.raw(3, fd)
+print("CHAIN", b.value(fd), b.value(copy), b.value(closed) - (1 << 64), target.stops - before)
+try:
+    with inj.batch() as b:
+        b.call(39, step="getpid")
+        b.call(3, 9999, step="closing nothing", address=0x1234)
+        b.call(39, step="never run")
+except RestoreError as error:
+    print("ERROR", error)
+before = target.stops
+with inj.batch() as b:  # far more than the data pages hold: the table area
+    pids = [b.call(39, step="getpid") for _ in range(5000)]
+print("BIG", len({{b.value(p) for p in pids}}), b.value(pids[-1]) == pid, target.stops - before)
+inj.close_scratch()
+gdb.execute("kill")
+"""
+
+
+@needs_gdb
+def test_batches_in_gdb(tmp_path: Path) -> None:
+    """Results feed later calls; a failure names the step, address and errno; a batch too
+    large for the scratch page runs from the table area; each batch is one stop."""
+    out = _gdb_script(tmp_path, BATCHES.format(out=tmp_path / "out"), _manyvmas(tmp_path))
+    chain = next(line for line in out.splitlines() if line.startswith("CHAIN")).split()
+    assert int(chain[2]) == int(chain[1]) + 1 and chain[3] == "-9" and chain[4] == "1", out
+    assert "ERROR closing nothing at 0x1234: close failed: EBADF (Bad file descriptor)" in out
+    # mapping the table area is one more stop
+    assert "BIG 1 True 2" in out, out
+
+
+SCALE = """
+gdb.execute("break checkpoint")
+gdb.execute("run {n} > {out1}")
+gdb.execute("img-dump {image}")
+gdb.execute("kill")
+gdb.execute("delete")
+{fallback}
+gdb.execute("set args > {out2}")
+import gdb_img.commands as c
+gdb.execute("img-restore {image}")
+print("STOPS", c.last_dump.stops, c.last_restore.stops)
+gdb.execute("continue")
+"""
+WITHOUT_RUN_TO_TRAP = "import gdb_img.target as t; del t.GdbTarget.run_to_trap"
+
+
+def _stops(tmp_path: Path, n: int, fallback: bool = False) -> tuple[int, int]:
+    binary = _manyvmas(tmp_path)
+    out2 = tmp_path / f"{n}.2"
+    out = _gdb_script(tmp_path, SCALE.format(
+        n=n, out1=tmp_path / f"{n}.1", out2=out2, image=tmp_path / f"{n}.img",
+        fallback=WITHOUT_RUN_TO_TRAP if fallback else ""), binary)
+    assert out2.read_text() == f"manyvmas {n} 1: ok\n", out
+    line = next(line for line in out.splitlines() if line.startswith("STOPS"))
+    return int(line.split()[1]), int(line.split()[2])
+
+
+@needs_gdb
+def test_stops_do_not_grow_with_the_vmas_gdb(tmp_path: Path) -> None:
+    """Both past the size where the table area is mapped (two stops more: map, unmap)."""
+    small, large = _stops(tmp_path, 1000), _stops(tmp_path, 3000)
+    assert small == large, (small, large)
+    assert large[1] < 100
+
+
+@needs_gdb
+def test_single_steps_without_run_to_trap(tmp_path: Path) -> None:
+    """A Target without run_to_trap: each batched call its own single-step, as before."""
+    dump_stops, restore_stops = _stops(tmp_path, 200, fallback=True)
+    assert restore_stops > 200
+
+
+_NO_LLDB = None
+try:
+    from lldb_helpers import lldb_batch, lldb_missing
+
+    _NO_LLDB = lldb_missing()
+except ImportError:  # pragma: no cover
+    _NO_LLDB = "no lldb helpers"
+needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
+STOPS = "script import binfmt_img.target as t; print('STOPS', t.TOTAL['stops'])"
+
+
+def _lldb_stops(tmp_path: Path, n: int) -> int:
+    binary = _manyvmas(tmp_path)
+    image, out = tmp_path / f"l{n}.img", tmp_path / f"l{n}.out"
+    dumped = lldb_batch("breakpoint set -n checkpoint", f"process launch -- {n}",
+                        f"img-dump {image}", "process kill", program=binary, timeout=300)
+    assert image.exists(), dumped.stdout + dumped.stderr
+    restored = lldb_batch(f"target create {binary}", f"settings set target.output-path {out}",
+                          f"img-restore {image}", STOPS, "continue", timeout=300)
+    text = restored.stdout + restored.stderr
+    assert out.read_text() == f"manyvmas {n} 1: ok\n", text
+    line = next(line for line in restored.stdout.splitlines() if line.startswith("STOPS"))
+    return int(line.split()[1])
+
+
+@needs_lldb
+def test_stops_do_not_grow_with_the_vmas_lldb(tmp_path: Path) -> None:
+    small, large = _lldb_stops(tmp_path, 1000), _lldb_stops(tmp_path, 3000)
+    assert small == large and large < 100, (small, large)
