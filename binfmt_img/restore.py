@@ -478,37 +478,43 @@ class RestorePlan:
                  step="setting the alternate signal stack", address=alt.sp)
 
     def _set_thread_state(self, thread: Thread | None = None) -> None:
-        """The selected thread's own state; by default the main thread's."""
+        """The selected thread's own state; by default the main thread's. Its system calls
+        run in one batch, then xrstor and the state kinds' per-thread calls."""
         inj, thread = self.injector, thread or self.main_thread
-        for i, desc in enumerate(thread.tls):
-            if desc:
-                inj.call(sc.SET_THREAD_AREA,
-                         inj.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
-                         step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
-        if thread.robust_list:
-            inj.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
-                     step="setting the robust futex list", address=thread.robust_list)
-        tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
-        if tid_at:
-            inj.raw(sc.SET_TID_ADDRESS, tid_at)
         # An image that records the registration (state kind "rseq") gets exactly it from
         # that kind's restore_thread; an older one, glibc's area as its libc would have it.
         image_rseq = None if "rseq" in self.image.states else self._image_rseq(thread)
-        if image_rseq is not None:
-            result = self._rseq(image_rseq, 0)
-            if sc.is_error(result):
-                self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
-                                            f"registered: {sc.errno_text(result)}")
+        # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
+        shown = self.target.read_registers(("fs_base", "gs_base"))
+        rseq: list[Ref] = []
+        with inj.batch() as batch:
+            for i, desc in enumerate(thread.tls):
+                if desc:
+                    batch.call(sc.SET_THREAD_AREA,
+                               batch.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
+                               step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
+            if thread.robust_list:
+                batch.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
+                           step="setting the robust futex list", address=thread.robust_list)
+            tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
+            if tid_at:
+                batch.raw(sc.SET_TID_ADDRESS, tid_at)
+            if image_rseq is not None:  # the lengths glibc registers with: 32, or larger
+                rseq = [batch.raw(RSEQ, image_rseq[0], length, 0, RSEQ_SIG)
+                        for length in dict.fromkeys((32, image_rseq[1]))]
+            for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
+                if name in thread.registers and name not in shown:
+                    batch.call(sc.ARCH_PRCTL, code, thread.registers[name],
+                               step=f"setting {name}")
+            batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, batch.put(pack_u64(thread.sigmask)),
+                       0, 8, step="setting the signal mask")
+        if rseq and all(sc.is_error(batch.value(r)) for r in rseq):
+            assert image_rseq is not None
+            self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
+                                        f"registered: {sc.errno_text(batch.value(rseq[-1]))}")
         if thread.xsave is not None:
             inj.reset_data()
             inj.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
-        # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
-        shown = self.target.read_registers(("fs_base", "gs_base"))
-        for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
-            if name in thread.registers and name not in shown:
-                inj.call(sc.ARCH_PRCTL, code, thread.registers[name], step=f"setting {name}")
-        inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, inj.put(pack_u64(thread.sigmask)), 0, 8,
-                 step="setting the signal mask")
         for kind in state.KINDS:
             if kind.restore_thread is not None and kind.name in self.image.states:
                 inj.reset_data()
