@@ -4,6 +4,7 @@ command, opens no FIFO or device, and leaves a running inferior exactly as it wa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from cprogs import compile_program
 from gdbmi import Gdb, GdbError
-from lldb_helpers import gdb_batch
+from lldb_helpers import gdb_batch, lldb_batch, lldb_missing
 from test_gdb_restore import dump_at_checkpoint
 
 from binfmt_img import image_file
@@ -236,3 +237,26 @@ def test_an_interrupted_dump_keeps_the_old_image_and_the_stop(good, tmp_path: Pa
     assert image.read_bytes() == before
     assert sorted(p.name for p in where.iterdir()) == ["app.img", "second.img"], text
     assert "exited normally" in text, text
+
+
+@pytest.mark.skipif(lldb_missing() is not None, reason=lldb_missing() or "")
+@pytest.mark.parametrize(("edit", "word"), [
+    (_set_register("rip", 0x0000900000000000), "canonical"),
+    (_garbage_xsave, "XSAVE"),
+    (lambda image: setattr(image, "exe_path", "/bin/x\nshell touch /tmp/nope"), "control"),
+])
+def test_refused_in_lldb_with_the_process_unchanged(good, tmp_path: Path, edit,
+                                                    word: str) -> None:
+    binary, good_image = good
+    bad = mutated(good_image, tmp_path / "bad.img", edit)
+    script = tmp_path / "commands.lldb"  # sourced so that the error does not end the batch
+    script.write_text(f"register read rip rsp rbp\nimg-restore {bad}\n"
+                      "register read rip rsp rbp\ncontinue\n")
+    done = lldb_batch("breakpoint set -n checkpoint", "run",
+                      f"command source -e false -c false {script}", program=binary)
+    text = done.stdout + done.stderr
+    errors = [line for line in text.splitlines() if "img-restore:" in line and word in line]
+    assert len(errors) == 1 and "Traceback" not in text, text
+    reads = re.findall(r"rip = .*\n.*rsp = .*\n.*rbp = .*", text)
+    assert len(reads) == 2 and reads[0] == reads[1], text
+    assert "exited with status = 0" in text, text
