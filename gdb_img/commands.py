@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 
-from .target import GdbTarget, forget_detached, kill_started_here
+from .target import GdbTarget, forget_detached, gdb_quoted, kill_started_here
 
 
 class _ArgumentError(Exception):
@@ -53,12 +52,6 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
-def _gdb_quoted(path: str) -> str:
-    """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
-    no control characters (validated), so no second command can follow."""
-    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
-
-
 def _ensure_process(image: image_file.Image) -> bool:
     """With no live inferior, start the image's executable (or the program loaded in GDB,
     for an image that names none) stopped at its first instruction; True when it did."""
@@ -78,7 +71,7 @@ def _ensure_process(image: image_file.Image) -> bool:
                   + ("" if current else " (symbols need the program: gdb PROGRAM)") + "\n")
         program = fallback
     if program != current:
-        gdb.execute(f"file {_gdb_quoted(program)}", to_string=True)
+        gdb.execute(f"file {gdb_quoted(program)}", to_string=True)
     gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
     if image.pid:  # GDB's fork (then the shell's exec) makes the inferior: the next task
         ask_next_pid(image.pid)
