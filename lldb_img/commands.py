@@ -15,11 +15,12 @@ import lldb
 from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.model import PROT_EXEC, Image
+from binfmt_img.model import PAGE_SIZE, PROT_EXEC, Image
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 
 from .modules import sync_modules
+from .stop import stop_at_checkpoint
 from .target import LldbTarget
 
 
@@ -99,7 +100,7 @@ def _ensure_process(debugger: lldb.SBDebugger, image: Image,
             raise RestoreError(f"{what}; create a target for the program first "
                                "(`target create PATH`), then img-restore")
         program = usable or "/bin/true"  # a v0 image restores into any process
-        result.AppendWarning(f"img-restore: {what}; restoring into {program}")
+        result.AppendWarning(f"{what}; restoring into {program}")
     error = lldb.SBError()
     if program != current:
         target = debugger.CreateTarget(program, None, None, True, error)
@@ -113,9 +114,21 @@ def _ensure_process(debugger: lldb.SBDebugger, image: Image,
     process = target.Launch(info, error)
     if error.Fail():
         raise RestoreError(f"launching {program}: {error.GetCString()}")
-    result.AppendMessage(f"img-restore: started {program} (pid {process.GetProcessID()}) "
-                         "to restore into")
+    # Now, not with the result: the progress line that follows goes out while the command runs.
+    _say_now(debugger, result, f"img-restore: started {program} "
+                               f"(pid {process.GetProcessID()}) to restore into")
     return _stopped_process(debugger)
+
+
+def _say_now(debugger: lldb.SBDebugger, result: lldb.SBCommandReturnObject, text: str) -> None:
+    """One line on LLDB's output at once (the result is printed when the command ends)."""
+    out = debugger.GetOutputFile()
+    if out is not None and out.IsValid():
+        error, _ = out.Write(f"{text}\n".encode())
+        out.Flush()
+        if error.Success():
+            return
+    result.AppendMessage(text)
 
 
 class _Command:
@@ -177,8 +190,7 @@ its signal raised again."""
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load_any(_path(args.file), warn=lambda text: result.AppendMessage(
-            f"img-restore: warning: {text}"))
+        image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
         with _synchronous(debugger):
             had_process = debugger.GetSelectedTarget().GetProcess().IsValid()
             process = _ensure_process(debugger, image, result)
@@ -198,9 +210,13 @@ its signal raised again."""
                 assert plan.progress is not None
                 plan.progress.finish()
                 warnings = done.warnings + sync_modules(target, image)
+            problem = stop_at_checkpoint(process, image)
+            LldbTarget(process).memory_changed()
+        if problem is not None and image.exe_path is not None:
+            warnings.append(problem)
         for warning in warnings:
-            result.AppendMessage(f"img-restore: warning: {warning}")
-        result.AppendMessage(f"img-restore: {done.vmas} VMAs, {done.pages} pages in "
+            result.AppendWarning(warning)
+        result.AppendMessage(f"img-restore: {_restored_counts(image, done.vmas, done.pages)} in "
                              f"{done.seconds:.2f} s via {done.path}")
         if image.signal is not None and elfcore.is_fault(image.signal):
             # A crash core: the faulting instruction runs again and raises the same signal,
@@ -216,11 +232,25 @@ its signal raised again."""
             result.AppendMessage(f"img-restore: {name} raised again at the faulting "
                                  f"instruction; not passed on (process handle {name} "
                                  "--pass true delivers it)")
+        if problem is None:
+            result.AppendMessage("img-restore: stopped at the checkpoint")
         # As `frame select 0` shows it; the interpreter's own context may predate the process.
         frame = lldb.SBCommandReturnObject()
         context = lldb.SBExecutionContext(process.GetSelectedThread().GetFrameAtIndex(0))
         debugger.GetCommandInterpreter().HandleCommand("frame select 0", context, frame, False)
         result.AppendMessage(frame.GetOutput().rstrip("\n"))
+
+
+def _restored_counts(image: Image, vmas: int, pages: int) -> str:
+    """What the restore mapped and wrote, said against the image's totals (img-dump's and
+    img-info's numbers): the vDSO block is the live kernel's, moved into place, not written."""
+    total_vmas, total_pages = len(image.vmas), image.page_count
+    text = f"{vmas} VMAs, {pages} pages"
+    if (vmas, pages) != (total_vmas, total_pages):
+        text = (f"{vmas} of the image's {total_vmas} VMAs mapped, {pages} of its "
+                f"{total_pages} pages written (the others are the kernel's: the vDSO block, "
+                "moved into place, and [vsyscall]; or a shared file's own pages)")
+    return text
 
 
 def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
@@ -265,9 +295,11 @@ The process is left as it was and can be continued."""
                 line.finish()
             inferior.memory_changed()
         for warning in plan.report.warnings:
-            result.AppendMessage(f"img-dump: warning: {warning}")
-        result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {plan.report.pages} pages, "
-                             f"{os.path.getsize(path)} bytes in "
+            result.AppendWarning(warning)
+        pages = plan.report.pages
+        result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {pages} pages "
+                             f"({pages * PAGE_SIZE} bytes) in a file of "
+                             f"{os.path.getsize(path)} bytes, in "
                              f"{time.monotonic() - started:.2f} s")
 
 
