@@ -8,7 +8,8 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lldb
 
@@ -131,28 +132,69 @@ def _say_now(debugger: lldb.SBDebugger, result: lldb.SBCommandReturnObject, text
     result.AppendMessage(text)
 
 
+@dataclass(frozen=True)
+class Option:
+    """One option, for both LLDB's parsed commands and the argparse fallback."""
+
+    short: str
+    long: str
+    help: str
+    choices: tuple[str, ...] = ()  # none: a flag
+
+    @property
+    def dest(self) -> str:
+        return self.long.replace("-", "_")
+
+    @property
+    def default(self) -> str | bool:
+        return self.choices[0] if self.choices else False
+
+
+HELP = Option("h", "help", "Show this command's help.")
+
+
 class _Command:
-    """What LLDB's `command script add -c` expects of a command class."""
+    """What LLDB's `command script add -c` expects of a raw command class (the fallback for an
+    LLDB without parsed commands: parsed.py wraps these for LLDB 18+)."""
 
     name = ""
     short_help = ""
+    argument = "FILE"  # the one positional argument, required
+    options: tuple[Option, ...] = ()
 
     def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
         self.parser = _Parser(prog=self.name, add_help=False)
+        self.parser.add_argument(self.argument.lower())
+        for option in self.options:
+            if option.choices:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         default=option.default, choices=option.choices)
+            else:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         action="store_true")
 
     def get_short_help(self) -> str:
         return self.short_help
 
-    def get_long_help(self) -> str:
-        # LLDB wraps the text itself: give it one line per paragraph.
+    def get_long_help(self, usage: bool = True) -> str:
+        """The docstring, its first line the usage (LLDB's parsed commands print their own
+        usage and options: usage=False); LLDB wraps the text itself: one line a paragraph."""
         paragraphs = (self.__doc__ or "").strip().split("\n\n")
+        if not usage:
+            paragraphs = ["", *paragraphs[1:]]
+        else:
+            paragraphs[0] = f"{self.short_help} Usage: {paragraphs[0]}"
         return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
     def __call__(self, debugger: lldb.SBDebugger, command: str, exe_ctx: lldb.SBExecutionContext,
                  result: lldb.SBCommandReturnObject) -> None:
+        self.run(debugger, lambda: self.parser.parse_args(shlex.split(command)), result)
+
+    def run(self, debugger: lldb.SBDebugger, parse: Callable[[], argparse.Namespace],
+            result: lldb.SBCommandReturnObject) -> None:
+        """Parse, then invoke; every error comes back as one line."""
         try:
-            args = self.parser.parse_args(shlex.split(command))
-            self.invoke(debugger, args, result)
+            self.invoke(debugger, parse(), result)
         except (_ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
             result.SetError(_one_line(f"{self.name}: {error}"))
         except Exception as error:  # a bug must still come back as one line, not a traceback
@@ -165,28 +207,29 @@ class _Command:
 
 
 class ImgRestore(_Command):
-    """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
-[--progress]
+    """img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
 
 Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
 then leaves it stopped at the checkpoint with LLDB's modules set to the image's files at the
 image's addresses. With no live process, the image's executable (or /bin/true) is launched
-first, stopped at its first instruction. --via fast writes pages through /proc/PID/mem,
-debugger through LLDB; auto picks fast for a local process. --progress shows a progress line
-in batch mode too. State the restore cannot bring back (a pipe to another process, children,
-...) is listed and the restore refused; --accept-loss restores without it, one warning each.
-Accepts v0 and v1 images and ELF cores: a crash core stops at the faulting instruction with
-its signal raised again."""
+first, stopped at its first instruction; a live process is replaced after a confirmation
+(--yes, batch mode or auto-confirm answer it). State the restore cannot bring back (a pipe to
+another process, children, ...) is listed and the restore refused; --accept-loss restores
+without it, one warning each. Accepts v0 and v1 images and ELF cores: a crash core stops at
+the faulting instruction with its signal raised again."""
 
     name = "img-restore"
-    short_help = "Restore a process image into the inferior: img-restore FILE [--via ...]"
+    short_help = "Restore a process image into the inferior."
 
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        super().__init__(debugger, internal_dict)
-        self.parser.add_argument("file")
-        self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
-        self.parser.add_argument("--progress", action="store_true")
-        self.parser.add_argument("--accept-loss", action="store_true")
+    options = (
+        Option("v", "via", "How pages are written: fast through /proc/PID/mem, debugger "
+               "through LLDB; auto picks fast for a local process.",
+               ("auto", "fast", "debugger")),
+        Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("a", "accept-loss", "Restore without the state that cannot come back, one "
+               "warning each, instead of refusing."),
+        Option("y", "yes", "Replace a live process without asking."),
+    )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
@@ -266,20 +309,20 @@ def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
 
 
 class ImgDump(_Command):
-    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]
+    """img-dump FILE [--format v1|v0] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's.
 The process is left as it was and can be continued."""
 
     name = "img-dump"
-    short_help = "Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]"
+    short_help = "Write the stopped inferior to a process image."
 
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        super().__init__(debugger, internal_dict)
-        self.parser.add_argument("file")
-        self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
-        self.parser.add_argument("--progress", action="store_true")
+    options = (
+        Option("f", "format", "The image format: v1, this project's, or v0, the seed's.",
+               tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
+        Option("P", "progress", "Show a progress line, in batch mode too."),
+    )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
@@ -304,19 +347,18 @@ The process is left as it was and can be continued."""
 
 
 class ImgInfo(_Command):
-    """Describe a process image without changing anything: img-info FILE [--json] [--verify]
+    """img-info FILE [--json] [--verify]
 
-Prints the registers, mm fields, VMAs, signal handlers, threads and the code at rip; --json
-prints one JSON object instead; --verify checks every page run against its crc32 (v1)."""
+Describes a process image without changing anything: the registers, mm fields, VMAs, signal
+handlers, threads and the code at rip."""
 
     name = "img-info"
-    short_help = "Describe a process image: img-info FILE [--json] [--verify]"
+    short_help = "Describe a process image without changing anything."
 
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        super().__init__(debugger, internal_dict)
-        self.parser.add_argument("file")
-        self.parser.add_argument("--json", action="store_true")
-        self.parser.add_argument("--verify", action="store_true")
+    options = (
+        Option("j", "json", "Print one JSON object instead of text."),
+        Option("V", "verify", "Check every page run against its crc32 (v1 images)."),
+    )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
