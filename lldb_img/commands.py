@@ -17,6 +17,7 @@ from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 
@@ -81,15 +82,126 @@ def _stopped_process(debugger: lldb.SBDebugger) -> lldb.SBProcess:
     return process
 
 
+def _auto_confirm(debugger: lldb.SBDebugger) -> bool:
+    value = debugger.GetInternalVariableValue("auto-confirm", debugger.GetInstanceName())
+    return value.GetSize() > 0 and value.GetStringAtIndex(0) == "true"
+
+
+def _confirmed(debugger: lldb.SBDebugger, question: str, yes: bool) -> bool:
+    """As LLDB's own confirmations (`process launch` over a live process): the default answer
+    (yes) in batch mode, with auto-confirm or with no terminal to ask on."""
+    if yes or _batch() or _auto_confirm(debugger) or not os.isatty(0):
+        return True
+    try:
+        answer = input(f"{question}: [Y/n] ")
+    except EOFError:
+        return True
+    return answer.strip().lower() in ("", "y", "yes")
+
+
+def _same_program(target: lldb.SBTarget, image: Image) -> bool:
+    current = target.GetExecutable().fullpath
+    try:
+        return image.exe_path is None or bool(current) and os.path.samefile(current,
+                                                                             image.exe_path)
+    except OSError:
+        return False
+
+
+def _replace_live(debugger: lldb.SBDebugger, image: Image, process: lldb.SBProcess,
+                  yes: bool) -> bool:
+    """A live process: confirmed, the image is restored into it when it runs the image's
+    program on one thread, else it is killed (True: start a new one)."""
+    _stopped_process(debugger)
+    if not _confirmed(debugger, "There is a running process, replace it with the image?",
+                      yes):
+        raise RestoreError("not confirmed: the running process is left as it was")
+    if process.GetNumThreads() == 1 and _same_program(process.GetTarget(), image):
+        return False
+    error = process.Kill()
+    if error.Fail():
+        raise RestoreError(f"killing the running process: {error.GetCString()}")
+    return True
+
+
+class _Tasks:
+    """How many tasks a launch creates up to the inferior, which is the last: LLDB starts
+    lldb-server, two threads of its own, lldb-server some thirty short-lived tasks, then it
+    forks the inferior (36 with lldb-19 here). Measured again at each launch that missed."""
+
+    count = 36
+
+
+def _in_use(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")  # a thread's tid too, though /proc lists no threads
+
+
+def _ask_pid(pid: int, tasks: int) -> int | None:
+    """Arrange that the `tasks`-th task created from now gets `pid`: the kernel gives each
+    new task the next free pid, so `tasks - 1` free pids are left below it. Returns the value
+    set as the last pid, None when it cannot be arranged."""
+    last, free = pid - 1, 0
+    while last > 1 and free < tasks - 1:
+        free += not _in_use(last)
+        last -= 1
+    return last if last > 1 and ask_next_pid(pid, pid - last) else None
+
+
+def _tasks_taken(last: int, got: int, free_before: set[int]) -> int:
+    return sum(1 for p in range(last + 1, got + 1) if p in free_before)
+
+
+def _launch_once(target: lldb.SBTarget) -> lldb.SBProcess:
+    # The target's launch info carries the user's settings (output-path, env, args); the
+    # SB launch also avoids the CLI's two-second wait after `process launch --stop-at-entry`.
+    # A fresh one each time: a launch uses up its file actions.
+    info = target.GetLaunchInfo()
+    info.SetLaunchFlags(info.GetLaunchFlags() | lldb.eLaunchFlagStopAtEntry)
+    error = lldb.SBError()
+    process = target.Launch(info, error)
+    if error.Fail():
+        raise RestoreError(f"launching {target.GetExecutable().fullpath}: "
+                           f"{error.GetCString()}")
+    return process
+
+
+def _launch(target: lldb.SBTarget, pid: int | None,
+            tries: int = 6) -> lldb.SBProcess:
+    """Launch, the process getting the checkpoint's pid where it may be arranged
+    (pids.ask_next_pid): a launch that missed it is killed and tried again, with the task
+    count it showed, a few times; then the restore warns of the other pid."""
+    for attempt in range(tries):
+        last = _ask_pid(pid, _Tasks.count) if pid else None
+        free = {p for p in range(last + 1, last + 4 * _Tasks.count)
+                if not _in_use(p)} if last is not None else set()
+        process = _launch_once(target)
+        got = process.GetProcessID()
+        if last is None or got == pid or attempt == tries - 1:
+            return process
+        _Tasks.count = max(1, _tasks_taken(last, got, free)) if got > last else _Tasks.count
+        if process.Kill().Fail():
+            return process
+    raise AssertionError("unreachable")
+
+
+def _launch_info_for(old: lldb.SBTarget, program: str) -> lldb.SBLaunchInfo:
+    """The old target's launch settings for another program: its arguments stay behind."""
+    info = old.GetLaunchInfo()
+    info.SetArguments([], False)
+    info.SetExecutableFile(lldb.SBFileSpec(program), True)
+    return info
+
+
 def _ensure_process(debugger: lldb.SBDebugger, image: Image,
-                    result: lldb.SBCommandReturnObject) -> lldb.SBProcess:
-    """With no live process, start the image's executable (or the target's program, for an
-    image that names none) stopped at its first instruction."""
+                    result: lldb.SBCommandReturnObject, yes: bool = False) -> lldb.SBProcess:
+    """With no live process (or one replaced), start the image's executable (or the target's
+    program, for an image that names none) stopped at its first instruction."""
     target = debugger.GetSelectedTarget()
     process = target.GetProcess()
     if process.IsValid() and process.GetState() not in (lldb.eStateExited,
                                                          lldb.eStateDetached):
-        return _stopped_process(debugger)
+        if not _replace_live(debugger, image, process, yes):
+            return process
     current = target.GetExecutable().fullpath if target.IsValid() else None
     program = image.exe_path
     problem = executable_problem(program) if program else None
@@ -104,17 +216,14 @@ def _ensure_process(debugger: lldb.SBDebugger, image: Image,
         result.AppendWarning(f"{what}; restoring into {program}")
     error = lldb.SBError()
     if program != current:
+        old = target
         target = debugger.CreateTarget(program, None, None, True, error)
         if error.Fail():
             raise RestoreError(f"cannot debug {program}: {error.GetCString()}")
+        if old.IsValid():  # the user's settings (output-path, environment) carry over
+            target.SetLaunchInfo(_launch_info_for(old, program))
         debugger.SetSelectedTarget(target)
-    # The target's launch info carries the user's settings (output-path, env, args); the
-    # SB launch also avoids the CLI's two-second wait after `process launch --stop-at-entry`.
-    info = target.GetLaunchInfo()
-    info.SetLaunchFlags(info.GetLaunchFlags() | lldb.eLaunchFlagStopAtEntry)
-    process = target.Launch(info, error)
-    if error.Fail():
-        raise RestoreError(f"launching {program}: {error.GetCString()}")
+    process = _launch(target, image.pid)
     # Now, not with the result: the progress line that follows goes out while the command runs.
     _say_now(debugger, result, f"img-restore: started {program} "
                                f"(pid {process.GetProcessID()}) to restore into")
@@ -235,8 +344,10 @@ the faulting instruction with its signal raised again."""
                result: lldb.SBCommandReturnObject) -> None:
         image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
         with _synchronous(debugger):
-            had_process = debugger.GetSelectedTarget().GetProcess().IsValid()
-            process = _ensure_process(debugger, image, result)
+            before = debugger.GetSelectedTarget().GetProcess()
+            before_pid = before.GetProcessID() if before.IsValid() else None
+            process = _ensure_process(debugger, image, result, args.yes)
+            had_process = process.GetProcessID() == before_pid
             target = process.GetTarget()
             plan = RestorePlan(LldbTarget(process), image, via=args.via,
                                progress=progress.on_stderr("img-restore", args.progress,
