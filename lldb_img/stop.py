@@ -1,14 +1,14 @@
-"""The last stop of a restore: through the dynamic linker's link-map hook, at a breakpoint.
+"""The last stop of a restore: through the dynamic linker's link-map hook.
 
 LLDB's dynamic loader plugin (DynamicLoaderPOSIXDYLD) learns each module's link_map entry,
 which `__thread` variables need (the module's TLS id and the thread's dtv), only when its
 breakpoint on the linker's r_debug.r_brk hook is hit; the module list rebuilt by
 sync_modules does not give it them. So the restored thread runs one `ret` into r_brk (LLDB's
-callback reads the restored link map, then lets it go on) and a second `ret` back to the
-checkpoint, where a breakpoint stops it. No code is written: two return addresses are placed
-below the red zone of the thread's stack, the bytes there put back afterwards. The stop is then
-a breakpoint stop at the checkpoint (the user's breakpoint there if there is one, as at a live
-stop) rather than LLDB's "instruction step into" of the restore's last single-step.
+callback reads the restored link map). No code is written: return addresses are placed below
+the red zone of the thread's stack, the bytes there put back afterwards. The stop is then
+LLDB's link-map stop (or the user's breakpoint at the checkpoint, as at a live stop) rather
+than "instruction step into" of the restore's last single-step; a temporary breakpoint would
+take the number the user's next breakpoint gets in a live session.
 """
 
 from __future__ import annotations
@@ -73,16 +73,46 @@ def _set(thread: lldb.SBThread, name: str, value: int) -> bool:
     return _register(thread, name).SetValueFromCString(f"{value:#x}", error) and error.Success()
 
 
+_SETTING = "target.process.stop-on-sharedlibrary-events"
+
+
+def _setting(debugger: lldb.SBDebugger, value: str | None = None) -> str:
+    """Read, or set, LLDB's stop at each link-map event (through the interpreter: the
+    setting is the process's)."""
+    result = lldb.SBCommandReturnObject()
+    command = f"settings set {_SETTING} {value}" if value else f"settings show {_SETTING}"
+    debugger.GetCommandInterpreter().HandleCommand(command, result)
+    return (result.GetOutput() or "").rsplit("=", 1)[-1].strip()
+
+
+def _run_alone(process: lldb.SBProcess, thread: lldb.SBThread) -> None:
+    """Resume only `thread` until the process stops again."""
+    others = [t for t in process if t.GetThreadID() != thread.GetThreadID()
+              and not t.IsSuspended()]
+    try:
+        for other in others:
+            other.Suspend()
+        process.Continue()
+    finally:
+        for other in others:
+            other.Resume()
+
+
 def stop_at_checkpoint(process: lldb.SBProcess, image: Image) -> str | None:
-    """Run the selected thread through r_brk back to where it is, stopping there at a
-    breakpoint. Returns a warning when it could not be done (then nothing changed)."""
+    """Run the selected thread through r_brk (LLDB's dynamic loader reads the restored link
+    map) and back to the checkpoint. With the user's breakpoint at the checkpoint it returns
+    there and stops at it, as at a live stop; else LLDB stops at r_brk as after a link-map
+    event and the registers are put back. Returns a warning when it could not be done."""
     target = process.GetTarget()
+    debugger = target.GetDebugger()
     thread = process.GetSelectedThread()
     rip = _register(thread, "rip").GetValueAsUnsigned()
     rsp = _register(thread, "rsp").GetValueAsUnsigned()
     brk = _r_brk(process, image)
     users = _user_sites(target)
-    ret = _ret_byte(process, image, users | {rip} | ({brk} if brk else set()))
+    if brk is None:
+        return "a static executable or no link map: LLDB cannot read __thread variables"
+    ret = _ret_byte(process, image, users | {rip, brk})
     sp = (rsp - BELOW) & ~15
     if ret is None or not any(v.start <= sp and sp + 16 <= v.end for v in image.vmas):
         return "no `ret` byte or stack room found: LLDB cannot read __thread variables"
@@ -90,28 +120,26 @@ def stop_at_checkpoint(process: lldb.SBProcess, image: Image) -> str | None:
     saved = process.ReadMemory(sp, 16, error)
     if error.Fail():
         return f"reading the stack at {sp:#x}: {error.GetCString()}"
-    chain = struct.pack("<QQ", brk, rip) if brk else struct.pack("<QQ", rip, 0)
-    temporary = None if rip in users else target.BreakpointCreateByAddress(rip)
-    others = [t for t in process if t.GetThreadID() != thread.GetThreadID()
-              and not t.IsSuspended()]
+    at_user_breakpoint = rip in users
+    if process.WriteMemory(sp, struct.pack("<QQ", brk, rip), error) != 16 \
+            or not _set(thread, "rsp", sp) or not _set(thread, "rip", ret):
+        _set(thread, "rsp", rsp)
+        _set(thread, "rip", rip)
+        return "cannot set the thread up to run through r_brk"
+    before = _setting(debugger)
+    if not at_user_breakpoint:
+        _setting(debugger, "true")
     try:
-        for other in others:  # only this thread runs
-            other.Suspend()
-        if process.WriteMemory(sp, chain, error) != 16 or not _set(thread, "rsp", sp) \
-                or not _set(thread, "rip", ret):
-            _set(thread, "rip", rip)
-            return "cannot set the thread up to stop at the checkpoint again"
-        process.Continue()
+        _run_alone(process, thread)
     finally:
-        for other in others:
-            other.Resume()
-        if temporary is not None:
-            target.BreakpointDelete(temporary.GetID())
-    stopped = process.GetState() == lldb.eStateStopped
-    pc = _register(thread, "rip").GetValueAsUnsigned() if stopped else None
-    if pc != rip:
-        return (f"the run to the checkpoint through r_brk stopped at {pc:#x}" if pc is not None
-                else "the process did not stop again at the checkpoint")
+        if not at_user_breakpoint:
+            _setting(debugger, before or "false")
+    if process.GetState() != lldb.eStateStopped:
+        return "the process did not stop again after r_brk"
+    pc = _register(thread, "rip").GetValueAsUnsigned()
+    if pc not in (rip, brk):
+        return f"the run through r_brk stopped at {pc:#x}"
+    _set(thread, "rip", rip)
     _set(thread, "rsp", rsp)
     process.WriteMemory(sp, saved, error)
-    return None if brk else "a static executable: LLDB cannot read __thread variables"
+    return None
