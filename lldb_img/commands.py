@@ -366,7 +366,7 @@ the faulting instruction with its signal raised again."""
                 warnings = done.warnings + sync_modules(target, image)
             problem = stop_at_checkpoint(process, image)
             LldbTarget(process).memory_changed()
-        if problem is not None and image.exe_path is not None:
+        if problem is not None:
             warnings.append(problem)
         for warning in warnings:
             result.AppendWarning(warning)

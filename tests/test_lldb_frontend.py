@@ -45,6 +45,26 @@ def test_thread_local_variables_after_restore(tmp_path: Path) -> None:
     assert "i=3 counter=46" in read(tmp_path / "part2")
 
 
+def test_thread_local_variables_of_each_thread(tmp_path: Path) -> None:
+    """Another thread's __thread variables read as in the live session at the checkpoint."""
+    binary = compile_program("threads_compute", tmp_path, "-pthread")
+    image = tmp_path / "threads.img"
+    show = ("thread select 2", "target variable state", "thread select 1",
+            "target variable state")
+    live = lldb_batch(f"settings set target.output-path {tmp_path / 'part1'}",
+                      "breakpoint set -n checkpoint", "run", *show, f"img-dump {image}",
+                      "kill", program=binary)
+    restored = lldb_batch(f"settings set target.output-path {tmp_path / 'part2'}",
+                          f"img-restore {image}", *show, "continue")
+
+    def values(text: str) -> list[str]:
+        return re.findall(r"\(unsigned long\) state = (\d+)", text)
+
+    assert len(values(live.stdout)) == 2, live.stdout + live.stderr
+    assert values(restored.stdout) == values(live.stdout), restored.stdout + restored.stderr
+    assert "exited with status = 0" in restored.stdout, restored.stdout + restored.stderr
+
+
 # ---- 2. the restored stop -------------------------------------------------------------------
 
 def test_restored_stop_is_a_stop_at_the_checkpoint(tmp_path: Path) -> None:
