@@ -291,8 +291,11 @@ class _Command:
         paragraphs = (self.__doc__ or "").strip().split("\n\n")
         if not usage:
             paragraphs = ["", *paragraphs[1:]]
-        else:
+        else:  # the raw fallback: the options are said here
             paragraphs[0] = f"{self.short_help} Usage: {paragraphs[0]}"
+            paragraphs += [f"--{o.long} (-{o.short})"
+                           + (f" {'|'.join(o.choices)}" if o.choices else "") + f": {o.help}"
+                           for o in self.options]
         return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
     def __call__(self, debugger: lldb.SBDebugger, command: str, exe_ctx: lldb.SBExecutionContext,

@@ -164,6 +164,17 @@ def test_file_names_with_spaces(tmp_path: Path) -> None:
     assert "image format v1" in done.stdout, done.stdout + done.stderr
 
 
+def test_raw_fallback_for_older_lldbs(tmp_path: Path) -> None:
+    """The argparse commands an LLDB without parsed commands gets still work and say their
+    options in their help."""
+    _, image, _ = _dump(tmp_path, "tls")
+    raw = "command script add -o -C disk-file -c lldb_img.commands.ImgRestore raw-restore"
+    done = lldb_batch(raw, "help raw-restore", f"raw-restore {image} -v debugger -a",
+                      "frame select 1", "expression counter")
+    assert "--via (-v) auto|fast|debugger" in done.stdout, done.stdout + done.stderr
+    assert "via debugger" in done.stdout and "$0 = 43" in done.stdout, done.stdout
+
+
 # ---- 5. replacing a live process -----------------------------------------------------------
 
 def test_batch_replaces_a_multithreaded_live_process(tmp_path: Path) -> None:
