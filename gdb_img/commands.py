@@ -14,6 +14,7 @@ import gdb
 from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.outcome import failure_line
 from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
@@ -229,17 +230,10 @@ the restore refused before any change; --accept-loss restores without it, one wa
 
 
 def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
-    """The one line for a restore that did not finish: what happened and what state the
-    inferior is in. A process started for the restore is killed either way."""
-    what = "interrupted" if isinstance(error, KeyboardInterrupt) or str(error) == "Quit" \
-        else str(error)
+    """A process started for the restore is killed either way."""
     if started:
         gdb.execute("kill", to_string=True)
-    if not plan.changed:
-        return what + ("" if started else "; the inferior was not changed")
-    if started:
-        return f"{what}; the process started for the restore was half-restored and is killed"
-    return f"{what}; the inferior is half-restored and no longer usable: `kill` it"
+    return failure_line(error, plan.changed, started)
 
 
 class ImgDump(_ImgCommand):

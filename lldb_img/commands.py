@@ -17,6 +17,7 @@ from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.outcome import failure_line
 from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
@@ -360,10 +361,11 @@ the faulting instruction with its signal raised again."""
                 try:
                     plan.check()
                     done = plan.run()
-                except (ImageError, RestoreError):
-                    if not had_process and not plan.changed:  # refused: no use for it
+                except (ImageError, RestoreError, KeyboardInterrupt) as error:
+                    if not had_process:  # refused or half-restored: no use for it
                         process.Kill()
-                    raise
+                    raise RestoreError(failure_line(error, plan.changed,
+                                                    not had_process)) from None
                 assert plan.progress is not None
                 plan.progress.finish()
                 warnings = done.warnings + sync_modules(target, image)
