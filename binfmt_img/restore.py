@@ -188,7 +188,7 @@ class RestorePlan:
         self.report.warnings += [f"not restored: {loss}" for loss in self.losses]
 
     def _restore_states(self, phase: str) -> None:
-        for kind in state.KINDS:
+        for kind in sorted(state.KINDS, key=lambda k: k.order):
             if kind.phase == phase and kind.name in self.image.states:
                 self.injector.reset_data()
                 kind.restore(self, self.image.states[kind.name])

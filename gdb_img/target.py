@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import tempfile
 
@@ -161,7 +162,7 @@ class GdbTarget:
         pid = self.inferior.pid
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
         if exe is not None:
-            gdb.execute(f"file {exe}", to_string=True)
+            gdb.execute(f"file {gdb_quoted(exe)}", to_string=True)
         if not self.is_local():
             # gdbserver ends with a detach. Setting the library search path (to what it is)
             # makes GDB run its solib start-up again: the PIE from the new auxv, the
@@ -188,3 +189,9 @@ class GdbTarget:
             for name, value in saved.items():
                 gdb.execute(f"set {name} {value}", to_string=True)
         self.inferior = gdb.selected_inferior()
+
+
+def gdb_quoted(path: str) -> str:
+    """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
+    no control characters (validated), so no second command can follow."""
+    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
