@@ -14,7 +14,7 @@ from . import image_file, state
 from . import syscalls as sc
 from .errors import RestoreError
 from .files import read_open_files
-from .inject import SCRATCH_SIZE, Injector, check_not_in_syscall_entry, free_area
+from .inject import RESERVED, Injector, check_not_in_syscall_entry, free_area
 from .model import (
     MAP_SHARED,
     PAGE_SIZE,
@@ -39,7 +39,7 @@ from .procfs import (
     stat_fields,
 )
 from .restore import XSAVE_RESTORABLE
-from .target import Target
+from .target import Target, counting
 from .threads import (
     find_tid_addresses,
     put_back_registers,
@@ -61,6 +61,7 @@ class DumpReport:
     pages: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    stops: int = 0  # debugger stops (single-steps and restorer runs) the dump took
     warnings: list[str] = field(default_factory=list)
 
 
@@ -106,7 +107,7 @@ def _mm_fields(pid: int, brk: int) -> dict[str, int]:
 
 class DumpPlan:
     def __init__(self, target: Target, fmt: str = "v1") -> None:
-        self.target, self.fmt = target, fmt
+        self.target, self.fmt = counting(target), fmt
         self.report = DumpReport()
         pid = target.pid()
         if pid is None:
@@ -116,7 +117,7 @@ class DumpPlan:
         check_not_in_syscall_entry(target)
         self.pid = pid
         self.maps = read_maps(pid)
-        self.injector = Injector(target)
+        self.injector = Injector(self.target)
         self.threads: list[Thread] = []
 
     def each_thread(self, action: Callable[[Thread], Any]) -> dict[int, Any]:
@@ -148,7 +149,7 @@ class DumpPlan:
         inj = self.injector
         self.threads = threads
         saved = save_registers(self.target, threads)
-        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], SCRATCH_SIZE))
+        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], RESERVED))
         try:
             for thread in threads:  # the other threads stay stopped meanwhile
                 if len(threads) > 1:
@@ -156,13 +157,15 @@ class DumpPlan:
                 self._one_thread(inj, thread)
             if len(threads) > 1:
                 select(self.target, threads[0].tid)
-            brk = inj.raw(sc.BRK, 0)
-            out = inj.reserve(64)
-            actions = []
-            for number in range(1, sc.NSIG + 1):
-                inj.call(sc.RT_SIGACTION, number, 0, out, 8, step="reading signal handlers")
-                actions.append(SigAction(*struct.unpack("<4Q", self.target.read_memory(out, 32))))
-            self.image.sigactions = actions
+            with inj.batch() as batch:
+                brk = batch.raw(sc.BRK, 0)
+                out = batch.reserve(32 * sc.NSIG)
+                for number in range(1, sc.NSIG + 1):
+                    batch.call(sc.RT_SIGACTION, number, 0, out + 32 * (number - 1), 8,
+                               step="reading signal handlers")
+            data = batch.read(out, 32 * sc.NSIG)
+            self.image.sigactions = [SigAction(*struct.unpack_from("<4Q", data, 32 * i))
+                                     for i in range(sc.NSIG)]
             self._states()
         finally:
             if len(threads) > 1:
@@ -170,31 +173,40 @@ class DumpPlan:
             if inj.scratch is not None:
                 inj.close_scratch()
             put_back_registers(self.target, saved)
-        return brk
+            self.report.stops = self.target.stops
+        return batch.value(brk)
 
     def _one_thread(self, inj: Injector, thread: Thread) -> None:
         """The selected thread's own state, by system calls it makes itself."""
         thread.xsave = Xsave(XSAVE_RESTORABLE, inj.xsave(XSAVE_AREA, XSAVE_RESTORABLE))
-        out = inj.reserve(64)
-        inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, out, 8, step="reading the mask")
-        (thread.sigmask,) = struct.unpack("<Q", self.target.read_memory(out, 8))
-        for name, code in (("fs_base", sc.ARCH_GET_FS), ("gs_base", sc.ARCH_GET_GS)):
-            if name not in thread.registers:  # a debugger that does not show them
-                inj.call(sc.ARCH_PRCTL, code, out, step=f"reading {name}")
-                (thread.registers[name],) = struct.unpack("<Q", self.target.read_memory(out, 8))
-        inj.call(sc.SIGALTSTACK, 0, out, step="reading the alternate stack")
-        sp, flags, _, size = struct.unpack("<QiiQ", self.target.read_memory(out, 24))
+        bases = [(name, code) for name, code in (("fs_base", sc.ARCH_GET_FS),
+                                                  ("gs_base", sc.ARCH_GET_GS))
+                 if name not in thread.registers]  # a debugger that does not show them
+        with inj.batch() as batch:
+            mask = batch.reserve(8)
+            batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, mask, 8, step="reading the mask")
+            base_out = {name: batch.reserve(8) for name, _ in bases}
+            for name, code in bases:
+                batch.call(sc.ARCH_PRCTL, code, base_out[name], step=f"reading {name}")
+            alt = batch.reserve(24)
+            batch.call(sc.SIGALTSTACK, 0, alt, step="reading the alternate stack")
+            descs = [batch.put(USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0))
+                     for i in range(3)]
+            tls = [batch.raw(sc.GET_THREAD_AREA, d) for d in descs]
+            head = batch.reserve(16)
+            robust = batch.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)
+        (thread.sigmask,) = struct.unpack("<Q", batch.read(mask, 8))
+        for name, _ in bases:
+            (thread.registers[name],) = struct.unpack("<Q", batch.read(base_out[name], 8))
+        sp, flags, _, size = struct.unpack("<QiiQ", batch.read(alt, 24))
         thread.altstack = AltStack(sp, flags, size)
         for i in range(3):
-            desc = USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0)
-            at = inj.put(desc)
-            if sc.is_error(inj.raw(sc.GET_THREAD_AREA, at)):
+            if sc.is_error(batch.value(tls[i])):
                 break  # a kernel without 32-bit emulation has no GDT TLS entries
-            thread.tls[i] = user_desc_to_descriptor(self.target.read_memory(at, USER_DESC_SIZE))
-        head = inj.reserve(16)
-        if not sc.is_error(inj.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)):
+            thread.tls[i] = user_desc_to_descriptor(batch.read(descs[i], USER_DESC_SIZE))
+        if not sc.is_error(batch.value(robust)):
             thread.robust_list, thread.robust_list_len = struct.unpack(
-                "<QQ", self.target.read_memory(head, 16))
+                "<QQ", batch.read(head, 16))
 
     def collect(self) -> Image:
         threads = read_threads(self.target, self.pid)

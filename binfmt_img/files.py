@@ -20,7 +20,9 @@ from .model import FD_DEVICE, FD_DIRECTORY, FD_FILE, FD_OTHER, FileIdentity, Ope
 from .safeio import kind_of
 
 if TYPE_CHECKING:
+    from .inject import Batch
     from .restore import RestorePlan
+    from .restorer import Ref
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 STANDARD_FDS = 3  # 0, 1, 2
@@ -30,6 +32,7 @@ O_CLOEXEC = 0o2000000
 # Bits fdinfo shows that must not be given to open again: creation-time ones.
 OPEN_ONLY = O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC
 SEEK_SET = 0
+FCNTL, F_DUPFD_CLOEXEC = 72, 1030
 O_DIRECTORY, O_PATH = 0o200000, 0o10000000
 # What /proc/PID/fdinfo may show of an open file: access mode, status flags, O_LARGEFILE,
 # O_DIRECTORY, O_NOFOLLOW, O_NOATIME, O_CLOEXEC, O_SYNC, O_PATH, and the creation-time bits.
@@ -146,28 +149,32 @@ def restore_open_files(plan: RestorePlan) -> None:
     image, inj = plan.image, plan.injector
     if image.files is None:
         return
-    inj.reset_data()
-    for fd in plan.live_fds:
-        if fd >= STANDARD_FDS:
-            inj.raw(sc.CLOSE, fd)  # one closed meanwhile (EBADF) is no matter
-    for f in sorted(image.files, key=lambda f: f.fd):
-        if f.fd >= STANDARD_FDS and f.kind != FD_OTHER:
-            _reopen(plan, f)
-    if image.cwd:
-        inj.call(sc.CHDIR, inj.put_string(image.cwd), step=f"changing directory to {image.cwd}")
-
-
-def _reopen(plan: RestorePlan, f: OpenFile) -> None:
-    """open lands on the lowest free number, at most f.fd (every higher one is closed or
-    already placed); dup3 moves it to f.fd, keeping close-on-exec."""
-    inj = plan.injector
-    step = f"reopening fd {f.fd} ({f.path})"
-    fd = inj.call(sc.OPEN, inj.put_string(f.path), f.flags & ~OPEN_ONLY, 0, step=step)
-    if fd != f.fd:
-        inj.call(sc.DUP3, fd, f.fd, f.flags & O_CLOEXEC, step=step)
-        inj.raw(sc.CLOSE, fd)
-    if f.pos and f.kind != FD_DEVICE:
-        result = inj.raw(sc.LSEEK, f.fd, f.pos, SEEK_SET)
-        if sc.is_error(result):
+    seeks = []
+    with inj.batch() as batch:
+        for fd in plan.live_fds:
+            if fd >= STANDARD_FDS:
+                batch.raw(sc.CLOSE, fd)  # one closed meanwhile (EBADF) is no matter
+        for f in sorted(image.files, key=lambda f: f.fd):
+            if f.fd >= STANDARD_FDS and f.kind != FD_OTHER:
+                seeks.append(_reopen(batch, f))
+        if image.cwd:
+            batch.call(sc.CHDIR, batch.put_string(image.cwd),
+                       step=f"changing directory to {image.cwd}")
+    for f, seek in seeks:
+        if seek is not None and sc.is_error(batch.value(seek)):
             plan.report.warnings.append(f"fd {f.fd}: {f.path}: offset {f.pos} not restored: "
-                                        f"{sc.errno_text(result)}")
+                                        f"{sc.errno_text(batch.value(seek))}")
+
+
+def _reopen(batch: Batch, f: OpenFile) -> tuple[OpenFile, Ref | None]:
+    """Queued, not knowing where open lands: opened, copied above f.fd (F_DUPFD), the first
+    closed, the copy dup3'd to f.fd keeping close-on-exec, and closed. Returns the lseek."""
+    step = f"reopening fd {f.fd} ({f.path})"
+    fd = batch.call(sc.OPEN, batch.put_string(f.path), f.flags & ~OPEN_ONLY, 0, step=step)
+    above = batch.call(FCNTL, fd, F_DUPFD_CLOEXEC, f.fd + 1, step=step)
+    batch.raw(sc.CLOSE, fd)
+    batch.call(sc.DUP3, above, f.fd, f.flags & O_CLOEXEC, step=step)
+    batch.raw(sc.CLOSE, above)
+    if f.pos and f.kind != FD_DEVICE:
+        return f, batch.raw(sc.LSEEK, f.fd, f.pos, SEEK_SET)
+    return f, None

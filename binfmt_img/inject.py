@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from . import restorer
 from . import syscalls as sc
 from .errors import RestoreError
 from .model import USER_TOP
@@ -17,10 +20,16 @@ XSAVE64_RDI = b"\x48\x0f\xae\x27"  # xsave64 [rdi]
 SPIN = b"\xeb\xfe"  # jmp . : holds the inferior still while no debugger is attached
 XRSTOR_AT, XSAVE_AT = 8, 16
 DATA_AT = 0x1000
+RESTORER_AT = 0x100  # the restorer program (binfmt_img/restorer.py), in the code page
+# A batch too large for the data pages goes to the table area, mapped on first use this far
+# from the scratch area's start (past the restore's vDSO parking place), TABLE_ROOM long.
+TABLE_GAP, TABLE_ROOM = 0x100000, 0x4000000
+RESERVED = TABLE_GAP + TABLE_ROOM  # the address range an Injector may use from its scratch
+MAP_NORESERVE = 0x4000
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 # Registers an injected step may change; saved before and put back after a dump.
 SAVED_REGISTERS = ("rip", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rcx", "r11",
-                   "eflags", "orig_rax")
+                   "rbx", "r12", "r13", "r14", "eflags", "orig_rax")
 
 
 ENOSYS = (1 << 64) - 38
@@ -58,6 +67,7 @@ class Injector:
         self.target = target
         self.scratch: int | None = None
         self._data_used = 0
+        self._table_mapped = False
 
     def open_scratch(self, address: int, code: int | None = None) -> None:
         """Map the scratch area, borrowing two bytes of mapped code for that one syscall: at
@@ -76,10 +86,14 @@ class Injector:
         self.scratch = address
         code = CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc") + XSAVE64_RDI
         self.target.write_memory(address, code + b"\xcc" * 4)
+        self.target.write_memory(address + RESTORER_AT, restorer.CODE)
 
     def close_scratch(self) -> None:
         """Unmap the scratch area; the single-step stops before the next fetch from it."""
         assert self.scratch is not None
+        if self._table_mapped:
+            self.raw(sc.MUNMAP, self.scratch + TABLE_GAP, TABLE_ROOM)
+            self._table_mapped = False
         self.call(sc.MUNMAP, self.scratch, SCRATCH_SIZE, step="unmapping the scratch area")
         self.scratch = None
 
@@ -153,6 +167,145 @@ class Injector:
         self.target.write_registers({"rip": self.scratch + at, "rdi": area,
                                      "rax": features & 0xFFFFFFFF, "rdx": features >> 32})
         self.target.step_instruction()
+
+
+    # ---- batches: many system calls in one resume (binfmt_img/restorer.py) ----
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Calls queued in the block run together when it ends (not when it raises)."""
+        batch = Batch(self)
+        yield batch
+        batch.run()
+
+    def _table_area(self, size: int) -> int:
+        assert self.scratch is not None
+        if size > TABLE_ROOM:
+            raise RestoreError(f"a batch of {size} bytes of system calls: more than the "
+                               f"{TABLE_ROOM >> 20} MiB table area")
+        at = self.scratch + TABLE_GAP
+        if not self._table_mapped:
+            self.call(sc.MMAP, at, TABLE_ROOM, 3, 0x22 | MAP_NORESERVE | sc.MAP_FIXED_NOREPLACE,
+                      -1, 0, step="mapping the restorer's table area", address=at)
+            self._table_mapped = True
+        return at
+
+    def run_table(self, layout: restorer.Layout, entries: list[Entry]) -> list[int]:
+        """Run the entries written at `layout`; their results, up to the first failure."""
+        assert self.scratch is not None
+        run_to_trap = getattr(self.target, "run_to_trap", None)
+        if run_to_trap is None:
+            return self._step_table(layout, entries)
+        code = self.scratch + RESTORER_AT
+        self.target.write_registers({"rip": code, "rbx": layout.table, "r12": len(entries),
+                                     "r14": layout.results})
+        failed, end = code + restorer.FAILED, code + restorer.END
+        run_to_trap((failed - 1, end - 1))
+        after = self.target.read_registers(("rip", "r13"))
+        rip = after.get("rip", 0)
+        if rip in (end, end - 1):  # after the int3, or on it (a debugger's breakpoint)
+            ran = len(entries)
+        elif rip in (failed, failed - 1):
+            ran = after["r13"] + 1
+        else:
+            raise RestoreError(f"the restorer stopped at rip {rip:#x}, not at its end "
+                               f"({end:#x}): a signal arrived")
+        data = self.target.read_memory(layout.results, 8 * ran)
+        return list(struct.unpack(f"<{ran}Q", data))
+
+    def _step_table(self, layout: restorer.Layout, entries: list[Entry]) -> list[int]:
+        """The same, one single-step per entry (a Target without run_to_trap)."""
+        results: list[int] = []
+        for entry in entries:
+            args = []
+            for arg in entry.args:
+                imm, ref = layout.resolve(arg)
+                add = results[(ref - layout.results) // 8] if ref != layout.zero else 0
+                args.append(imm + add)
+            results.append(self.raw(entry.nr, *args))
+            if sc.is_error(results[-1]) and not entry.may_fail:
+                break
+        return results
+
+
+class Entry:
+    __slots__ = ("nr", "args", "may_fail", "step", "address")
+
+    def __init__(self, nr: int, args: tuple[int | restorer.Ref, ...], may_fail: bool,
+                 step: str, address: int | None) -> None:
+        self.nr, self.args, self.may_fail = nr, args, may_fail
+        self.step, self.address = step, address
+
+
+class Batch:
+    """System calls queued to run in one resume. call() and raw() return a Ref to the result
+    (an argument of later calls; Ref + n adds n), put() a Ref to data placed with the table.
+    After the run, value(ref) is the number and read(ref, n) the bytes."""
+
+    def __init__(self, injector: Injector) -> None:
+        self.injector = injector
+        self.entries: list[Entry] = []
+        self.data = bytearray()
+        self.results: list[int] | None = None
+        self.layout: restorer.Layout | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def call(self, nr: int, *args: int | restorer.Ref, step: str,
+             address: int | None = None) -> restorer.Ref:
+        """A call that must succeed: a failure stops the batch and raises, as Injector.call."""
+        self.entries.append(Entry(nr, args, False, step, address))
+        return restorer.Ref("result", len(self.entries) - 1)
+
+    def raw(self, nr: int, *args: int | restorer.Ref) -> restorer.Ref:
+        """A call that may fail (value() is then -errno as rax holds it)."""
+        self.entries.append(Entry(nr, args, True, "", None))
+        return restorer.Ref("result", len(self.entries) - 1)
+
+    def put(self, data: bytes, align: int = 16) -> restorer.Ref:
+        at = -(-len(self.data) // align) * align
+        self.data += bytes(at - len(self.data)) + data
+        return restorer.Ref("data", at)
+
+    def reserve(self, size: int, align: int = 16) -> restorer.Ref:
+        return self.put(bytes(size), align)
+
+    def put_string(self, text: str) -> restorer.Ref:
+        return self.put(text.encode() + b"\0", 1)
+
+    def run(self) -> None:
+        inj = self.injector
+        assert inj.scratch is not None and self.results is None
+        if not self.entries:
+            self.results = []
+            return
+        size = restorer.Layout(0, len(self.entries), len(self.data) + 64).size
+        base = inj.scratch + DATA_AT if DATA_AT + size <= SCRATCH_SIZE \
+            else inj._table_area(size)
+        # The data starts 16-aligned: aligned puts stay aligned in memory (xsave needs 64).
+        base = -(-base // 64) * 64
+        layout = self.layout = restorer.Layout(base, len(self.entries), len(self.data))
+        inj.target.write_memory(base, restorer.build(
+            layout, [(e.nr, e.args, e.may_fail) for e in self.entries], bytes(self.data)))
+        inj._data_used = 0  # the data pages may hold the table now
+        self.results = inj.run_table(layout, self.entries)
+        if len(self.results) < len(self.entries) or (
+                self.results and sc.is_error(self.results[-1])
+                and not self.entries[len(self.results) - 1].may_fail):
+            index = len(self.results) - 1
+            entry, result = self.entries[index], self.results[index]
+            where = f" at {entry.address:#x}" if entry.address is not None else ""
+            raise RestoreError(f"{entry.step}{where}: {sc.NAMES.get(entry.nr, entry.nr)} "
+                               f"failed: {sc.errno_text(result)}")
+
+    def value(self, ref: restorer.Ref) -> int:
+        assert self.results is not None and self.layout is not None
+        if ref.kind == "data":
+            return self.layout.data + ref.at + ref.add
+        return (self.results[ref.at] + ref.add) & restorer.MASK
+
+    def read(self, ref: restorer.Ref, size: int) -> bytes:
+        return self.injector.target.read_memory(self.value(ref), size)
 
 
 def pack_u64(*values: int) -> bytes:

@@ -18,7 +18,10 @@ from . import syscalls as sc
 from .errors import ImageError, RestoreError
 from .files import check_open_files, restore_open_files
 from .inject import (
+    RESERVED,
     SCRATCH_SIZE,
+    TABLE_GAP,
+    Batch,
     Injector,
     check_not_in_syscall_entry,
     free_area,
@@ -39,10 +42,11 @@ from .model import (
 )
 from .pagewrite import PageWriter, Progress, outside
 from .procfs import Mapping, parse_auxv, parse_maps, proc_file
+from .restorer import Ref
 from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from .safeio import executable_problem, kind_of
 from .state import vma_extra
-from .target import Target
+from .target import Target, counting
 from .threads import (
     check_threads,
     main_thread,
@@ -72,6 +76,7 @@ class RestoreReport:
     pages: int = 0
     seconds: float = 0.0
     page_seconds: float = 0.0
+    stops: int = 0  # debugger stops (single-steps and restorer runs) the restore took
     path: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -97,14 +102,14 @@ class RestorePlan:
     def __init__(self, target: Target, image: Image, via: str = "auto",
                  log: Log | None = None, progress: Progress | None = None,
                  accept_loss: bool = False) -> None:
-        self.target, self.image, self.via = target, image, via
+        self.target, self.image, self.via = counting(target), image, via
         # What the restore cannot bring back, found by the checks: refused unless accepted.
         self.losses: list[str] = []
         self.accept_loss = accept_loss
         self.progress = progress
         self.log = log or (lambda _msg: None)
         self.report = RestoreReport()
-        self.injector = Injector(target)
+        self.injector = Injector(self.target)
         self.pid = 0
         self.live: list[Mapping] = []
         self.vdso: VdsoMove | None = None  # made in check(), from the live mappings
@@ -157,7 +162,11 @@ class RestorePlan:
         self.vdso.check(self.report.warnings)
         taken = [(v.start, v.end) for v in self.image.vmas] + [(m.start, m.end)
                                                                  for m in self.live]
-        self.scratch = free_area(taken, SCRATCH_SIZE + self.vdso.size + PAGE_SIZE)
+        if SCRATCH_SIZE + self.vdso.size + PAGE_SIZE > TABLE_GAP:
+            raise RestoreError(f"this kernel's vDSO block is {self.vdso.size} bytes: more "
+                               "than the scratch area leaves room for")
+        # The scratch area, the vDSO parked after it, and the restorer's table area.
+        self.scratch = free_area(taken, RESERVED)
         self.parking = self.scratch + SCRATCH_SIZE + PAGE_SIZE
         self._check_losses()
 
@@ -179,7 +188,7 @@ class RestorePlan:
         self.report.warnings += [f"not restored: {loss}" for loss in self.losses]
 
     def _restore_states(self, phase: str) -> None:
-        for kind in state.KINDS:
+        for kind in sorted(state.KINDS, key=lambda k: k.order):
             if kind.phase == phase and kind.name in self.image.states:
                 self.injector.reset_data()
                 kind.restore(self, self.image.states[kind.name])
@@ -308,6 +317,7 @@ class RestorePlan:
             self._while_spinning(reload_process)
         select_stopped_thread(self)
         self.target.memory_changed()
+        self.report.stops = self.target.stops
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -324,61 +334,65 @@ class RestorePlan:
         while_spinning(self.target, action)
 
     def _unmap_everything(self) -> None:
-        assert self.vdso is not None
-        keep = [(self.scratch, self.parking + self.vdso.size)]
+        keep = [(self.scratch, self.scratch + RESERVED)]
         top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
         cursor = 0
-        for start, end in keep + [(top, top)]:
-            if start > cursor:
-                self.injector.call(sc.MUNMAP, cursor, start - cursor,
-                                   step="unmapping the inferior's memory", address=cursor)
-            cursor = max(cursor, end)
+        with self.injector.batch() as batch:
+            for start, end in keep + [(top, top)]:
+                if start > cursor:
+                    batch.call(sc.MUNMAP, cursor, start - cursor,
+                               step="unmapping the inferior's memory", address=cursor)
+                cursor = max(cursor, end)
 
     def _create_vmas(self) -> None:
-        inj = self.injector
         extra = vma_extra.entries(self)
         shared_done: set[int] = set()
-        for vma in sorted(self.image.vmas, key=lambda v: v.start):
-            if vma in self.vdso_block or vma.name in MOVABLE_NAMES or vma.start >= VSYSCALL_START:
-                continue
-            entry = extra.get(vma.start)
-            if entry is not None and entry.object:
-                vma_extra.create_shared(self, vma, entry, shared_done)
-                self.report.vmas += 1
-                continue
-            stack = _is_stack(self.image, vma) and not vma.is_file
-            flags = vma_extra.mmap_flags(vma, entry, stack) | MAP_FIXED
-            fd = -1
-            if vma.is_file:
-                inj.reset_data()
-                # Opened as the dumped process had it: a shared mapping that may become
-                # writable (VmFlags mw) needs the file open for writing.
-                writable = vma.is_shared and (vma.prot & PROT_WRITE or vma_extra.may_write(entry))
-                fd = inj.call(sc.OPEN, inj.put_string(vma.path),
-                              (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC
-                              | sc.O_NOBLOCK_NOTTY, 0,
-                              step=f"opening {vma.path}", address=vma.start)
-                flags &= ~MAP_ANONYMOUS
-            else:
-                flags |= MAP_ANONYMOUS
-            try:
-                got = inj.call(sc.MMAP, vma.start, vma.size, _mapped_prot(vma), flags, fd,
-                               vma.pgoff * PAGE_SIZE if fd >= 0 else 0,
-                               step=f"mapping {vma.label or 'anonymous memory'}",
-                               address=vma.start)
-            finally:
-                if fd >= 0:
-                    inj.raw(sc.CLOSE, fd)
-            if got != vma.start:
-                raise RestoreError(f"mapping {vma.label} landed at {got:#x}, not {vma.start:#x}")
+        mapped = []
+        vdso = {id(v) for v in self.vdso_block}
+        with self.injector.batch() as batch:
+            for vma in sorted(self.image.vmas, key=lambda v: v.start):
+                if id(vma) in vdso or vma.name in MOVABLE_NAMES \
+                        or vma.start >= VSYSCALL_START:
+                    continue
+                entry = extra.get(vma.start)
+                if entry is not None and entry.object:
+                    vma_extra.create_shared(self, vma, entry, shared_done)
+                    self.report.vmas += 1
+                    continue
+                mapped.append((vma, self._map_vma(batch, vma, entry)))
+        for vma, got in mapped:
+            if batch.value(got) != vma.start:
+                raise RestoreError(f"mapping {vma.label} landed at {batch.value(got):#x}, "
+                                   f"not {vma.start:#x}")
             self.report.vmas += 1
+
+    def _map_vma(self, batch: Batch, vma: Vma, entry: object) -> Ref:
+        """Queue the calls that map `vma` (a file's: open, mmap, close); the mmap's result."""
+        stack = _is_stack(self.image, vma) and not vma.is_file
+        flags = vma_extra.mmap_flags(vma, entry, stack) | MAP_FIXED
+        what = f"mapping {vma.label or 'anonymous memory'}"
+        if not vma.is_file:
+            return batch.call(sc.MMAP, vma.start, vma.size, _mapped_prot(vma),
+                              flags | MAP_ANONYMOUS, -1, 0, step=what, address=vma.start)
+        # Opened as the dumped process had it: a shared mapping that may become writable
+        # (VmFlags mw) needs the file open for writing.
+        writable = vma.is_shared and (vma.prot & PROT_WRITE or vma_extra.may_write(entry))
+        fd = batch.call(sc.OPEN, batch.put_string(vma.path or ""),
+                        (sc.O_RDWR if writable else sc.O_RDONLY) | sc.O_CLOEXEC
+                        | sc.O_NOBLOCK_NOTTY, 0, step=f"opening {vma.path}", address=vma.start)
+        got = batch.call(sc.MMAP, vma.start, vma.size, _mapped_prot(vma),
+                         flags & ~MAP_ANONYMOUS, fd, vma.pgoff * PAGE_SIZE, step=what,
+                         address=vma.start)
+        batch.raw(sc.CLOSE, fd)
+        return got
 
     def _protect_shared(self) -> None:
         """Shared memory was mapped writable for its pages: its own protection now."""
-        for vma in sorted(self.image.vmas, key=lambda v: v.start):
-            if _mapped_prot(vma) != vma.prot and vma not in self.vdso_block:
-                self.injector.call(sc.MPROTECT, vma.start, vma.size, vma.prot,
-                                   step="protecting shared memory", address=vma.start)
+        with self.injector.batch() as batch:
+            for vma in sorted(self.image.vmas, key=lambda v: v.start):
+                if _mapped_prot(vma) != vma.prot and vma not in self.vdso_block:
+                    batch.call(sc.MPROTECT, vma.start, vma.size, vma.prot,
+                               step="protecting shared memory", address=vma.start)
 
     def _write_pages(self) -> None:
         # The vDSO block is the live kernel's, moved into place: its stored pages stay out.
@@ -447,14 +461,13 @@ class RestorePlan:
         return (live.st_ino, live.st_dev) == (wanted.st_ino, wanted.st_dev)
 
     def _set_signals(self) -> None:
-        inj = self.injector
-        inj.reset_data()
-        for number, action in enumerate(self.image.sigactions, start=1):
-            if number in (sc.SIGKILL, sc.SIGSTOP) or number > sc.NSIG:
-                continue
-            record = pack_u64(action.handler, action.flags, action.restorer, action.mask)
-            inj.call(sc.RT_SIGACTION, number, inj.put(record), 0, 8,
-                     step=f"setting the handler of signal {number}")
+        with self.injector.batch() as batch:
+            for number, action in enumerate(self.image.sigactions, start=1):
+                if number in (sc.SIGKILL, sc.SIGSTOP) or number > sc.NSIG:
+                    continue
+                record = pack_u64(action.handler, action.flags, action.restorer, action.mask)
+                batch.call(sc.RT_SIGACTION, number, batch.put(record), 0, 8,
+                           step=f"setting the handler of signal {number}")
         self._set_altstack(self.main_thread)
 
     def _set_altstack(self, thread: Thread) -> None:
@@ -465,37 +478,43 @@ class RestorePlan:
                  step="setting the alternate signal stack", address=alt.sp)
 
     def _set_thread_state(self, thread: Thread | None = None) -> None:
-        """The selected thread's own state; by default the main thread's."""
+        """The selected thread's own state; by default the main thread's. Its system calls
+        run in one batch, then xrstor and the state kinds' per-thread calls."""
         inj, thread = self.injector, thread or self.main_thread
-        for i, desc in enumerate(thread.tls):
-            if desc:
-                inj.call(sc.SET_THREAD_AREA,
-                         inj.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
-                         step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
-        if thread.robust_list:
-            inj.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
-                     step="setting the robust futex list", address=thread.robust_list)
-        tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
-        if tid_at:
-            inj.raw(sc.SET_TID_ADDRESS, tid_at)
         # An image that records the registration (state kind "rseq") gets exactly it from
         # that kind's restore_thread; an older one, glibc's area as its libc would have it.
         image_rseq = None if "rseq" in self.image.states else self._image_rseq(thread)
-        if image_rseq is not None:
-            result = self._rseq(image_rseq, 0)
-            if sc.is_error(result):
-                self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
-                                            f"registered: {sc.errno_text(result)}")
+        # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
+        shown = self.target.read_registers(("fs_base", "gs_base"))
+        rseq: list[Ref] = []
+        with inj.batch() as batch:
+            for i, desc in enumerate(thread.tls):
+                if desc:
+                    batch.call(sc.SET_THREAD_AREA,
+                               batch.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
+                               step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
+            if thread.robust_list:
+                batch.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
+                           step="setting the robust futex list", address=thread.robust_list)
+            tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
+            if tid_at:
+                batch.raw(sc.SET_TID_ADDRESS, tid_at)
+            if image_rseq is not None:  # the lengths glibc registers with: 32, or larger
+                rseq = [batch.raw(RSEQ, image_rseq[0], length, 0, RSEQ_SIG)
+                        for length in dict.fromkeys((32, image_rseq[1]))]
+            for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
+                if name in thread.registers and name not in shown:
+                    batch.call(sc.ARCH_PRCTL, code, thread.registers[name],
+                               step=f"setting {name}")
+            batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, batch.put(pack_u64(thread.sigmask)),
+                       0, 8, step="setting the signal mask")
+        if rseq and all(sc.is_error(batch.value(r)) for r in rseq):
+            assert image_rseq is not None
+            self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
+                                        f"registered: {sc.errno_text(batch.value(rseq[-1]))}")
         if thread.xsave is not None:
             inj.reset_data()
             inj.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
-        # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
-        shown = self.target.read_registers(("fs_base", "gs_base"))
-        for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
-            if name in thread.registers and name not in shown:
-                inj.call(sc.ARCH_PRCTL, code, thread.registers[name], step=f"setting {name}")
-        inj.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, inj.put(pack_u64(thread.sigmask)), 0, 8,
-                 step="setting the signal mask")
         for kind in state.KINDS:
             if kind.restore_thread is not None and kind.name in self.image.states:
                 inj.reset_data()

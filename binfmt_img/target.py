@@ -57,3 +57,48 @@ class Target(Protocol):
 
     def memory_changed(self) -> None:
         """The address space was changed behind the debugger: drop its caches."""
+
+    def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
+        """Optional (without it: every batched system call is its own single-step). Resume
+        the selected thread alone, the others staying stopped, until it stops again: at one
+        of the int3s at `traps` (binfmt_img/restorer.py; rip then either on it or after it),
+        or for a signal."""
+
+
+# Every stop any CountingTarget asked for in this process (scripts/bench reads it from LLDB,
+# whose commands keep no report).
+TOTAL = {"stops": 0}
+
+
+class CountingTarget:
+    """A Target that counts the debugger stops it asks for (single-steps and runs to a trap),
+    passing everything else through: the figure scripts/bench prints."""
+
+    def __init__(self, target: Target) -> None:
+        self.inner = target
+        self.stops = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def step_instruction(self) -> None:
+        self.stops += 1
+        TOTAL["stops"] += 1
+        self.inner.step_instruction()
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self.inner)) | {"stops", "inner"})
+
+
+def counting(target: Target) -> CountingTarget:
+    """target wrapped in a CountingTarget; run_to_trap only when the target has it, so that
+    getattr(counted, "run_to_trap", None) tells as for the target itself."""
+    counted = CountingTarget(target)
+    inner_run = getattr(target, "run_to_trap", None)
+    if inner_run is not None:
+        def run_to_trap(traps: tuple[int, ...] = ()) -> None:
+            counted.stops += 1
+            TOTAL["stops"] += 1
+            inner_run(traps)
+        counted.run_to_trap = run_to_trap  # type: ignore[attr-defined]
+    return counted

@@ -82,8 +82,9 @@ class VdsoMove:
                 f"{(live_vdso.end - live_vdso.start) // PAGE_SIZE}: it was taken on another "
                 "kernel; its calls into the vDSO may fail")
         start, end = self._destination(), self._destination() + self.size
+        block = {id(v) for v in self.image_block}
         for vma in self.image.vmas:
-            if vma not in self.image_block and vma.start < end and start < vma.end:
+            if id(vma) not in block and vma.start < end and start < vma.end:
                 raise RestoreError(f"this kernel's vDSO data pages {start:#x}-{end:#x} would "
                                    f"overlap VMA {vma.start:#x}-{vma.end:#x} of the image")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import signal
 import sys
@@ -17,12 +16,13 @@ import gdb
 from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.outcome import failure_line
 from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
 
-from .target import GdbTarget, forget_detached, kill_started_here, machine_interface
+from .target import GdbTarget, forget_detached, gdb_quoted, kill_started_here, machine_interface
 
 
 class _ArgumentError(Exception):
@@ -59,12 +59,6 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
-def _gdb_quoted(path: str) -> str:
-    """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
-    no control characters (validated), so no second command can follow."""
-    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
-
-
 def _ensure_process(image: image_file.Image) -> bool:
     """With no live inferior, start the image's executable (or the program loaded in GDB,
     for an image that names none) stopped at its first instruction; True when it did."""
@@ -85,7 +79,7 @@ def _ensure_process(image: image_file.Image) -> bool:
                   gdb.STDERR)
         program = fallback
     if program != current:
-        gdb.execute(f"file {_gdb_quoted(program)}", to_string=True)
+        gdb.execute(f"file {gdb_quoted(program)}", to_string=True)
     gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
     if image.pid:  # GDB's fork (then the shell's exec) makes the inferior: the next task
         ask_next_pid(image.pid)
@@ -320,17 +314,10 @@ def _pass_on_again(number: int) -> None:
 
 
 def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
-    """The one line for a restore that did not finish: what happened and what state the
-    inferior is in. A process started for the restore is killed either way."""
-    what = "interrupted" if isinstance(error, KeyboardInterrupt) or str(error) == "Quit" \
-        else str(error)
+    """A process started for the restore is killed either way."""
     if started:
         gdb.execute("kill", to_string=True)
-    if not plan.changed:
-        return what + ("" if started else "; the inferior was not changed")
-    if started:
-        return f"{what}; the process started for the restore was half-restored and is killed"
-    return f"{what}; the inferior is half-restored and no longer usable: `kill` it"
+    return failure_line(error, plan.changed, started)
 
 
 class ImgDump(_ImgCommand):

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from binfmt_img.errors import RestoreError
 
-PTRACE_SINGLESTEP = 9
+PTRACE_CONT, PTRACE_SINGLESTEP = 7, 9
 PTRACE_GETREGS, PTRACE_SETREGS = 12, 13
 PTRACE_GETSIGINFO, PTRACE_SETSIGINFO = 0x4202, 0x4203
 PTRACE_GETSIGMASK, PTRACE_SETSIGMASK = 0x420A, 0x420B
@@ -117,3 +117,33 @@ def single_step(tid: int) -> None:
                 set_sigmask(tid, saved)
         except RestoreError:
             pass  # the thread is gone: nothing to put back
+
+
+def run_to_trap(tid: int) -> None:
+    """Thread `tid` alone runs (the others stay in their ptrace stops) until it stops: at an
+    int3 of the restorer (SIGTRAP), or at a fault the caller notices by where rip is.
+    Signals are held back as in single_step; one the restorer's own rt_sigprocmask lets
+    through is delivered as the kernel would (passed on at its delivery stop)."""
+    saved = get_sigmask(tid)
+    set_sigmask(tid, _ALL_BLOCKED)
+    deliver = 0
+    try:
+        while True:
+            _ptrace(PTRACE_CONT, tid, None, ctypes.c_long(deliver))
+            status = _wait(tid)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise RestoreError(f"thread {tid} ended while the restorer ran "
+                                   f"(wait status {status:#x})")
+            number, deliver = os.WSTOPSIG(status), 0
+            if number == signal.SIGTRAP or status >> 16:
+                return
+            if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+                return  # a fault in the restorer: the caller sees rip away from the traps
+            if number != signal.SIGSTOP:
+                deliver = number
+    finally:
+        try:
+            if get_sigmask(tid) == _ALL_BLOCKED:
+                set_sigmask(tid, saved)
+        except RestoreError:
+            pass

@@ -120,11 +120,6 @@ def _trampoline_site(pid: int, pc: int) -> int | None:
     return None
 
 
-def _quoted(path: str) -> str:
-    """A path as one argument of a GDB command (gdb_buildargv's escapes)."""
-    return re.sub(r"""([\\\s"'])""", r"\\\1", path)
-
-
 class GdbTarget:
     def __init__(self, exe_path: str | None = None) -> None:
         self.inferior = gdb.selected_inferior()
@@ -330,6 +325,24 @@ class GdbTarget:
             gdb.execute("maintenance flush register-cache", to_string=True)
         return True
 
+    def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
+        """Resume the selected thread alone (the commands set scheduler-locking on) until it
+        stops: at one of the restorer's int3s `traps`, or wherever a signal stopped it (the
+        core checks). Internal breakpoints on the int3s make the stop a breakpoint's, which
+        suppress-cli-notifications keeps quiet (a SIGTRAP's report it does not)."""
+        tid = self._native_tid()
+        if tid is not None:  # as the steps: behind GDB's back, signals held back
+            native.run_to_trap(tid)
+            self._stale = True
+            return
+        self._sync()
+        breakpoints = [gdb.Breakpoint(f"*{at:#x}", internal=True) for at in traps]
+        try:
+            gdb.execute("continue", to_string=True)
+        finally:
+            for breakpoint in breakpoints:
+                breakpoint.delete()
+
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()
         tids = sorted(t.ptid[1] for t in self.inferior.threads() if t.is_valid())
@@ -378,7 +391,7 @@ class GdbTarget:
         pid = self.inferior.pid
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
         if exe is not None:
-            gdb.execute(f"file {_quoted(exe)}", to_string=True)
+            gdb.execute(f"file {gdbgdb_quoted(exe)}", to_string=True)
         if self.is_local() and _vdso(pid) != self._vdso_before:
             linked = exe is not None and (os.path.realpath(f"/proc/{pid}/exe")
                                           == os.path.realpath(exe))
@@ -406,3 +419,9 @@ class GdbTarget:
             for name, value in saved.items():
                 gdb.execute(f"set {name} {value}", to_string=True)
         self.inferior = gdb.selected_inferior()
+
+
+def gdbgdb_quoted(path: str) -> str:
+    """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
+    no control characters (validated), so no second command can follow."""
+    return re.sub(r"""([\\\s"'])""", r"\\\1", path)

@@ -13,9 +13,24 @@ if _root not in sys.path:
     sys.path.insert(0, _root)
 
 
+def _add(debugger, flags: str, path: str, name: str) -> bool:
+    import lldb
+
+    result = lldb.SBCommandReturnObject()
+    debugger.GetCommandInterpreter().HandleCommand(
+        f"command script add -o {flags}-c {path} {name}", result)
+    return result.Succeeded()
+
+
 def __lldb_init_module(debugger, internal_dict: dict) -> None:  # the name LLDB calls
     from . import commands
 
+    try:  # LLDB 18+: parsed commands, with options LLDB knows (help, -h, completion)
+        from . import parsed
+    except ImportError:
+        parsed = None
     for command in commands.COMMANDS:
-        debugger.HandleCommand(f"command script add -o -C disk-file "
-                               f"-c {__name__}.commands.{command.__name__} {command.name}")
+        if parsed is not None and _add(debugger, "--parsed ", f"{__name__}.parsed.Parsed"
+                                       f"{command.__name__}", command.name):
+            continue
+        _add(debugger, "-C disk-file ", f"{__name__}.commands.{command.__name__}", command.name)

@@ -8,18 +8,22 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lldb
 
 from binfmt_img import elfcore, image_file, progress, report
 from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.model import PROT_EXEC, Image
+from binfmt_img.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.outcome import failure_line
+from binfmt_img.pids import ask_next_pid
 from binfmt_img.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 
 from .modules import sync_modules
+from .stop import stop_at_checkpoint
 from .target import LldbTarget
 
 
@@ -79,15 +83,126 @@ def _stopped_process(debugger: lldb.SBDebugger) -> lldb.SBProcess:
     return process
 
 
+def _auto_confirm(debugger: lldb.SBDebugger) -> bool:
+    value = debugger.GetInternalVariableValue("auto-confirm", debugger.GetInstanceName())
+    return value.GetSize() > 0 and value.GetStringAtIndex(0) == "true"
+
+
+def _confirmed(debugger: lldb.SBDebugger, question: str, yes: bool) -> bool:
+    """As LLDB's own confirmations (`process launch` over a live process): the default answer
+    (yes) in batch mode, with auto-confirm or with no terminal to ask on."""
+    if yes or _batch() or _auto_confirm(debugger) or not os.isatty(0):
+        return True
+    try:
+        answer = input(f"{question}: [Y/n] ")
+    except EOFError:
+        return True
+    return answer.strip().lower() in ("", "y", "yes")
+
+
+def _same_program(target: lldb.SBTarget, image: Image) -> bool:
+    current = target.GetExecutable().fullpath
+    try:
+        return image.exe_path is None or bool(current) and os.path.samefile(current,
+                                                                             image.exe_path)
+    except OSError:
+        return False
+
+
+def _replace_live(debugger: lldb.SBDebugger, image: Image, process: lldb.SBProcess,
+                  yes: bool) -> bool:
+    """A live process: confirmed, the image is restored into it when it runs the image's
+    program on one thread, else it is killed (True: start a new one)."""
+    _stopped_process(debugger)
+    if not _confirmed(debugger, "There is a running process, replace it with the image?",
+                      yes):
+        raise RestoreError("not confirmed: the running process is left as it was")
+    if process.GetNumThreads() == 1 and _same_program(process.GetTarget(), image):
+        return False
+    error = process.Kill()
+    if error.Fail():
+        raise RestoreError(f"killing the running process: {error.GetCString()}")
+    return True
+
+
+class _Tasks:
+    """How many tasks a launch creates up to the inferior, which is the last: LLDB starts
+    lldb-server, two threads of its own, lldb-server some thirty short-lived tasks, then it
+    forks the inferior (36 with lldb-19 here). Measured again at each launch that missed."""
+
+    count = 36
+
+
+def _in_use(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")  # a thread's tid too, though /proc lists no threads
+
+
+def _ask_pid(pid: int, tasks: int) -> int | None:
+    """Arrange that the `tasks`-th task created from now gets `pid`: the kernel gives each
+    new task the next free pid, so `tasks - 1` free pids are left below it. Returns the value
+    set as the last pid, None when it cannot be arranged."""
+    last, free = pid - 1, 0
+    while last > 1 and free < tasks - 1:
+        free += not _in_use(last)
+        last -= 1
+    return last if last > 1 and ask_next_pid(pid, pid - last) else None
+
+
+def _tasks_taken(last: int, got: int, free_before: set[int]) -> int:
+    return sum(1 for p in range(last + 1, got + 1) if p in free_before)
+
+
+def _launch_once(target: lldb.SBTarget) -> lldb.SBProcess:
+    # The target's launch info carries the user's settings (output-path, env, args); the
+    # SB launch also avoids the CLI's two-second wait after `process launch --stop-at-entry`.
+    # A fresh one each time: a launch uses up its file actions.
+    info = target.GetLaunchInfo()
+    info.SetLaunchFlags(info.GetLaunchFlags() | lldb.eLaunchFlagStopAtEntry)
+    error = lldb.SBError()
+    process = target.Launch(info, error)
+    if error.Fail():
+        raise RestoreError(f"launching {target.GetExecutable().fullpath}: "
+                           f"{error.GetCString()}")
+    return process
+
+
+def _launch(target: lldb.SBTarget, pid: int | None,
+            tries: int = 6) -> lldb.SBProcess:
+    """Launch, the process getting the checkpoint's pid where it may be arranged
+    (pids.ask_next_pid): a launch that missed it is killed and tried again, with the task
+    count it showed, a few times; then the restore warns of the other pid."""
+    for attempt in range(tries):
+        last = _ask_pid(pid, _Tasks.count) if pid else None
+        free = {p for p in range(last + 1, last + 4 * _Tasks.count)
+                if not _in_use(p)} if last is not None else set()
+        process = _launch_once(target)
+        got = process.GetProcessID()
+        if last is None or got == pid or attempt == tries - 1:
+            return process
+        _Tasks.count = max(1, _tasks_taken(last, got, free)) if got > last else _Tasks.count
+        if process.Kill().Fail():
+            return process
+    raise AssertionError("unreachable")
+
+
+def _launch_info_for(old: lldb.SBTarget, program: str) -> lldb.SBLaunchInfo:
+    """The old target's launch settings for another program: its arguments stay behind."""
+    info = old.GetLaunchInfo()
+    info.SetArguments([], False)
+    info.SetExecutableFile(lldb.SBFileSpec(program), True)
+    return info
+
+
 def _ensure_process(debugger: lldb.SBDebugger, image: Image,
-                    result: lldb.SBCommandReturnObject) -> lldb.SBProcess:
-    """With no live process, start the image's executable (or the target's program, for an
-    image that names none) stopped at its first instruction."""
+                    result: lldb.SBCommandReturnObject, yes: bool = False) -> lldb.SBProcess:
+    """With no live process (or one replaced), start the image's executable (or the target's
+    program, for an image that names none) stopped at its first instruction."""
     target = debugger.GetSelectedTarget()
     process = target.GetProcess()
     if process.IsValid() and process.GetState() not in (lldb.eStateExited,
                                                          lldb.eStateDetached):
-        return _stopped_process(debugger)
+        if not _replace_live(debugger, image, process, yes):
+            return process
     current = target.GetExecutable().fullpath if target.IsValid() else None
     program = image.exe_path
     problem = executable_problem(program) if program else None
@@ -99,47 +214,100 @@ def _ensure_process(debugger: lldb.SBDebugger, image: Image,
             raise RestoreError(f"{what}; create a target for the program first "
                                "(`target create PATH`), then img-restore")
         program = usable or "/bin/true"  # a v0 image restores into any process
-        result.AppendWarning(f"img-restore: {what}; restoring into {program}")
+        result.AppendWarning(f"{what}; restoring into {program}")
     error = lldb.SBError()
     if program != current:
+        old = target
         target = debugger.CreateTarget(program, None, None, True, error)
         if error.Fail():
             raise RestoreError(f"cannot debug {program}: {error.GetCString()}")
+        if old.IsValid():  # the user's settings (output-path, environment) carry over
+            target.SetLaunchInfo(_launch_info_for(old, program))
         debugger.SetSelectedTarget(target)
-    # The target's launch info carries the user's settings (output-path, env, args); the
-    # SB launch also avoids the CLI's two-second wait after `process launch --stop-at-entry`.
-    info = target.GetLaunchInfo()
-    info.SetLaunchFlags(info.GetLaunchFlags() | lldb.eLaunchFlagStopAtEntry)
-    process = target.Launch(info, error)
-    if error.Fail():
-        raise RestoreError(f"launching {program}: {error.GetCString()}")
-    result.AppendMessage(f"img-restore: started {program} (pid {process.GetProcessID()}) "
-                         "to restore into")
+    process = _launch(target, image.pid)
+    # Now, not with the result: the progress line that follows goes out while the command runs.
+    _say_now(debugger, result, f"img-restore: started {program} "
+                               f"(pid {process.GetProcessID()}) to restore into")
     return _stopped_process(debugger)
 
 
+def _say_now(debugger: lldb.SBDebugger, result: lldb.SBCommandReturnObject, text: str) -> None:
+    """One line on LLDB's output at once (the result is printed when the command ends)."""
+    out = debugger.GetOutputFile()
+    if out is not None and out.IsValid():
+        error, _ = out.Write(f"{text}\n".encode())
+        out.Flush()
+        if error.Success():
+            return
+    result.AppendMessage(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option, for both LLDB's parsed commands and the argparse fallback."""
+
+    short: str
+    long: str
+    help: str
+    choices: tuple[str, ...] = ()  # none: a flag
+
+    @property
+    def dest(self) -> str:
+        return self.long.replace("-", "_")
+
+    @property
+    def default(self) -> str | bool:
+        return self.choices[0] if self.choices else False
+
+
+HELP = Option("h", "help", "Show this command's help.")
+
+
 class _Command:
-    """What LLDB's `command script add -c` expects of a command class."""
+    """What LLDB's `command script add -c` expects of a raw command class (the fallback for an
+    LLDB without parsed commands: parsed.py wraps these for LLDB 18+)."""
 
     name = ""
     short_help = ""
+    argument = "FILE"  # the one positional argument, required
+    options: tuple[Option, ...] = ()
 
     def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
         self.parser = _Parser(prog=self.name, add_help=False)
+        self.parser.add_argument(self.argument.lower())
+        for option in self.options:
+            if option.choices:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         default=option.default, choices=option.choices)
+            else:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         action="store_true")
 
     def get_short_help(self) -> str:
         return self.short_help
 
-    def get_long_help(self) -> str:
-        # LLDB wraps the text itself: give it one line per paragraph.
+    def get_long_help(self, usage: bool = True) -> str:
+        """The docstring, its first line the usage (LLDB's parsed commands print their own
+        usage and options: usage=False); LLDB wraps the text itself: one line a paragraph."""
         paragraphs = (self.__doc__ or "").strip().split("\n\n")
+        if not usage:
+            paragraphs = ["", *paragraphs[1:]]
+        else:  # the raw fallback: the options are said here
+            paragraphs[0] = f"{self.short_help} Usage: {paragraphs[0]}"
+            paragraphs += [f"--{o.long} (-{o.short})"
+                           + (f" {'|'.join(o.choices)}" if o.choices else "") + f": {o.help}"
+                           for o in self.options]
         return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
     def __call__(self, debugger: lldb.SBDebugger, command: str, exe_ctx: lldb.SBExecutionContext,
                  result: lldb.SBCommandReturnObject) -> None:
+        self.run(debugger, lambda: self.parser.parse_args(shlex.split(command)), result)
+
+    def run(self, debugger: lldb.SBDebugger, parse: Callable[[], argparse.Namespace],
+            result: lldb.SBCommandReturnObject) -> None:
+        """Parse, then invoke; every error comes back as one line."""
         try:
-            args = self.parser.parse_args(shlex.split(command))
-            self.invoke(debugger, args, result)
+            self.invoke(debugger, parse(), result)
         except (_ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
             result.SetError(_one_line(f"{self.name}: {error}"))
         except Exception as error:  # a bug must still come back as one line, not a traceback
@@ -152,36 +320,38 @@ class _Command:
 
 
 class ImgRestore(_Command):
-    """Restore a process image into the inferior: img-restore FILE [--via auto|fast|debugger]
-[--progress]
+    """img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
 
 Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
 then leaves it stopped at the checkpoint with LLDB's modules set to the image's files at the
 image's addresses. With no live process, the image's executable (or /bin/true) is launched
-first, stopped at its first instruction. --via fast writes pages through /proc/PID/mem,
-debugger through LLDB; auto picks fast for a local process. --progress shows a progress line
-in batch mode too. State the restore cannot bring back (a pipe to another process, children,
-...) is listed and the restore refused; --accept-loss restores without it, one warning each.
-Accepts v0 and v1 images and ELF cores: a crash core stops at the faulting instruction with
-its signal raised again."""
+first, stopped at its first instruction; a live process is replaced after a confirmation
+(--yes, batch mode or auto-confirm answer it). State the restore cannot bring back (a pipe to
+another process, children, ...) is listed and the restore refused; --accept-loss restores
+without it, one warning each. Accepts v0 and v1 images and ELF cores: a crash core stops at
+the faulting instruction with its signal raised again."""
 
     name = "img-restore"
-    short_help = "Restore a process image into the inferior: img-restore FILE [--via ...]"
+    short_help = "Restore a process image into the inferior."
 
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        super().__init__(debugger, internal_dict)
-        self.parser.add_argument("file")
-        self.parser.add_argument("--via", default="auto", choices=("auto", "fast", "debugger"))
-        self.parser.add_argument("--progress", action="store_true")
-        self.parser.add_argument("--accept-loss", action="store_true")
+    options = (
+        Option("v", "via", "How pages are written: fast through /proc/PID/mem, debugger "
+               "through LLDB; auto picks fast for a local process.",
+               ("auto", "fast", "debugger")),
+        Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("a", "accept-loss", "Restore without the state that cannot come back, one "
+               "warning each, instead of refusing."),
+        Option("y", "yes", "Replace a live process without asking."),
+    )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load_any(_path(args.file), warn=lambda text: result.AppendMessage(
-            f"img-restore: warning: {text}"))
+        image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
         with _synchronous(debugger):
-            had_process = debugger.GetSelectedTarget().GetProcess().IsValid()
-            process = _ensure_process(debugger, image, result)
+            before = debugger.GetSelectedTarget().GetProcess()
+            before_pid = before.GetProcessID() if before.IsValid() else None
+            process = _ensure_process(debugger, image, result, args.yes)
+            had_process = process.GetProcessID() == before_pid
             target = process.GetTarget()
             plan = RestorePlan(LldbTarget(process), image, via=args.via,
                                progress=progress.on_stderr("img-restore", args.progress,
@@ -191,16 +361,21 @@ its signal raised again."""
                 try:
                     plan.check()
                     done = plan.run()
-                except (ImageError, RestoreError):
-                    if not had_process and not plan.changed:  # refused: no use for it
+                except (ImageError, RestoreError, KeyboardInterrupt) as error:
+                    if not had_process:  # refused or half-restored: no use for it
                         process.Kill()
-                    raise
+                    raise RestoreError(failure_line(error, plan.changed,
+                                                    not had_process)) from None
                 assert plan.progress is not None
                 plan.progress.finish()
                 warnings = done.warnings + sync_modules(target, image)
+            problem = stop_at_checkpoint(process, image)
+            LldbTarget(process).memory_changed()
+        if problem is not None:
+            warnings.append(problem)
         for warning in warnings:
-            result.AppendMessage(f"img-restore: warning: {warning}")
-        result.AppendMessage(f"img-restore: {done.vmas} VMAs, {done.pages} pages in "
+            result.AppendWarning(warning)
+        result.AppendMessage(f"img-restore: {_restored_counts(image, done.vmas, done.pages)} in "
                              f"{done.seconds:.2f} s via {done.path}")
         if image.signal is not None and elfcore.is_fault(image.signal):
             # A crash core: the faulting instruction runs again and raises the same signal,
@@ -216,11 +391,25 @@ its signal raised again."""
             result.AppendMessage(f"img-restore: {name} raised again at the faulting "
                                  f"instruction; not passed on (process handle {name} "
                                  "--pass true delivers it)")
+        if problem is None:
+            result.AppendMessage("img-restore: stopped at the checkpoint")
         # As `frame select 0` shows it; the interpreter's own context may predate the process.
         frame = lldb.SBCommandReturnObject()
         context = lldb.SBExecutionContext(process.GetSelectedThread().GetFrameAtIndex(0))
         debugger.GetCommandInterpreter().HandleCommand("frame select 0", context, frame, False)
         result.AppendMessage(frame.GetOutput().rstrip("\n"))
+
+
+def _restored_counts(image: Image, vmas: int, pages: int) -> str:
+    """What the restore mapped and wrote, said against the image's totals (img-dump's and
+    img-info's numbers): the vDSO block is the live kernel's, moved into place, not written."""
+    total_vmas, total_pages = len(image.vmas), image.page_count
+    text = f"{vmas} VMAs, {pages} pages"
+    if (vmas, pages) != (total_vmas, total_pages):
+        text = (f"{vmas} of the image's {total_vmas} VMAs mapped, {pages} of its "
+                f"{total_pages} pages written (the others are the kernel's: the vDSO block, "
+                "moved into place, and [vsyscall]; or a shared file's own pages)")
+    return text
 
 
 def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
@@ -236,20 +425,20 @@ def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
 
 
 class ImgDump(_Command):
-    """Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]
+    """img-dump FILE [--format v1|v0] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's.
 The process is left as it was and can be continued."""
 
     name = "img-dump"
-    short_help = "Write the stopped inferior to a process image: img-dump FILE [--format v0|v1]"
+    short_help = "Write the stopped inferior to a process image."
 
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        super().__init__(debugger, internal_dict)
-        self.parser.add_argument("file")
-        self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
-        self.parser.add_argument("--progress", action="store_true")
+    options = (
+        Option("f", "format", "The image format: v1, this project's, or v0, the seed's.",
+               tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
+        Option("P", "progress", "Show a progress line, in batch mode too."),
+    )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
@@ -265,26 +454,27 @@ The process is left as it was and can be continued."""
                 line.finish()
             inferior.memory_changed()
         for warning in plan.report.warnings:
-            result.AppendMessage(f"img-dump: warning: {warning}")
-        result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {plan.report.pages} pages, "
-                             f"{os.path.getsize(path)} bytes in "
+            result.AppendWarning(warning)
+        pages = plan.report.pages
+        result.AppendMessage(f"img-dump: {plan.report.vmas} VMAs, {pages} pages "
+                             f"({pages * PAGE_SIZE} bytes) in a file of "
+                             f"{os.path.getsize(path)} bytes, in "
                              f"{time.monotonic() - started:.2f} s")
 
 
 class ImgInfo(_Command):
-    """Describe a process image without changing anything: img-info FILE [--json] [--verify]
+    """img-info FILE [--json] [--verify]
 
-Prints the registers, mm fields, VMAs, signal handlers, threads and the code at rip; --json
-prints one JSON object instead; --verify checks every page run against its crc32 (v1)."""
+Describes a process image without changing anything: the registers, mm fields, VMAs, signal
+handlers, threads and the code at rip."""
 
     name = "img-info"
-    short_help = "Describe a process image: img-info FILE [--json] [--verify]"
+    short_help = "Describe a process image without changing anything."
 
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        super().__init__(debugger, internal_dict)
-        self.parser.add_argument("file")
-        self.parser.add_argument("--json", action="store_true")
-        self.parser.add_argument("--verify", action="store_true")
+    options = (
+        Option("j", "json", "Print one JSON object instead of text."),
+        Option("V", "verify", "Check every page run against its crc32 (v1 images)."),
+    )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:

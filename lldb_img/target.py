@@ -146,6 +146,24 @@ class LldbTarget:
             raise RestoreError(f"single-step stopped for another reason: "
                                f"{thread.GetStopDescription(200)}")
 
+    def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
+        """Resume the selected thread alone until it stops (at one of the restorer's int3s
+        `traps`, or for a signal: the core checks where). The commands run LLDB
+        synchronously."""
+        thread = self._thread()
+        others = [t for t in self.process if t.GetThreadID() != thread.GetThreadID()]
+        for other in others:  # only the restorer's thread runs
+            other.Suspend()
+        try:
+            error = self.process.Continue()
+        finally:
+            for other in others:
+                other.Resume()
+        state = self.process.GetState()
+        if error.Fail() or state != lldb.eStateStopped:
+            detail = error.GetCString() or lldb.SBDebugger.StateAsCString(state)
+            raise RestoreError(f"running the restorer failed: {detail}")
+
     def memory_changed(self) -> None:
         """LLDB drops its memory cache at every stop, but SBValue register writes leave the
         thread's unwound frames in place; a register write through the command interpreter

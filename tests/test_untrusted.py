@@ -4,15 +4,17 @@ command, opens no FIFO or device, and leaves a running inferior exactly as it wa
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cprogs import compile_program
+from cprogs import ROOT, compile_program
 from gdbmi import Gdb, GdbError
-from lldb_helpers import gdb_batch
+from lldb_helpers import gdb_batch, lldb_batch, lldb_missing
 from test_gdb_restore import dump_at_checkpoint
 
 from binfmt_img import image_file
@@ -236,3 +238,102 @@ def test_an_interrupted_dump_keeps_the_old_image_and_the_stop(good, tmp_path: Pa
     assert image.read_bytes() == before
     assert sorted(p.name for p in where.iterdir()) == ["app.img", "second.img"], text
     assert "exited normally" in text, text
+
+
+@pytest.mark.skipif(lldb_missing() is not None, reason=lldb_missing() or "")
+@pytest.mark.parametrize(("edit", "word"), [
+    (_set_register("rip", 0x0000900000000000), "canonical"),
+    (_garbage_xsave, "XSAVE"),
+    (lambda image: setattr(image, "exe_path", "/bin/x\nshell touch /tmp/nope"), "control"),
+])
+def test_refused_in_lldb_with_the_process_unchanged(good, tmp_path: Path, edit,
+                                                    word: str) -> None:
+    binary, good_image = good
+    bad = mutated(good_image, tmp_path / "bad.img", edit)
+    script = tmp_path / "commands.lldb"  # sourced so that the error does not end the batch
+    script.write_text(f"register read rip rsp rbp\nimg-restore {bad}\n"
+                      "register read rip rsp rbp\ncontinue\n")
+    done = lldb_batch("breakpoint set -n checkpoint", "run",
+                      f"command source -e false -c false {script}", program=binary)
+    text = done.stdout + done.stderr
+    errors = [line for line in text.splitlines() if "img-restore:" in line and word in line]
+    assert len(errors) == 1 and "Traceback" not in text, text
+    reads = re.findall(r"rip = .*\n.*rsp = .*\n.*rbp = .*", text)
+    assert len(reads) == 2 and reads[0] == reads[1], text
+    assert "exited with status = 0" in text, text
+
+
+INTERRUPTED_RESTORE = '''
+import gdb
+from binfmt_img import pagewrite
+real_done = pagewrite.PageWriter._done
+def interrupted(self, piece):
+    real_done(self, piece)
+    raise KeyboardInterrupt
+pagewrite.PageWriter._done = interrupted
+try:
+    gdb.execute("img-restore {image}")
+except gdb.error as error:
+    print("RESULT", error)
+pagewrite.PageWriter._done = real_done
+print("PID", gdb.selected_inferior().pid)
+'''
+
+
+def test_an_interrupted_restore_says_so_and_kills_the_process_it_started(
+        good, tmp_path: Path) -> None:
+    """Ctrl-C half way through the pages: one line saying the process was half-restored,
+    and the process img-restore started for it is gone."""
+    _, good_image = good
+    script = tmp_path / "script.py"
+    script.write_text(INTERRUPTED_RESTORE.format(image=str(good_image)))
+    done = gdb_batch(f"source {script}")
+    text = done.stdout + done.stderr
+    assert "RESULT img-restore: interrupted; the process started for the restore was " \
+           "half-restored and is killed" in text, text
+    assert "PID 0" in text, text
+
+
+def test_a_core_naming_a_fifo_does_not_block_img_info(good, tmp_path: Path) -> None:
+    """A core's NT_FILE note names the mapped files; one that is a FIFO is not opened."""
+    binary, _ = good
+    core = tmp_path / "core"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        gdb.until_stopped("run > /dev/null")
+        gdb.console(f"gcore {core}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    fifo = binary.parent / "hfif"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    core.write_bytes(core.read_bytes().replace(f"{binary}\0".encode(), f"{fifo}\0".encode()))
+    done = subprocess.run([str(ROOT / "scripts" / "img-info"), str(core)], capture_output=True,
+                          text=True, timeout=60)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert str(fifo) in done.stdout + done.stderr
+
+
+def test_an_executable_under_a_path_with_a_space(tmp_path: Path) -> None:
+    where = tmp_path / "my programs"
+    where.mkdir()
+    binary = compile_program("heap", where)
+    image = tmp_path / "heap.img"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        gdb.until_stopped(f"run > {tmp_path / 'part1'}")
+        gdb.console(f"img-dump {image}")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    gdb = Gdb()
+    try:
+        gdb.console(f"set args > {tmp_path / 'out'}")
+        gdb.console(f"img-restore {image}")
+        stop = gdb.until_stopped("continue")
+        assert stop.get("reason") == "exited-normally", stop
+    finally:
+        gdb.close()

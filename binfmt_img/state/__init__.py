@@ -13,7 +13,8 @@ changed yet (append to `plan.report.warnings`, or to `plan.losses` for state tha
 back: the restore is then refused unless the user accepts the loss), and `restore(plan,
 value)` in its phase: "process" (memory and signal handlers are in place, before the other
 threads exist), or "late" (every thread exists, just before the registers; timers go there so
-their remaining time starts as late as possible). `restore_thread(plan, value, thread)` runs
+their remaining time starts as late as possible; `order` sorts the kinds of a phase).
+`restore_thread(plan, value, thread)` runs
 for every thread of the image with that thread selected (main thread first).
 """
 
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 SECTION_BASE = 0x100  # v1 section type of kind id 0; ids are never reused
 PHASES = ("process", "late")
+# Signals are queued after everything else: one the process does not block is delivered by
+# the next step, which must be the restore's last.
+ORDER_MAKE, ORDER_LIMIT, ORDER_ARM, ORDER_QUEUE = 10, 80, 90, 99
 
 
 def _nothing(_plan: Any, _value: Any) -> None:
@@ -49,6 +53,9 @@ class Kind:
     restore_thread: Callable[[RestorePlan, Any, Thread], None] | None = None
     phase: str = "process"
     describe: Callable[[Any], str] | None = None  # one line for img-info
+    # Within a phase, lower runs first: descriptors made first, limits lowered once what
+    # they limit is in place, timers armed late, pending signals queued last (ORDER_*).
+    order: int = 50
 
     @property
     def section(self) -> int:

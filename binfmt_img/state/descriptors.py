@@ -29,7 +29,7 @@ from .. import fdkinds
 from ..errors import ImageError
 from ..fdkinds import Entry, Lost, Restorer, Seen, lost, stdio
 from ..files import FD_OTHER, STANDARD_FDS, read_open_files
-from . import Kind
+from . import ORDER_MAKE, Kind
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -198,4 +198,5 @@ def _describe(value) -> str:  # noqa: ANN001
 
 
 KIND = Kind(id=ID, name="descriptors", record=Record, dump=dump, check=check, restore=restore,
-            phase="late", describe=_describe)
+            phase="late", describe=_describe,
+            order=ORDER_MAKE)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from construct import Array, Int64ul, Struct
 
-from . import Kind
+from . import ORDER_ARM, Kind
 from .pending_signals import stack_for_handlers
 
 if TYPE_CHECKING:
@@ -80,4 +80,5 @@ def describe(value) -> str:
 
 
 KIND = Kind(id=22, name="itimers", record=Record, dump=dump, restore=restore, check=check,
-            phase="late", describe=describe)
+            phase="late", describe=describe,
+            order=ORDER_ARM + 1)

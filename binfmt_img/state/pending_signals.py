@@ -34,7 +34,7 @@ from construct import Bytes, Int32ul, PrefixedArray, Struct
 from .. import ptrace
 from .. import syscalls as sc
 from ..errors import RestoreError
-from . import Kind
+from . import ORDER_QUEUE, Kind
 
 if TYPE_CHECKING:
     from ..dump import DumpPlan
@@ -279,4 +279,5 @@ def describe(value) -> str:
 
 
 KIND = Kind(id=20, name="pending_signals", record=Record, dump=dump, restore=restore,
-            check=check, restore_thread=restore_thread, phase="late", describe=describe)
+            check=check, restore_thread=restore_thread, phase="late", describe=describe,
+            order=ORDER_QUEUE)

@@ -26,7 +26,7 @@ from construct import Int32sl, Int32ul, Int64sl, Int64ul, PrefixedArray, Struct
 from .. import syscalls as sc
 from ..errors import RestoreError
 from ..procfs import proc_file
-from . import Kind
+from . import ORDER_ARM, Kind
 from .pending_signals import signal_name, stack_for_handlers
 
 if TYPE_CHECKING:
@@ -210,4 +210,5 @@ def describe(value) -> str:
 
 
 KIND = Kind(id=21, name="posix_timers", record=Record, dump=dump, restore=restore,
-            check=check, phase="late", describe=describe)
+            check=check, phase="late", describe=describe,
+            order=ORDER_ARM)

@@ -22,7 +22,7 @@ from construct import Int32ul, Int64ul, PrefixedArray, Struct
 from .. import syscalls as sc
 from ..errors import RestoreError
 from ..procfs import proc_file
-from . import Kind
+from . import ORDER_LIMIT, Kind
 from ._proc import CAP_SYS_RESOURCE, has_capability, inferior_status
 
 if TYPE_CHECKING:
@@ -173,4 +173,5 @@ def describe(value) -> str:
 
 
 KIND = Kind(id=31, name="rlimits", record=Record, dump=dump, check=check, restore=restore,
-            restore_thread=raise_limits, phase="late", describe=describe)
+            restore_thread=raise_limits, phase="late", describe=describe,
+            order=ORDER_LIMIT)

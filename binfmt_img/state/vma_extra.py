@@ -13,6 +13,7 @@ replays the madvise state, mlock, and mseal last.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from construct import Int8ul, Int32ul, Int64ul, PascalString, PrefixedArray, Str
 
 from .. import syscalls as sc
 from ..errors import RestoreError
-from ..inject import free_area
+from ..inject import RESERVED, free_area
 from ..model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -70,6 +71,7 @@ MADVICE = {"sr": ("MADV_SEQUENTIAL", 2), "rr": ("MADV_RANDOM", 1),
            "hg": ("MADV_HUGEPAGE", 14), "nh": ("MADV_NOHUGEPAGE", 15),
            "wf": ("MADV_WIPEONFORK", 18), "mg": ("MADV_MERGEABLE", 12)}
 MADV_GUARD_INSTALL = 102
+ACTED_ON = frozenset(MADVICE) | {"lo", "sl"}  # the codes restore() acts on
 MADVISE, MLOCK, MLOCK2, MSEAL = 28, 149, 325, 462
 MEMFD_CREATE, FTRUNCATE, FCNTL = 319, 77, 72
 F_DUPFD_CLOEXEC = 1030
@@ -125,8 +127,19 @@ def entries(plan: RestorePlan) -> dict[int, object]:
     return cached
 
 
-def codes(entry) -> set[str]:
-    return set(entry.vmflags.split()) if entry is not None else set()
+def codes(entry) -> frozenset[str]:
+    return _codes(entry.vmflags) if entry is not None else frozenset()
+
+
+@functools.lru_cache(maxsize=1024)
+def _codes(vmflags: str) -> frozenset[str]:
+    """Cached: most VMAs of a process share one of a few VmFlags lines."""
+    return frozenset(vmflags.split())
+
+
+@functools.lru_cache(maxsize=1024)
+def _well_formed(vmflags: str) -> bool:
+    return all(CODE.fullmatch(c) for c in vmflags.split())
 
 
 def mmap_flags(vma: Vma, entry, is_stack: bool) -> int:
@@ -223,7 +236,7 @@ def _create_by_remap(plan: RestorePlan, entry, members: list[tuple[Vma, object]]
     inj = plan.injector
     size = _extent(members)
     taken = [(v.start, v.end) for v in plan.image.vmas] + [(m.start, m.end) for m in plan.live]
-    taken.append((plan.scratch, plan.parking + (plan.vdso.size if plan.vdso else 0)))
+    taken.append((plan.scratch, plan.scratch + RESERVED))
     whole = free_area(taken, size)
     what = OBJECT_WORDS[entry.object]
     if entry.object == ANON:
@@ -280,14 +293,17 @@ def check(plan: RestorePlan, value) -> None:
             plan.report.warnings.append(
                 f"SysV shared memory at {vma.start:#x} (key {e.key:#x}) comes back as a new "
                 "private segment: its key and shmid are not the dumped ones")
-    for code in sorted({c for e in value.vmas for c in codes(e)} & {"ss", "um", "uw", "ui"}):
+    lines = {e.vmflags for e in value.vmas}
+    for code in sorted({c for line in lines for c in _codes(line)} & {"ss", "um", "uw", "ui"}):
         plan.report.warnings.append(f"VmFlags {code} (shadow stack or userfaultfd "
                                     "registration) is not restored")
 
 
 def _check_entry(vma: Vma, e) -> None:
+    if _well_formed(e.vmflags) and not e.object and not e.guards and not e.pgoff:
+        return  # the common case, fast: tens of thousands of VMAs are checked
     span = f"VMA {vma.start:#x}-{vma.end:#x}"
-    if not all(CODE.fullmatch(c) for c in e.vmflags.split()):
+    if not _well_formed(e.vmflags):
         raise RestoreError(f"vma_extra state of {span}: VmFlags {e.vmflags[:40]!r} are not "
                            "two-letter codes")
     if e.object not in OBJECT_WORDS and e.object != NO_OBJECT:
@@ -313,42 +329,44 @@ def _check_entry(vma: Vma, e) -> None:
 
 def restore(plan: RestorePlan, value) -> None:
     by_start = {v.start: v for v in plan.image.vmas}
-    todo = [(by_start[e.start], e) for e in value.vmas
-            if by_start[e.start].name not in NOT_TOUCHED
-            and by_start[e.start] not in plan.vdso_block]
-    for vma, e in todo:
-        for g in e.guards:
-            _advise(plan, g.start, g.count * PAGE_SIZE, "MADV_GUARD_INSTALL",
-                    MADV_GUARD_INSTALL)
-        for code in sorted(codes(e) & MADVICE.keys()):
-            _advise(plan, vma.start, vma.size, *MADVICE[code])
-        _lock(plan, vma, codes(e))
-    for vma, e in todo:  # sealing last: a sealed VMA refuses every later change
-        if "sl" in codes(e):
-            result = plan.injector.raw(MSEAL, vma.start, vma.size, 0)
-            if sc.is_error(result):
-                plan.report.warnings.append(f"VMA {vma.start:#x}-{vma.end:#x} was sealed "
-                                            f"(mseal) and is not now: {sc.errno_text(result)}")
+    vdso = {id(v) for v in plan.vdso_block}
+    todo = [(vma, e) for e in value.vmas if (vma := by_start[e.start]).name not in NOT_TOUCHED
+            and id(vma) not in vdso and (e.guards or codes(e) & ACTED_ON)]
+    # (result, the warning should it fail) for every call, all run in one batch
+    checks: list[tuple[object, str]] = []
+    with plan.injector.batch() as batch:
+        for vma, e in todo:
+            for g in e.guards:
+                size = g.count * PAGE_SIZE
+                checks.append((batch.raw(MADVISE, g.start, size, MADV_GUARD_INSTALL),
+                               f"MADV_GUARD_INSTALL on {g.start:#x}-{g.start + size:#x} "
+                               "was refused"))
+            for code in sorted(codes(e) & MADVICE.keys()):
+                name, advice = MADVICE[code]
+                checks.append((batch.raw(MADVISE, vma.start, vma.size, advice),
+                               f"{name} on {vma.start:#x}-{vma.end:#x} was refused"))
+            _lock(batch, vma, codes(e), checks)
+        for vma, e in todo:  # sealing last: a sealed VMA refuses every later change
+            if "sl" in codes(e):
+                checks.append((batch.raw(MSEAL, vma.start, vma.size, 0),
+                               f"VMA {vma.start:#x}-{vma.end:#x} was sealed (mseal) and is "
+                               "not now"))
+    for ref, text in checks:
+        result = batch.value(ref)
+        if sc.is_error(result):
+            plan.report.warnings.append(f"{text}: {sc.errno_text(result)}" + (
+                " (RLIMIT_MEMLOCK, or CAP_IPC_LOCK, limits it)" if "mlock" in text else ""))
 
 
-def _advise(plan: RestorePlan, start: int, size: int, name: str, advice: int) -> None:
-    result = plan.injector.raw(MADVISE, start, size, advice)
-    if sc.is_error(result):
-        plan.report.warnings.append(f"{name} on {start:#x}-{start + size:#x} was refused: "
-                                    f"{sc.errno_text(result)}")
-
-
-def _lock(plan: RestorePlan, vma: Vma, flags: set[str]) -> None:
+def _lock(batch, vma: Vma, flags: set[str], checks: list) -> None:
     if "lo" not in flags:
         return
     if "lf" in flags:
-        result = plan.injector.raw(MLOCK2, vma.start, vma.size, MLOCK_ONFAULT)
+        result = batch.raw(MLOCK2, vma.start, vma.size, MLOCK_ONFAULT)
     else:
-        result = plan.injector.raw(MLOCK, vma.start, vma.size)
-    if sc.is_error(result):
-        plan.report.warnings.append(
-            f"{vma.start:#x}-{vma.end:#x} was locked in memory (mlock) and is not now: "
-            f"{sc.errno_text(result)} (RLIMIT_MEMLOCK, or CAP_IPC_LOCK, limits it)")
+        result = batch.raw(MLOCK, vma.start, vma.size)
+    checks.append((result, f"{vma.start:#x}-{vma.end:#x} was locked in memory (mlock) and "
+                           "is not now"))
 
 
 def describe(value) -> str:

@@ -1,0 +1,95 @@
+"""The commands as LLDB 18+ parsed commands (`command script add --parsed`): LLDB parses the
+options from their definitions, so `help img-restore` lists them, `-h` works and options and
+file names complete. Imported only where lldb.plugins.parsed_cmd exists."""
+
+from __future__ import annotations
+
+import argparse
+
+import lldb
+from lldb.plugins.parsed_cmd import ParsedCommand
+
+from . import commands
+from .commands import HELP, Option
+
+
+def _problem(command: type[commands._Command], options: tuple[Option, ...],
+             values: dict[str, object], args: list[str]) -> str | None:
+    """What argparse would refuse; LLDB checks neither enum values (ours are kept raw, for a
+    message naming the choices) nor the argument count."""
+    for option in options:
+        if option.choices and values[option.dest] not in option.choices:
+            return (f"argument --{option.long}/-{option.short}: invalid choice: "
+                    f"{values[option.dest]!r} (choose from {', '.join(option.choices)})")
+    if not args:
+        return f"the following arguments are required: {command.argument.lower()}"
+    if len(args) > 1:
+        return f"unrecognized arguments: {' '.join(args[1:])}"
+    return None
+
+
+def _parsed(command: type[commands._Command]) -> type:
+    options = command.options + (HELP,)
+
+    class Parsed(ParsedCommand):
+        __doc__ = command.__doc__
+
+        def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
+            self.command = command(debugger, internal_dict)
+            super().__init__(debugger, internal_dict)
+
+        def setup_command_definition(self) -> None:
+            parser = self.get_parser()
+            for option in options:
+                if option.choices:
+                    parser.add_option(option.short, option.long, option.help, option.default,
+                                      dest=option.dest, value_type=lldb.eArgTypeValue,
+                                      enum_values=[[c, c] for c in option.choices])
+                else:
+                    parser.add_option(option.short, option.long, option.help, False,
+                                      dest=option.dest)
+                    # No value type: LLDB makes it a flag that takes no argument.
+                    del parser.options_dict[option.long]["value_type"]
+            parser.add_argument_set([parser.make_argument_element(lldb.eArgTypeFilename,
+                                                                  "plain")])
+
+        def set_option_value(self, exe_ctx: lldb.SBExecutionContext, name: str,
+                             value: str) -> bool:
+            option = next((o for o in options if o.long == name), None)
+            if option is None:
+                return False
+            parser = self.get_parser()
+            object.__setattr__(parser, option.dest, value if option.choices else True)
+            parser.options_dict[name]["_value_set"] = True
+            return True
+
+        def get_short_help(self) -> str:
+            return self.command.get_short_help()
+
+        def get_long_help(self) -> str:
+            return self.command.get_long_help(usage=False)
+
+        def __call__(self, debugger: lldb.SBDebugger, args: lldb.SBStringList,
+                     exe_ctx: lldb.SBExecutionContext,
+                     result: lldb.SBCommandReturnObject) -> None:
+            parser = self.get_parser()
+            if getattr(parser, HELP.dest, False):
+                debugger.GetCommandInterpreter().HandleCommand(f"help {command.name}", result)
+                return
+            values = {o.dest: getattr(parser, o.dest) for o in command.options}
+            positional = [str(arg) for arg in args]
+
+            def parse() -> argparse.Namespace:
+                problem = _problem(command, command.options, values, positional)
+                if problem is not None:
+                    raise commands._ArgumentError(problem)
+                return argparse.Namespace(**values, **{command.argument.lower(): positional[0]})
+
+            self.command.run(debugger, parse, result)
+
+    Parsed.__name__ = Parsed.__qualname__ = f"Parsed{command.__name__}"
+    return Parsed
+
+
+PARSED = tuple(_parsed(command) for command in commands.COMMANDS)
+globals().update({p.__name__: p for p in PARSED})
