@@ -391,7 +391,7 @@ class GdbTarget:
         pid = self.inferior.pid
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None
         if exe is not None:
-            gdb.execute(f"file {gdbgdb_quoted(exe)}", to_string=True)
+            gdb.execute(f"file {gdb_quoted(exe)}", to_string=True)
         if self.is_local() and _vdso(pid) != self._vdso_before:
             linked = exe is not None and (os.path.realpath(f"/proc/{pid}/exe")
                                           == os.path.realpath(exe))
@@ -421,7 +421,7 @@ class GdbTarget:
         self.inferior = gdb.selected_inferior()
 
 
-def gdbgdb_quoted(path: str) -> str:
+def gdb_quoted(path: str) -> str:
     """A path as one argument of a GDB command (gdb_buildargv's escapes). Image paths hold
     no control characters (validated), so no second command can follow."""
     return re.sub(r"""([\\\s"'])""", r"\\\1", path)
