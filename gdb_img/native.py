@@ -129,7 +129,7 @@ def run_to_trap(tid: int) -> None:
     deliver = 0
     try:
         while True:
-            _ptrace(PTRACE_CONT, tid, None, ctypes.c_long(deliver))
+            _ptrace(PTRACE_CONT, tid, None, deliver or None)
             status = _wait(tid)
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 raise RestoreError(f"thread {tid} ended while the restorer ran "

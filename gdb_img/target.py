@@ -333,6 +333,9 @@ class GdbTarget:
         tid = self._native_tid()
         if tid is not None:  # as the steps: behind GDB's back, signals held back
             native.run_to_trap(tid)
+            regs = native.get_regs(tid)
+            if regs["rip"] - 1 in traps:  # on the int3, as a debugger's breakpoint stop is
+                native.set_regs(tid, {**regs, "rip": regs["rip"] - 1})
             self._stale = True
             return
         self._sync()
