@@ -190,7 +190,11 @@ class _ImgCommand(gdb.Command):
 
     def __init__(self) -> None:
         super().__init__(self.name.replace("-", " ", 1), self.category)  # complete() below
-        gdb.execute(f"alias {self.name} = {self.name.replace('-', ' ', 1)}", to_string=True)
+        try:
+            gdb.execute(f"alias {self.name} = {self.name.replace('-', ' ', 1)}",
+                        to_string=True)
+        except gdb.error:
+            pass  # the plugin loaded a second time (from ~/.gdbinit and by hand): it exists
         self.parser = _Parser(prog=self.name, add_help=False)
         self.parser.add_argument("file", nargs="*" if self.file_optional else "+")
 
