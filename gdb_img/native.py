@@ -121,29 +121,21 @@ def single_step(tid: int) -> None:
 
 def run_to_trap(tid: int) -> None:
     """Thread `tid` alone runs (the others stay in their ptrace stops) until it stops: at an
-    int3 of the restorer (SIGTRAP), or at a fault the caller notices by where rip is.
-    Signals are held back as in single_step; one the restorer's own rt_sigprocmask lets
-    through is delivered as the kernel would (passed on at its delivery stop)."""
-    saved = get_sigmask(tid)
-    set_sigmask(tid, _ALL_BLOCKED)
+    int3 of the restorer (SIGTRAP), or at a fault the caller notices by where rip is. The
+    mask is left as it is: the restorer reads and sets it itself (a dump's batch reads it,
+    a restore's sets it), which holding signals back as single_step does would falsify. A
+    signal that arrives meanwhile is delivered as the kernel would (passed on at its stop)."""
     deliver = 0
-    try:
-        while True:
-            _ptrace(PTRACE_CONT, tid, None, deliver or None)
-            status = _wait(tid)
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                raise RestoreError(f"thread {tid} ended while the restorer ran "
-                                   f"(wait status {status:#x})")
-            number, deliver = os.WSTOPSIG(status), 0
-            if number == signal.SIGTRAP or status >> 16:
-                return
-            if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
-                return  # a fault in the restorer: the caller sees rip away from the traps
-            if number != signal.SIGSTOP:
-                deliver = number
-    finally:
-        try:
-            if get_sigmask(tid) == _ALL_BLOCKED:
-                set_sigmask(tid, saved)
-        except RestoreError:
-            pass
+    while True:
+        _ptrace(PTRACE_CONT, tid, None, deliver or None)
+        status = _wait(tid)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            raise RestoreError(f"thread {tid} ended while the restorer ran "
+                               f"(wait status {status:#x})")
+        number, deliver = os.WSTOPSIG(status), 0
+        if number == signal.SIGTRAP or status >> 16:
+            return
+        if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+            return  # a fault in the restorer: the caller sees rip away from the traps
+        if number != signal.SIGSTOP:
+            deliver = number
