@@ -121,6 +121,7 @@ def check_restorable(image: Image) -> None:
     if auxv_pairs > KERNEL_AUXV:
         raise ImageError(f"auxiliary vector of {auxv_pairs} entries; the kernel keeps at "
                          f"most {KERNEL_AUXV} (prctl PR_SET_MM_MAP refuses more)")
+    _check_auxv(image)
     for vma in image.vmas:
         span = f"VMA {vma.start:#x}-{vma.end:#x}"
         if vma.is_file and vma.pgoff * PAGE_SIZE + vma.size > MAX_FILE_OFFSET:
@@ -224,3 +225,34 @@ def _check_mm(image: Image) -> None:
         a, b = mm[first], mm[second]
         if a > b or (a == b and not equal_ok):
             raise ImageError(f"mm fields out of order: {first} {a:#x}, {second} {b:#x}")
+
+
+# auxv entries that hold addresses in the process (AT_PHDR, AT_BASE, AT_ENTRY, AT_PLATFORM,
+# AT_BASE_PLATFORM, AT_RANDOM, AT_EXECFN, AT_SYSINFO_EHDR): the debugger reads the program
+# and its libraries from them after the restore.
+AUXV_ADDRESSES = (3, 7, 9, 15, 24, 25, 31, 33)
+AT_NULL, AT_PAGESZ = 0, 6
+AUXV_NEEDED = ((3, "AT_PHDR"), (6, "AT_PAGESZ"), (9, "AT_ENTRY"))
+
+
+def _check_auxv(image: Image) -> None:
+    """The auxiliary vector as the kernel makes it: known types, each once, AT_NULL last,
+    the page size, and addresses inside the image's memory."""
+    seen: set[int] = set()
+    spans = sorted((v.start, v.end) for v in image.vmas)
+    starts = [start for start, _ in spans]
+    for i, (kind, value) in enumerate(image.auxv):
+        if kind >= 64 or kind in seen or (kind == AT_NULL and i != len(image.auxv) - 1):
+            raise ImageError(f"auxiliary vector entry {i}: type {kind} is unknown, repeated "
+                             "or a terminator before the end")
+        seen.add(kind)
+        if kind == AT_PAGESZ and value != PAGE_SIZE:
+            raise ImageError(f"auxiliary vector: page size {value}, not {PAGE_SIZE}")
+        if kind in AUXV_ADDRESSES and value:
+            at = bisect.bisect_right(starts, value) - 1
+            if at < 0 or value >= spans[at][1]:
+                raise ImageError(f"auxiliary vector: entry type {kind} points at {value:#x}, "
+                                 "outside the image's memory")
+    missing = [name for kind, name in AUXV_NEEDED if kind not in seen]
+    if image.auxv and missing:  # the kernel gives every program these; debuggers need them
+        raise ImageError(f"auxiliary vector without {', '.join(missing)}")

@@ -288,14 +288,18 @@ confirm off` answer it); one with several threads is killed and a fresh one star
             gdb.write(f"img-restore: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
-        if image.signal is not None and elfcore.is_fault(image.signal):
-            _fault_again(report.signal_name(image.signal.number), from_tty)
-        else:
-            siginfo = _checkpoint_siginfo(image)
-            if not target.stop_at_checkpoint(from_tty, siginfo):
-                gdb.execute("frame", from_tty)
-            elif siginfo is not None:
-                _pass_on_again(stop_reason.signal_number(siginfo))
+        try:
+            if image.signal is not None and elfcore.is_fault(image.signal):
+                _fault_again(report.signal_name(image.signal.number), from_tty)
+            else:
+                siginfo = _checkpoint_siginfo(image)
+                if not target.stop_at_checkpoint(from_tty, siginfo):
+                    gdb.execute("frame", from_tty)
+                elif siginfo is not None:
+                    _pass_on_again(stop_reason.signal_number(siginfo))
+        except gdb.error as error:
+            raise RestoreError(f"the process is restored, but GDB could not show its stop: "
+                               f"{error}") from None
 
 
 def _checkpoint_siginfo(image: image_file.Image) -> bytes | None:
