@@ -22,7 +22,8 @@ PEEK_BATCH = 32
 
 
 @lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
+    """libc with ptrace's prototype (the GDB adapter's native steps use it too)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace.restype = ctypes.c_long
     libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
@@ -41,7 +42,7 @@ def available(target: Target) -> bool:
 def _ptrace(request: int, tid: int, addr: object, data: object, what: str) -> int:
     """One request; a failure (ESRCH: this process is not the tracer after all, EIO: a
     kernel without the request) raises Unavailable."""
-    result = _libc().ptrace(request, tid, addr, data)
+    result = libc().ptrace(request, tid, addr, data)
     if result < 0:
         code = ctypes.get_errno()
         raise Unavailable(f"{what} of thread {tid}: ptrace failed: {os.strerror(code)}")

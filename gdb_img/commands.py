@@ -312,7 +312,7 @@ def _checkpoint_siginfo(image: image_file.Image) -> bytes | None:
 def _pass_on_again(number: int) -> None:
     """The checkpoint stopped for a signal GDB passes on at the next resume: queue it so
     (its siginfo is already the thread's), as `continue` from the live stop would have."""
-    if number == signal.SIGTRAP:
+    if number == signal.SIGTRAP or not 0 < number <= 64:  # the image's word: a real signal
         return
     name = signal.Signals(number).name if number < 32 else f"SIG{number}"
     try:

@@ -13,9 +13,9 @@ import ctypes
 import os
 import signal
 import struct
-from functools import lru_cache
 
 from binfmt_img.errors import RestoreError
+from binfmt_img.ptrace import libc
 
 PTRACE_CONT, PTRACE_SINGLESTEP = 7, 9
 PTRACE_GETREGS, PTRACE_SETREGS = 12, 13
@@ -34,16 +34,8 @@ _ALL_BLOCKED = ((1 << 64) - 1) & ~sum(1 << (s - 1) for s in (signal.SIGKILL, sig
                                                              signal.SIGTRAP))
 
 
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.ptrace.restype = ctypes.c_long
-    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
-    return libc
-
-
 def _ptrace(request: int, tid: int, addr: int | None, data: object) -> None:
-    if _libc().ptrace(request, tid, addr, data) < 0:
+    if libc().ptrace(request, tid, addr, data) < 0:
         code = ctypes.get_errno()
         raise RestoreError(f"ptrace request {request:#x} on thread {tid}: {os.strerror(code)}")
 
