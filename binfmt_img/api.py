@@ -17,9 +17,9 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import image_file, report, symbols
-from .errors import ImageError
-from .model import PAGE_SIZE, Image, PageRun, Thread, Vma, prot_text
+from binfmt_img.errors import ImageError
+from binfmt_img.formats import image_file, report, symbols
+from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun, Thread, Vma, prot_text
 
 __all__ = ["Image", "ImageDiff", "ImageError", "PageRun", "Thread", "Vma", "diff",
            "disassemble", "load", "pages", "perms", "read", "read_u64", "save", "symbol",

@@ -13,16 +13,22 @@ from contextlib import contextmanager
 
 import gdb
 
-from binfmt_img import elfcore, image_file, progress, report
-from binfmt_img.dump import dump
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.outcome import failure_line
-from binfmt_img.pids import ask_next_pid
-from binfmt_img.restore import RestorePlan
+from binfmt_img.formats import elfcore, image_file, report
+from binfmt_img.live import progress
+from binfmt_img.live.dump import dump
+from binfmt_img.live.outcome import failure_line
+from binfmt_img.live.pids import ask_next_pid
+from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
-
-from .target import GdbTarget, forget_detached, gdb_quoted, kill_started_here, machine_interface
+from gdb_img.target import (
+    GdbTarget,
+    forget_detached,
+    gdb_quoted,
+    kill_started_here,
+    machine_interface,
+)
 
 
 class _ArgumentError(Exception):

@@ -15,7 +15,7 @@ import signal
 import struct
 
 from binfmt_img.errors import RestoreError
-from binfmt_img.ptrace import libc
+from binfmt_img.live.ptrace import libc
 
 PTRACE_CONT, PTRACE_SINGLESTEP = 7, 9
 PTRACE_GETREGS, PTRACE_SETREGS = 12, 13

@@ -10,10 +10,9 @@ import tempfile
 
 import gdb
 
-from binfmt_img import progress
 from binfmt_img.errors import RestoreError
-
-from . import native
+from binfmt_img.live import progress
+from gdb_img import native
 
 _MASK = (1 << 64) - 1
 _AT_SYSINFO_EHDR = 33

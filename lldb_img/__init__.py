@@ -23,10 +23,10 @@ def _add(debugger, flags: str, path: str, name: str) -> bool:
 
 
 def __lldb_init_module(debugger, internal_dict: dict) -> None:  # the name LLDB calls
-    from . import commands
+    from lldb_img import commands
 
     try:  # LLDB 18+: parsed commands, with options LLDB knows (help, -h, completion)
-        from . import parsed
+        from lldb_img import parsed
     except ImportError:
         parsed = None
     for command in commands.COMMANDS:

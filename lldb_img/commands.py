@@ -13,18 +13,18 @@ from dataclasses import dataclass
 
 import lldb
 
-from binfmt_img import elfcore, image_file, progress, report
-from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.model import PAGE_SIZE, PROT_EXEC, Image
-from binfmt_img.outcome import failure_line
-from binfmt_img.pids import ask_next_pid
-from binfmt_img.restore import RestorePlan
+from binfmt_img.formats import elfcore, image_file, report
+from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.live import progress
+from binfmt_img.live.dump import DumpPlan
+from binfmt_img.live.outcome import failure_line
+from binfmt_img.live.pids import ask_next_pid
+from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
-
-from .modules import sync_modules
-from .stop import stop_at_checkpoint
-from .target import LldbTarget
+from lldb_img.modules import sync_modules
+from lldb_img.stop import stop_at_checkpoint
+from lldb_img.target import LldbTarget
 
 
 def _batch() -> bool:

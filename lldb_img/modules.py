@@ -16,8 +16,8 @@ import struct
 
 import lldb
 
-from binfmt_img.model import PAGE_SIZE, Image, Vma
-from binfmt_img.procfs import read_auxv
+from binfmt_img.formats.model import PAGE_SIZE, Image, Vma
+from binfmt_img.live.procfs import read_auxv
 from binfmt_img.safeio import open_regular_file
 
 VDSO = "[vdso]"

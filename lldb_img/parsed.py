@@ -9,8 +9,8 @@ import argparse
 import lldb
 from lldb.plugins.parsed_cmd import ParsedCommand
 
-from . import commands
-from .commands import HELP, Option
+from lldb_img import commands
+from lldb_img.commands import HELP, Option
 
 
 def _problem(command: type[commands._Command], options: tuple[Option, ...],

@@ -17,10 +17,9 @@ import struct
 
 import lldb
 
-from binfmt_img.model import PAGE_SIZE, PROT_EXEC, Image
-from binfmt_img.procfs import read_auxv
-
-from .modules import AT_BASE, _Memory, _r_debug
+from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.live.procfs import read_auxv
+from lldb_img.modules import AT_BASE, _Memory, _r_debug
 
 RET = 0xC3
 BELOW = 512  # bytes below rsp: past the 128-byte red zone and what a signal frame would not use

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from binfmt_img import image_file
-from binfmt_img.model import ALL_REGISTERS, MM_FIELDS, Image, OpenFile, SigAction, Xsave
+from binfmt_img.formats import image_file
+from binfmt_img.formats.model import ALL_REGISTERS, MM_FIELDS, Image, OpenFile, SigAction, Xsave
 
 U64 = (1 << 64) - 1
 

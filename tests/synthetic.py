@@ -7,8 +7,8 @@ import struct
 import zlib
 from collections.abc import Callable
 
-from binfmt_img import v0, v1
-from binfmt_img.model import (
+from binfmt_img.formats import v0, v1
+from binfmt_img.formats.model import (
     ALL_REGISTERS,
     MAP_ANONYMOUS,
     MAP_GROWSDOWN,

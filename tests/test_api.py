@@ -9,7 +9,14 @@ import pytest
 import synthetic
 
 from binfmt_img import api
-from binfmt_img.model import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, Vma
+from binfmt_img.formats.model import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    Vma,
+)
 
 
 @pytest.fixture
@@ -21,7 +28,7 @@ def path(tmp_path: Path) -> str:
 
 def saved_with_pages(tmp_path: Path, name: str, image: api.Image,
                      pages: synthetic.Pages | None = None) -> api.Image:
-    from binfmt_img import image_file
+    from binfmt_img.formats import image_file
 
     out = str(tmp_path / name)
     image_file.save(out, image, "v1", synthetic.pages() if pages is None else pages)

@@ -8,9 +8,10 @@ import json
 import pytest
 from synthetic import encode, make_image
 
-from binfmt_img import fdkinds, image_file
+from binfmt_img import fdkinds
 from binfmt_img.errors import ImageError
-from binfmt_img.report import report_json, report_text
+from binfmt_img.formats import image_file
+from binfmt_img.formats.report import report_json, report_text
 from binfmt_img.state import descriptors
 
 VALUES = {

@@ -7,9 +7,9 @@ import struct
 import pytest
 import synthetic
 
-from binfmt_img import image_file, v0
 from binfmt_img.errors import ImageError
-from binfmt_img.model import MM_FIELDS, PAGE_SIZE, Image
+from binfmt_img.formats import image_file, v0
+from binfmt_img.formats.model import MM_FIELDS, PAGE_SIZE, Image
 
 # The seed's binfmt_regs_image field order (pt_regs names).
 SEED_GP = ("r15", "r14", "r13", "r12", "r11", "r10", "r9", "r8", "ax", "orig_ax", "bx", "cx",

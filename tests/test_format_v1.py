@@ -9,8 +9,8 @@ import zlib
 import pytest
 import synthetic
 
-from binfmt_img import image_file, v1
-from binfmt_img.model import ALL_REGISTERS, PAGE_SIZE, Image, Vma
+from binfmt_img.formats import image_file, v1
+from binfmt_img.formats.model import ALL_REGISTERS, PAGE_SIZE, Image, Vma
 
 
 def parse(data: bytes) -> Image:
@@ -212,7 +212,7 @@ def test_empty_image() -> None:
 def test_process_section_round_trips_and_is_optional() -> None:
     """pid, working directory and fd table (type 8): kept as written; an image without the
     section has files None, so that a restore leaves the inferior's descriptors alone."""
-    from binfmt_img.model import FD_DIRECTORY, FD_FILE, FD_OTHER, FileIdentity, OpenFile
+    from binfmt_img.formats.model import FD_DIRECTORY, FD_FILE, FD_OTHER, FileIdentity, OpenFile
 
     assert parse(synthetic.image_bytes("v1")).files is None
     want = synthetic.make_image("v1")

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from binfmt_img import __version__, image_file, report
-from binfmt_img.model import PAGE_SIZE
+from binfmt_img import __version__
+from binfmt_img.formats import image_file, report
+from binfmt_img.formats.model import PAGE_SIZE
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "img-info"
 

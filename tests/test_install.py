@@ -14,7 +14,8 @@ import pytest
 import synthetic
 from cprogs import ROOT
 
-from binfmt_img import __version__, image_file
+from binfmt_img import __version__
+from binfmt_img.formats import image_file
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SKIP = {".venv", ".git", "build", "dist", "__pycache__", ".pytest_cache", ".ruff_cache"}

@@ -12,8 +12,8 @@ import pytest
 from cprogs import PROGRAMS, compile_program, run_uninterrupted
 from lldb_helpers import GDB, gdb_batch, lldb_batch, lldb_missing, read
 
-from binfmt_img import image_file
-from binfmt_img.model import PAGE_SIZE, PROT_EXEC
+from binfmt_img.formats import image_file
+from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC
 
 _MISSING = lldb_missing()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")

@@ -21,11 +21,11 @@ from lldb_helpers import lldb_batch, lldb_missing
 from selfcheck import gdb_round_trip, lldb_round_trip
 from test_gdb_restore import dump_at_checkpoint
 
-from binfmt_img import image_file, v1
-from binfmt_img.dump import DumpPlan
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Vma
-from binfmt_img.procfs import parse_maps
+from binfmt_img.formats import image_file, v1
+from binfmt_img.formats.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Vma
+from binfmt_img.live.dump import DumpPlan
+from binfmt_img.live.procfs import parse_maps
 from binfmt_img.state import vma_extra
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")

@@ -19,7 +19,7 @@ from cprogs import ROOT, compile_program, run_uninterrupted
 from gdbmi import Gdb
 from test_gdb_restore import restore_and_finish
 
-from binfmt_img import elfcore, image_file
+from binfmt_img.formats import elfcore, image_file
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 

@@ -12,9 +12,9 @@ from cprogs import compile_program, run_uninterrupted
 from gdbmi import Gdb
 from test_gdb_restore import dump_at_checkpoint
 
-from binfmt_img import image_file
-from binfmt_img.procfs import ProcMem, read_maps
-from binfmt_img.rseq import AT_BASE, rseq_area
+from binfmt_img.formats import image_file
+from binfmt_img.live.procfs import ProcMem, read_maps
+from binfmt_img.live.rseq import AT_BASE, rseq_area
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 

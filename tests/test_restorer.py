@@ -1,4 +1,4 @@
-"""The restorer program (binfmt_img/restorer.py): its bytes against its source, and its table
+"""The restorer program (binfmt_img/live/restorer.py): its bytes against its source, and its table
 run natively, in a child process this test forks (an RWX page called through ctypes)."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from binfmt_img import restorer
-from binfmt_img import syscalls as sc
-from binfmt_img.restorer import Layout, Ref, build
+from binfmt_img.live import restorer
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.restorer import Layout, Ref, build
 
 GETPID, DUP, FCNTL, GETCWD = 39, 32, 72, 79
 F_GETFD = 1
@@ -170,9 +170,9 @@ gdb.execute("break checkpoint")
 gdb.execute("run 10 > {out}")
 gdb.execute("set scheduler-locking on")
 from binfmt_img.errors import RestoreError
-from binfmt_img.inject import Injector, free_area, RESERVED
-from binfmt_img.procfs import read_maps
-from binfmt_img.target import counting
+from binfmt_img.live.inject import Injector, free_area, RESERVED
+from binfmt_img.live.procfs import read_maps
+from binfmt_img.live.target import counting
 from gdb_img.target import GdbTarget
 target = counting(GdbTarget())
 inj = Injector(target)
@@ -264,7 +264,7 @@ try:
 except ImportError:  # pragma: no cover
     _NO_LLDB = "no lldb helpers"
 needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
-STOPS = "script import binfmt_img.target as t; print('STOPS', t.TOTAL['stops'])"
+STOPS = "script import binfmt_img.live.target as t; print('STOPS', t.TOTAL['stops'])"
 
 
 def _lldb_stops(tmp_path: Path, n: int) -> int:

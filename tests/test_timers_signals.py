@@ -18,8 +18,9 @@ from lldb_helpers import lldb_batch, lldb_missing, read
 from selfcheck import GDB_SIGNALS, LLDB_SIGNALS, gdb_round_trip, lldb_round_trip, passes
 from test_gdb_restore import dump_at_checkpoint
 
-from binfmt_img import image_file, state
-from binfmt_img.model import Image, Thread
+from binfmt_img import state
+from binfmt_img.formats import image_file
+from binfmt_img.formats.model import Image, Thread
 from binfmt_img.state import itimers, pending_signals, posix_timers, rseq
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")

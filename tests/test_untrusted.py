@@ -17,8 +17,8 @@ from gdbmi import Gdb, GdbError
 from lldb_helpers import gdb_batch, lldb_batch, lldb_missing
 from test_gdb_restore import dump_at_checkpoint
 
-from binfmt_img import image_file
-from binfmt_img.model import Image, Xsave
+from binfmt_img.formats import image_file
+from binfmt_img.formats.model import Image, Xsave
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
@@ -160,9 +160,9 @@ def test_a_mapped_file_that_became_a_fifo_is_not_opened(good, tmp_path: Path) ->
 
 CHANGE_MID_RESTORE = '''
 import os, gdb
-from binfmt_img import image_file
+from binfmt_img.formats import image_file
 from binfmt_img.errors import RestoreError
-from binfmt_img.restore import RestorePlan
+from binfmt_img.live.restore import RestorePlan
 from gdb_img.target import GdbTarget
 image = image_file.load({image!r})
 plan = RestorePlan(GdbTarget(image.exe_path), image)
@@ -203,7 +203,7 @@ def test_image_changed_or_truncated_during_the_restore(good, tmp_path: Path,
 
 INTERRUPTED_DUMP = '''
 import gdb
-from binfmt_img import dump as dumping
+from binfmt_img.live import dump as dumping
 real_pages = dumping.DumpPlan.pages
 def interrupted(self, progress=None):
     for n, chunk in enumerate(real_pages(self, progress)):
@@ -265,7 +265,7 @@ def test_refused_in_lldb_with_the_process_unchanged(good, tmp_path: Path, edit,
 
 INTERRUPTED_RESTORE = '''
 import gdb
-from binfmt_img import pagewrite
+from binfmt_img.live import pagewrite
 real_done = pagewrite.PageWriter._done
 def interrupted(self, piece):
     real_done(self, piece)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 import synthetic
 
-from binfmt_img import image_file, v1
 from binfmt_img.errors import ImageError
-from binfmt_img.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Image, Vma
+from binfmt_img.formats import image_file, v1
+from binfmt_img.formats.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Image, Vma
 
 V0_VMAS = 8 + 208 + 112  # where the seed's VMA list starts
 V0_PAGES = V0_VMAS + 40 * (len(synthetic.vmas("v0")) + 1)

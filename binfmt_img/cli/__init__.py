@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .. import __version__
+from binfmt_img import __version__
 
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:

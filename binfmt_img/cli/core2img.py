@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from .. import elfcore, image_file
-from ..errors import ImageError
-from ..report import signal_name
-from . import parser, run
+from binfmt_img.cli import parser, run
+from binfmt_img.errors import ImageError
+from binfmt_img.formats import elfcore, image_file
+from binfmt_img.formats.report import signal_name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from .. import corefile, image_file
-from ..errors import ImageError
-from . import parser, run
+from binfmt_img.cli import parser, run
+from binfmt_img.errors import ImageError
+from binfmt_img.formats import corefile, image_file
 
 
 def main(argv: list[str] | None = None) -> int:

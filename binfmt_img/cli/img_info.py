@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import sys
 
-from .. import image_file, report
-from ..errors import ImageError
-from . import parser, run
+from binfmt_img.cli import parser, run
+from binfmt_img.errors import ImageError
+from binfmt_img.formats import image_file, report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Descriptors beyond regular files, one module per kind (pipe, eventfd, epoll...).
 
-The regular files, directories and devices of binfmt_img/files.py are reopened by path; what
+The regular files, directories and devices of binfmt_img/live/files.py are reopened by path; what
 has no path (a pipe, an eventfd, a socket pair...) is made again by the system call that made
 it, at the same number, with the same status flags (O_NONBLOCK...), close-on-exec and state.
 Each module here defines `FDKIND`, an `FdKind` holding side by side:
@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import syscalls as sc
-from ..errors import RestoreError
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 FCNTL, IOCTL = 72, 16
 F_DUPFD_CLOEXEC, F_SETFD, F_SETFL = 1030, 2, 4
@@ -115,7 +115,7 @@ class Restorer:
 
     plan: RestorePlan
     high: int  # a number above every recorded descriptor, for moving one out of the way
-    files: set[int] = field(default_factory=set)  # fds binfmt_img/files.py reopened, and 0-2
+    files: set[int] = field(default_factory=set)  # fds binfmt_img/live/files.py reopened, and 0-2
     placed: set[int] = field(default_factory=set)
 
     @property

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, Int64ul, PrefixedArray, Struct, VarInt
 
-from .. import syscalls as sc
-from . import Entry, FdKind, Restorer, Seen
+from binfmt_img.fdkinds import Entry, FdKind, Restorer, Seen
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 4
 EPOLL_CREATE1, EPOLL_CTL = 291, 233

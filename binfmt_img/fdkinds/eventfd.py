@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 from construct import Flag, Int64ul, Struct
 
-from .. import syscalls as sc
-from . import Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.fdkinds import Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 2
 EVENTFD2 = 290

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, PascalString, PrefixedArray, Struct, VarInt
 
-from .. import syscalls as sc
-from . import IOCTL, Entry, FdKind, Lost, Restorer, Seen, lose
+from binfmt_img.fdkinds import IOCTL, Entry, FdKind, Lost, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 8
 INOTIFY_INIT1, INOTIFY_ADD_WATCH, INOTIFY_RM_WATCH = 294, 254, 255

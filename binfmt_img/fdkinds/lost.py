@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from construct import PascalString, Struct, VarInt
 
-from .. import syscalls as sc
-from . import O_WRONLY, Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.fdkinds import O_WRONLY, Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 0
 Record = Struct("what" / PascalString(VarInt, "utf8"))

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from construct import GreedyBytes, Int32ul, Int64ul, PascalString, Prefixed, Struct, VarInt
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import FCNTL, Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.errors import RestoreError
+from binfmt_img.fdkinds import FCNTL, Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 6
 PREFIX, DELETED = "/memfd:", " (deleted)"

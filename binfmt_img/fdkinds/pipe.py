@@ -18,13 +18,24 @@ from typing import TYPE_CHECKING
 
 from construct import GreedyBytes, Int32ul, PascalString, Prefixed, Struct, VarInt
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import FCNTL, O_NONBLOCK, O_RDWR, O_WRONLY, Entry, FdKind, Lost, Restorer, Seen, lose
+from binfmt_img.errors import RestoreError
+from binfmt_img.fdkinds import (
+    FCNTL,
+    O_NONBLOCK,
+    O_RDWR,
+    O_WRONLY,
+    Entry,
+    FdKind,
+    Lost,
+    Restorer,
+    Seen,
+    lose,
+)
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 1
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032

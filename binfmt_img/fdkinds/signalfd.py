@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from construct import Int64ul, Struct
 
-from .. import syscalls as sc
-from . import Entry, FdKind, Restorer, Seen
+from binfmt_img.fdkinds import Entry, FdKind, Restorer, Seen
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
+    from binfmt_img.live.dump import DumpPlan
 
 ID = 5
 SIGNALFD4 = 289

@@ -23,12 +23,12 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import syscalls as sc
-from ..files import DEVICES
-from ..model import FD_DEVICE, FD_FILE, OpenFile
+from binfmt_img.formats.model import FD_DEVICE, FD_FILE, OpenFile
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.files import DEVICES
 
 if TYPE_CHECKING:
-    from ..restore import RestorePlan
+    from binfmt_img.live.restore import RestorePlan
 
 NAMES = ("stdin", "stdout", "stderr")
 OPEN_ONLY = 0o100 | 0o200 | 0o400 | 0o1000  # O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from construct import Int64ul, PascalString, Struct, VarInt
 
-from .. import syscalls as sc
-from . import Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.fdkinds import Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 9
 PATHS = ("/dev/pts/", "/dev/tty", "/dev/console")

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, Int64ul, Struct
 
-from .. import syscalls as sc
-from . import IOCTL, Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.fdkinds import IOCTL, Entry, FdKind, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 3
 TIMERFD_CREATE, TIMERFD_SETTIME = 283, 286

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 from construct import GreedyBytes, Int32ul, Prefixed, PrefixedArray, Struct, VarInt
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import Entry, FdKind, Lost, Restorer, Seen, lose
+from binfmt_img.errors import RestoreError
+from binfmt_img.fdkinds import Entry, FdKind, Lost, Restorer, Seen, lose
+from binfmt_img.live import syscalls as sc
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 7
 SOCKETPAIR, SENDTO, RECVFROM, SETSOCKOPT, GETSOCKOPT = 53, 44, 45, 54, 55

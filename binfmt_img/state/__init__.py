@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 SECTION_BASE = 0x100  # v1 section type of kind id 0; ids are never reused
 PHASES = ("process", "late")

@@ -7,11 +7,11 @@ import os
 import struct
 from typing import TYPE_CHECKING
 
-from ..procfs import proc_file
+from binfmt_img.live.procfs import proc_file
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 CAP_SYS_PTRACE, CAP_SYS_NICE, CAP_SYS_RESOURCE = 19, 23, 24
 

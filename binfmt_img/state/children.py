@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 from construct import GreedyBytes, Int8ul, Int32ul, Prefixed, PrefixedArray, Struct
 
-from ..errors import RestoreError
-from ..procfs import stat_fields
-from . import Kind
-from ._proc import printable
+from binfmt_img.errors import RestoreError
+from binfmt_img.live.procfs import stat_fields
+from binfmt_img.state import Kind
+from binfmt_img.state._proc import printable
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 STATES = {"Z": "a zombie", "T": "stopped", "t": "traced"}
 Child = Struct("pid" / Int32ul, "state" / Int8ul, "comm" / Prefixed(Int8ul, GreedyBytes))

@@ -25,15 +25,15 @@ from construct import (
     VarInt,
 )
 
-from .. import fdkinds
-from ..errors import ImageError
-from ..fdkinds import Entry, Lost, Restorer, Seen, lost, stdio
-from ..files import FD_OTHER, STANDARD_FDS, read_open_files
-from . import ORDER_MAKE, Kind
+from binfmt_img import fdkinds
+from binfmt_img.errors import ImageError
+from binfmt_img.fdkinds import Entry, Lost, Restorer, Seen, lost, stdio
+from binfmt_img.live.files import FD_OTHER, STANDARD_FDS, read_open_files
+from binfmt_img.state import ORDER_MAKE, Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 ID = 40
 MAX_FD = 1 << 20  # the kernel's own ceiling on RLIMIT_NOFILE

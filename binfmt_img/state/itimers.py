@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from construct import Array, Int64ul, Struct
 
-from . import ORDER_ARM, Kind
-from .pending_signals import stack_for_handlers
+from binfmt_img.state import ORDER_ARM, Kind
+from binfmt_img.state.pending_signals import stack_for_handlers
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 GETITIMER, SETITIMER = 36, 38
 NAMES = ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")

@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING
 
 from construct import Bytes, Int32ul, PrefixedArray, Struct
 
-from .. import ptrace
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import ORDER_QUEUE, Kind
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import ptrace
+from binfmt_img.live import syscalls as sc
+from binfmt_img.state import ORDER_QUEUE, Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 RT_SIGQUEUEINFO, RT_SIGTIMEDWAIT, GETTID, RT_TGSIGQUEUEINFO = 129, 128, 186, 297
 SIGINFO = ptrace.SIGINFO_SIZE

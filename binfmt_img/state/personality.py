@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from construct import Int32ul, Struct
 
-from ..errors import RestoreError
-from . import Kind
+from binfmt_img.errors import RestoreError
+from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 PERSONALITY = 135
 QUERY = 0xFFFFFFFF

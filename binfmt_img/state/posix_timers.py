@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, Int64sl, Int64ul, PrefixedArray, Struct
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from ..procfs import proc_file
-from . import ORDER_ARM, Kind
-from .pending_signals import signal_name, stack_for_handlers
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.procfs import proc_file
+from binfmt_img.state import ORDER_ARM, Kind
+from binfmt_img.state.pending_signals import signal_name, stack_for_handlers
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 TIMER_CREATE, TIMER_SETTIME, TIMER_GETTIME, TIMER_DELETE = 222, 223, 224, 226
 PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, RESTORE_IDS_ON = 77, 0, 1

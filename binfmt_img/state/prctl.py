@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, Int64ul, PrefixedArray, Struct
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import Kind
-from ._proc import (
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import syscalls as sc
+from binfmt_img.state import Kind
+from binfmt_img.state._proc import (
     CAP_SYS_PTRACE,
     CAP_SYS_RESOURCE,
     debugger_has_capability,
@@ -38,9 +38,9 @@ from ._proc import (
 )
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 2, 3, 4
 PR_GET_KEEPCAPS, PR_SET_KEEPCAPS = 7, 8

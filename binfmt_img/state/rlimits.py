@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 from construct import Int32ul, Int64ul, PrefixedArray, Struct
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from ..procfs import proc_file
-from . import ORDER_LIMIT, Kind
-from ._proc import CAP_SYS_RESOURCE, has_capability, inferior_status
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.procfs import proc_file
+from binfmt_img.state import ORDER_LIMIT, Kind
+from binfmt_img.state._proc import CAP_SYS_RESOURCE, has_capability, inferior_status
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 PRLIMIT64 = 302
 EPERM = (1 << 64) - 1

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING
 
 from construct import Int8ul, Int32ul, Int64ul, PrefixedArray, Struct
 
-from .. import ptrace
-from .. import syscalls as sc
-from ..inject import DATA_AT
-from ..model import USER_TOP
-from ..procfs import read_auxv
-from ..rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
-from . import Kind
+from binfmt_img.formats.model import USER_TOP
+from binfmt_img.live import ptrace
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.inject import DATA_AT
+from binfmt_img.live.procfs import read_auxv
+from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 NONE, REGISTERED, UNKNOWN = 0, 1, 2
 EBUSY, EPERM, EINVAL = ((1 << 64) - n for n in (16, 1, 22))

@@ -27,14 +27,14 @@ from construct import (
 )
 from construct import Struct as CStruct
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import Kind
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import syscalls as sc
+from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 SCHED_GETATTR, SCHED_SETATTR, SCHED_GETAFFINITY, SCHED_SETAFFINITY = 315, 314, 204, 203
 ATTR = struct.Struct("<IIQiIQQQ")  # size, policy, flags, nice, priority, runtime/deadline/period

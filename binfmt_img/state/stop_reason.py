@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from construct import Bytes, Int32ul, Struct
 
-from .. import syscalls as sc
-from . import Kind
+from binfmt_img.live import syscalls as sc
+from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 SIGINFO_SIZE = 128
 Record = Struct("tid" / Int32ul, "siginfo" / Bytes(SIGINFO_SIZE))
@@ -51,7 +51,7 @@ def check(plan: RestorePlan, value) -> None:
 
 
 def describe(value) -> str:
-    from ..report import signal_name  # report imports the state kinds
+    from binfmt_img.formats.report import signal_name  # report imports the state kinds
     number, _, code = struct.unpack_from("<iii", value.siginfo)
     what = {SI_KERNEL: "a breakpoint", TRAP_BRKPT: "a breakpoint",
             TRAP_TRACE: "a single step"}.get(code, "") if number == 5 else ""

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING
 
 from construct import GreedyBytes, Int8ul, Int32ul, Prefixed, PrefixedArray, Struct
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from . import Kind
-from ._proc import printable
+from binfmt_img.errors import RestoreError
+from binfmt_img.live import syscalls as sc
+from binfmt_img.state import Kind
+from binfmt_img.state._proc import printable
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..model import Thread
-    from ..restore import RestorePlan
+    from binfmt_img.formats.model import Thread
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 PR_SET_NAME = 15
 NAME_MAX = 15  # TASK_COMM_LEN less the terminating zero

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from construct import Int32ul, Struct
 
-from . import Kind
+from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 UMASK = 95
 Record = Struct("mask" / Int32ul)

@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING
 
 from construct import Int8ul, Int32ul, Int64ul, PascalString, PrefixedArray, Struct
 
-from .. import syscalls as sc
-from ..errors import RestoreError
-from ..inject import RESERVED, free_area
-from ..model import (
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_GROWSDOWN,
@@ -37,12 +35,14 @@ from ..model import (
     USER_TOP,
     Vma,
 )
-from ..procfs import guard_pages, read_smaps_flags
-from . import Kind
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.inject import RESERVED, free_area
+from binfmt_img.live.procfs import guard_pages, read_smaps_flags
+from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
-    from ..dump import DumpPlan
-    from ..restore import RestorePlan
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
 
 # The in-memory object behind a VMA; 0: none (anonymous private memory, a file, ...).
 NO_OBJECT, ANON, MEMFD, SYSV = 0, 1, 2, 3

@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .elfcore import (
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.elfcore import (
     NT_AUXV,
     NT_FILE,
     NT_FPREGSET,
@@ -27,9 +28,17 @@ from .elfcore import (
     SIGINFO_HEAD,
     XCR0_OFFSET,
 )
-from .errors import ImageError
-from .model import PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, Image, PageRun, Thread, Vma
-from .safeio import open_regular
+from binfmt_img.formats.model import (
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    Image,
+    PageRun,
+    Thread,
+    Vma,
+)
+from binfmt_img.safeio import open_regular
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")

@@ -10,12 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import image_file, state
-from . import syscalls as sc
-from .errors import RestoreError
-from .files import read_open_files
-from .inject import RESERVED, Injector, check_not_in_syscall_entry, free_area
-from .model import (
+from binfmt_img import state
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats import image_file
+from binfmt_img.formats.model import (
     MAP_SHARED,
     PAGE_SIZE,
     USER_TOP,
@@ -27,8 +25,11 @@ from .model import (
     Vma,
     Xsave,
 )
-from .pagewrite import Progress
-from .procfs import (
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.files import read_open_files
+from binfmt_img.live.inject import RESERVED, Injector, check_not_in_syscall_entry, free_area
+from binfmt_img.live.pagewrite import Progress
+from binfmt_img.live.procfs import (
     Mapping,
     ProcMem,
     object_pages,
@@ -38,9 +39,9 @@ from .procfs import (
     resident_pages,
     stat_fields,
 )
-from .restore import XSAVE_RESTORABLE
-from .target import Target, counting
-from .threads import (
+from binfmt_img.live.restore import XSAVE_RESTORABLE
+from binfmt_img.live.target import Target, counting
+from binfmt_img.live.threads import (
     find_tid_addresses,
     put_back_registers,
     read_threads,
@@ -48,7 +49,12 @@ from .threads import (
     select,
     while_spinning,
 )
-from .tls import GDT_ENTRY_TLS_MIN, USER_DESC, USER_DESC_SIZE, user_desc_to_descriptor
+from binfmt_img.live.tls import (
+    GDT_ENTRY_TLS_MIN,
+    USER_DESC,
+    USER_DESC_SIZE,
+    user_desc_to_descriptor,
+)
 
 XSAVE_AREA = 4096  # enough for every component up to PKRU in the standard format
 NOT_DUMPED = ("[vvar]", "[vvar_vclock]", "[vsyscall]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from .v0 import MAGIC
+from binfmt_img.formats.v0 import MAGIC
 
 HEAD_SIZE = 4096  # a tar header's "ustar" at 257, an ELF file's program headers
 IMAGE_MAGIC = struct.pack("<I", MAGIC)

@@ -10,8 +10,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from . import state, symbols, v0, v1
-from .model import (
+from binfmt_img import state
+from binfmt_img.formats import symbols, v0, v1
+from binfmt_img.formats.model import (
     ALL_REGISTERS,
     FD_DEVICE,
     FD_DIRECTORY,
@@ -28,7 +29,7 @@ from .model import (
     Vma,
     prot_text,
 )
-from .safeio import open_regular
+from binfmt_img.safeio import open_regular
 
 VERSIONS = {"v0": v0.VERSION, "v1": v1.VERSION}
 DISASSEMBLE_COUNT = 8

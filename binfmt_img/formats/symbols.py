@@ -12,9 +12,9 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from .elfcore import ELF_DAMAGE  # a file pyelftools cannot read has no names
-from .model import PAGE_SIZE, Image, Vma
-from .safeio import open_regular_file
+from binfmt_img.formats.elfcore import ELF_DAMAGE  # a file pyelftools cannot read has no names
+from binfmt_img.formats.model import PAGE_SIZE, Image, Vma
+from binfmt_img.safeio import open_regular_file
 
 PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got")
 JMP_RIP = b"\xff\x25"  # jmp *disp32(%rip): a PLT stub's jump through its GOT slot

@@ -6,9 +6,16 @@ import os
 import struct
 from dataclasses import dataclass
 
-from .errors import RestoreError
-from .model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
-from .target import Target
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+)
+from binfmt_img.live.target import Target
 
 
 @dataclass

@@ -16,7 +16,7 @@ from functools import lru_cache
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .safeio import open_regular_file
+from binfmt_img.safeio import open_regular_file
 
 RSEQ = 334  # the system call
 RSEQ_FLAG_UNREGISTER = 1

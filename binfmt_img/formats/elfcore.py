@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
 
-from .errors import ImageError
-from .model import (
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.model import (
     MAP_ANONYMOUS,
     MAP_PRIVATE,
     PAGE_SIZE,
@@ -33,9 +33,9 @@ from .model import (
     Vma,
     Xsave,
 )
-from .safeio import open_regular, open_regular_file
-from .validate import validate
-from .vdso import looks_like_vdso
+from binfmt_img.formats.validate import validate
+from binfmt_img.live.vdso import looks_like_vdso
+from binfmt_img.safeio import open_regular, open_regular_file
 
 Warn = Callable[[str], None]
 

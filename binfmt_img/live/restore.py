@@ -13,21 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import state, v1
-from . import syscalls as sc
-from .errors import ImageError, RestoreError
-from .files import check_open_files, restore_open_files
-from .inject import (
-    RESERVED,
-    SCRATCH_SIZE,
-    TABLE_GAP,
-    Batch,
-    Injector,
-    check_not_in_syscall_entry,
-    free_area,
-    pack_u64,
-)
-from .model import (
+from binfmt_img import state
+from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.formats import v1
+from binfmt_img.formats.model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     PAGE_SIZE,
@@ -40,23 +29,35 @@ from .model import (
     Vma,
     last_stored_page,
 )
-from .pagewrite import PageWriter, Progress, outside
-from .procfs import Mapping, parse_auxv, parse_maps, proc_file
-from .restorer import Ref
-from .rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
-from .safeio import executable_problem, kind_of
-from .state import vma_extra
-from .target import Target, counting
-from .threads import (
+from binfmt_img.formats.validate import check_restorable
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.files import check_open_files, restore_open_files
+from binfmt_img.live.inject import (
+    RESERVED,
+    SCRATCH_SIZE,
+    TABLE_GAP,
+    Batch,
+    Injector,
+    check_not_in_syscall_entry,
+    free_area,
+    pack_u64,
+)
+from binfmt_img.live.pagewrite import PageWriter, Progress, outside
+from binfmt_img.live.procfs import Mapping, parse_auxv, parse_maps, proc_file
+from binfmt_img.live.restorer import Ref
+from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from binfmt_img.live.target import Target, counting
+from binfmt_img.live.threads import (
     check_threads,
     main_thread,
     restore_threads,
     select_stopped_thread,
     while_spinning,
 )
-from .tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc, gdt_tls_supported
-from .validate import check_restorable
-from .vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
+from binfmt_img.live.tls import GDT_ENTRY_TLS_MIN, descriptor_to_user_desc, gdt_tls_supported
+from binfmt_img.live.vdso import MOVABLE_NAMES, VdsoMove, image_vdso_block
+from binfmt_img.safeio import executable_problem, kind_of
+from binfmt_img.state import vma_extra
 
 # XSAVE components restored: x87, SSE, AVX, MPX, AVX-512, PKRU; AMX tiles need a permission
 # request first, so they are left to the kernel's init state.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import syscalls as sc
-from .errors import RestoreError
-from .inject import Injector
-from .model import PAGE_SIZE, Image, Vma
-from .procfs import Mapping
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import PAGE_SIZE, Image, Vma
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.inject import Injector
+from binfmt_img.live.procfs import Mapping
 
 VDSO_DATA_NAMES = ("[vvar]", "[vvar_vclock]")
 MOVABLE_NAMES = VDSO_DATA_NAMES + ("[vdso]",)

@@ -12,7 +12,7 @@ import os
 import struct
 from functools import lru_cache
 
-from .target import Target
+from binfmt_img.live.target import Target
 
 PTRACE_PEEKSIGINFO = 0x4209
 PTRACE_PEEKSIGINFO_SHARED = 1

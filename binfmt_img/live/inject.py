@@ -6,11 +6,11 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import restorer
-from . import syscalls as sc
-from .errors import RestoreError
-from .model import USER_TOP
-from .target import Target
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import USER_TOP
+from binfmt_img.live import restorer
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.target import Target
 
 SCRATCH_SIZE = 0x10000  # code on the first page, data on the rest
 SYSCALL = b"\x0f\x05"
@@ -20,7 +20,7 @@ XSAVE64_RDI = b"\x48\x0f\xae\x27"  # xsave64 [rdi]
 SPIN = b"\xeb\xfe"  # jmp . : holds the inferior still while no debugger is attached
 XRSTOR_AT, XSAVE_AT = 8, 16
 DATA_AT = 0x1000
-RESTORER_AT = 0x100  # the restorer program (binfmt_img/restorer.py), in the code page
+RESTORER_AT = 0x100  # the restorer program (binfmt_img/live/restorer.py), in the code page
 # A batch too large for the data pages goes to the table area, mapped on first use this far
 # from the scratch area's start (past the restore's vDSO parking place), TABLE_ROOM long.
 TABLE_GAP, TABLE_ROOM = 0x100000, 0x4000000
@@ -169,7 +169,7 @@ class Injector:
         self.target.step_instruction()
 
 
-    # ---- batches: many system calls in one resume (binfmt_img/restorer.py) ----
+    # ---- batches: many system calls in one resume (binfmt_img/live/restorer.py) ----
     @contextmanager
     def batch(self) -> Iterator[Batch]:
         """Calls queued in the block run together when it ends (not when it raises)."""

@@ -10,10 +10,10 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import RestoreError
-from .model import PAGE_SIZE, Image, PageRun
-from .procfs import ProcMem
-from .target import Target
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
+from binfmt_img.live.procfs import ProcMem
+from binfmt_img.live.target import Target
 
 WRITE_PIECE = 16 << 20  # bytes per write: large enough to be fast, small to stay flat
 DEBUGGER_PIECE = 1 << 20

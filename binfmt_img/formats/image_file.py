@@ -10,11 +10,11 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable
 
-from . import elfcore, filekind, v0, v1
-from .errors import ImageError
-from .model import Image
-from .safeio import open_regular, open_regular_file
-from .validate import validate
+from binfmt_img.errors import ImageError
+from binfmt_img.formats import elfcore, filekind, v0, v1
+from binfmt_img.formats.model import Image
+from binfmt_img.formats.validate import validate
+from binfmt_img.safeio import open_regular, open_regular_file
 
 FORMATS = ("v0", "v1")
 

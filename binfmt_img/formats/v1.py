@@ -28,9 +28,9 @@ from construct import (
     Struct,
 )
 
-from . import state
-from .errors import ImageError
-from .model import (
+from binfmt_img import state
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.model import (
     ALL_REGISTERS,
     MM_FIELDS,
     PAGE_SIZE,
@@ -45,7 +45,7 @@ from .model import (
     Vma,
     Xsave,
 )
-from .v0 import MAGIC
+from binfmt_img.formats.v0 import MAGIC
 
 VERSION = 0x00000200
 

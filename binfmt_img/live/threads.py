@@ -21,15 +21,15 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import syscalls as sc
-from .errors import RestoreError
-from .inject import SAVED_REGISTERS, SPIN, SYSCALL
-from .model import ALL_REGISTERS, Image, Thread
-from .procfs import Mapping
-from .target import Target
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import ALL_REGISTERS, Image, Thread
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.inject import SAVED_REGISTERS, SPIN, SYSCALL
+from binfmt_img.live.procfs import Mapping
+from binfmt_img.live.target import Target
 
 if TYPE_CHECKING:
-    from .restore import RestorePlan
+    from binfmt_img.live.restore import RestorePlan
 
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM, CLONE_SETTLS = 0x10000, 0x40000, 0x80000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import bisect
 import struct
 
-from .errors import ImageError
-from .model import (
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.model import (
     MAP_PRIVATE,
     MAP_SHARED,
     MAP_SHARED_VALIDATE,
@@ -20,7 +20,7 @@ from .model import (
     Thread,
     Vma,
 )
-from .safeio import has_control_characters, printable
+from binfmt_img.safeio import has_control_characters, printable
 
 # Limits on counts an image gives, far above any real process's, so that a hostile image
 # cannot make the restore run for hours: the message names the limit.

@@ -8,8 +8,8 @@ from typing import BinaryIO
 
 from construct import Array, Bytes, Const, Int16ul, Int32ul, Int64ul, Padding, Struct
 
-from .errors import ImageError
-from .model import MM_FIELDS, PAGE_SIZE, Image, PageRun, Thread, Vma
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.model import MM_FIELDS, PAGE_SIZE, Image, PageRun, Thread, Vma
 
 MAGIC = 0xA75B8D43
 VERSION = 0x00000100

@@ -61,7 +61,7 @@ class Target(Protocol):
     def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
         """Optional (without it: every batched system call is its own single-step). Resume
         the selected thread alone, the others staying stopped, until it stops again: at one
-        of the int3s at `traps` (binfmt_img/restorer.py; rip then either on it or after it),
+        of the int3s at `traps` (binfmt_img/live/restorer.py; rip then either on it or after it),
         or for a signal."""
 
 

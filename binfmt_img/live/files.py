@@ -14,15 +14,22 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from . import syscalls as sc
-from .errors import RestoreError
-from .model import FD_DEVICE, FD_DIRECTORY, FD_FILE, FD_OTHER, FileIdentity, OpenFile
-from .safeio import kind_of
+from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import (
+    FD_DEVICE,
+    FD_DIRECTORY,
+    FD_FILE,
+    FD_OTHER,
+    FileIdentity,
+    OpenFile,
+)
+from binfmt_img.live import syscalls as sc
+from binfmt_img.safeio import kind_of
 
 if TYPE_CHECKING:
-    from .inject import Batch
-    from .restore import RestorePlan
-    from .restorer import Ref
+    from binfmt_img.live.inject import Batch
+    from binfmt_img.live.restore import RestorePlan
+    from binfmt_img.live.restorer import Ref
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 STANDARD_FDS = 3  # 0, 1, 2
