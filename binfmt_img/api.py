@@ -17,8 +17,9 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from binfmt_img import report
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import image_file, report, symbols
+from binfmt_img.formats import image_file, symbols
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun, Thread, Vma, prot_text
 
 __all__ = ["Image", "ImageDiff", "ImageError", "PageRun", "Thread", "Vma", "diff",

@@ -13,13 +13,14 @@ from contextlib import contextmanager
 
 import gdb
 
+from binfmt_img import report
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.formats import elfcore, image_file, report
+from binfmt_img.formats import elfcore, image_file
 from binfmt_img.live import progress
 from binfmt_img.live.dump import dump
 from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.pids import ask_next_pid
-from binfmt_img.live.restore import RestorePlan
+from binfmt_img.live.restore import RestorePlan, load_image
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
 from gdb_img.target import (
@@ -267,7 +268,7 @@ confirm off` answer it); one with several threads is killed and a fresh one star
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
-        image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        image = load_image(_path(args.file), warn=_warn(self.name))
         _replace_live_process(args.yes)
         with _quiet():
             started = _ensure_process(image)

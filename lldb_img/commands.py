@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import lldb
 
+from binfmt_img import report
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.formats import elfcore, image_file, report
+from binfmt_img.formats import elfcore, image_file
 from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
 from binfmt_img.live import progress
 from binfmt_img.live.dump import DumpPlan
 from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.pids import ask_next_pid
-from binfmt_img.live.restore import RestorePlan
+from binfmt_img.live.restore import RestorePlan, load_image
 from binfmt_img.safeio import executable_problem, printable
 from lldb_img.modules import sync_modules
 from lldb_img.stop import stop_at_checkpoint
@@ -346,7 +347,7 @@ the faulting instruction with its signal raised again."""
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
+        image = load_image(_path(args.file), warn=result.AppendWarning)
         with _synchronous(debugger):
             before = debugger.GetSelectedTarget().GetProcess()
             before_pid = before.GetProcessID() if before.IsValid() else None

@@ -8,10 +8,10 @@ import json
 import pytest
 from synthetic import encode, make_image
 
-from binfmt_img import fdkinds
+from binfmt_img import fdkinds, state
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import image_file
-from binfmt_img.formats.report import report_json, report_text
+from binfmt_img.report import report_json, report_text
 from binfmt_img.state import descriptors
 
 VALUES = {
@@ -37,8 +37,8 @@ def _entry(fd: int, kind: str, value: dict) -> dict:
 
 def _round_trip(entries: list[dict]):  # noqa: ANN202
     image = make_image("v1")
-    image.states["descriptors"] = {"entries": entries}
-    return image_file.parse(memoryview(encode(image, "v1")))
+    state.put(image, state.BY_NAME["descriptors"], {"entries": entries})
+    return state.decode(image_file.parse(memoryview(encode(image, "v1"))))
 
 
 def test_every_fd_kind_written_and_read_back() -> None:

@@ -7,8 +7,9 @@ import synthetic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from binfmt_img import report
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import image_file, report, v1
+from binfmt_img.formats import image_file, v1
 from binfmt_img.formats.model import PAGE_SIZE, Image
 
 V0 = synthetic.image_bytes("v0")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from binfmt_img import __version__
-from binfmt_img.formats import image_file, report
+from binfmt_img import __version__, report
+from binfmt_img.formats import image_file
 from binfmt_img.formats.model import PAGE_SIZE
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "img-info"

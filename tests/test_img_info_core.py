@@ -17,7 +17,8 @@ from gdbmi import Gdb
 from test_img_info import img_info
 from test_postmortem import crash_core
 
-from binfmt_img.formats import image_file, report, symbols
+from binfmt_img import report
+from binfmt_img.formats import image_file, symbols
 from binfmt_img.formats.model import (
     FD_DEVICE,
     FD_FILE,

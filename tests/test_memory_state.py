@@ -21,6 +21,7 @@ from lldb_helpers import lldb_batch, lldb_missing
 from selfcheck import gdb_round_trip, lldb_round_trip
 from test_gdb_restore import dump_at_checkpoint
 
+from binfmt_img import state
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.formats import image_file, v1
 from binfmt_img.formats.model import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, Vma
@@ -197,8 +198,9 @@ def _old_style(tmp_path: Path) -> Path:
     binary = compile_program("mem_shared", tmp_path)
     image_path = tmp_path / "mem_shared.img"
     dump_at_checkpoint(binary, image_path)
-    image = image_file.load(str(image_path))
+    image = state.decode(image_file.load(str(image_path)))
     old = {e.start for e in image.states.pop("vma_extra").vmas if e.object == 1}
+    image.raw_states = [r for r in image.raw_states if r[0] != state.BY_NAME["vma_extra"].section]
     for vma in image.vmas:
         if vma.start in old:
             vma.path, vma.flags = "/dev/zero", MAP_SHARED

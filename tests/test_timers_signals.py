@@ -228,7 +228,7 @@ def test_records_round_trip_through_v1() -> None:
     """Each kind's record survives a v1 write and read, byte for byte, at its section type."""
     image = synthetic.make_image("v1")
     tid = image.threads[0].tid
-    image.states = {
+    values = {
         "pending_signals": {"threads": [{"tid": tid, "signals": [_siginfo(10)]}],
                             "shared": [_siginfo(34), _siginfo(34)]},
         "posix_timers": {"timers": [{"id": 12345, "clock": -6, "notify": 4, "signo": 37,
@@ -239,8 +239,10 @@ def test_records_round_trip_through_v1() -> None:
         "rseq": {"threads": [{"tid": tid, "state": 1, "area": 0x7000, "length": 32,
                               "signature": 0x53053053}]},
     }
+    for name, value in values.items():
+        state.put(image, state.BY_NAME[name], value)
     data = synthetic.encode(image, "v1")
-    got = image_file.parse(memoryview(data))
+    got = state.decode(image_file.parse(memoryview(data)))
     for name, kind in state.BY_NAME.items():
         if name in image.states:
             assert kind.record.build(got.states[name]) == kind.record.build(image.states[name])
@@ -275,11 +277,11 @@ def _with_unblocked_signals(binary: Path, tmp_path: Path) -> Path:
     for the main thread, neither blocked."""
     image_path = tmp_path / "plain.img"
     dump_at_checkpoint(binary, image_path, setup=(GDB_SIGNALS,))
-    image = image_file.load(str(image_path))
+    image = state.decode(image_file.load(str(image_path)))
     main = next(t.tid for t in image.threads if t.tid == image.pid)
-    image.states["pending_signals"] = {
+    state.put(image, state.BY_NAME["pending_signals"], {
         "threads": [{"tid": main, "signals": [_queued(signal.SIGUSR2, 27, 4242)]}],
-        "shared": [_queued(signal.SIGUSR1, 31337, 4242)]}
+        "shared": [_queued(signal.SIGUSR1, 31337, 4242)]})
     out = tmp_path / "pending.img"
     image_file.save(str(out), image, "v1")
     return out

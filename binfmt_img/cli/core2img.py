@@ -11,7 +11,7 @@ import sys
 from binfmt_img.cli import parser, run
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import elfcore, image_file
-from binfmt_img.formats.report import signal_name
+from binfmt_img.formats.model import signal_name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import sys
 
+from binfmt_img import report
 from binfmt_img.cli import parser, run
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import image_file, report
+from binfmt_img.formats import image_file
 
 
 def main(argv: list[str] | None = None) -> int:

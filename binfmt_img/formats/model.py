@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -127,6 +128,15 @@ class Xsave:
     data: bytes
 
 
+def signal_name(number: int) -> str:
+    """SIGSEGV, SIGRTMIN+3, SIG99 for a number no signal has."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        rtmin = int(signal.SIGRTMIN)
+        return f"SIGRTMIN+{number - rtmin}" if number > rtmin else f"SIG{number}"
+
+
 @dataclass
 class Signal:
     """The signal the process had stopped with when a core recorded it (a crash's fault)."""
@@ -201,8 +211,12 @@ class Image:
     pid: int = 0
     cwd: str | None = None
     files: list[OpenFile] | None = None
-    # Further process state, one value per kind of binfmt_img.state (by its name), and the
-    # v1 section types of kinds this version does not know (a newer writer's).
+    # Further process state: one v1 section per kind of binfmt_img.state, kept as read
+    # ((section type, file offset, payload), in file order). The format knows their framing,
+    # the state layer their records: binfmt_img.state.decode fills `states` (one value per
+    # kind, by its name) and `unknown_states` (types of kinds this version does not know, a
+    # newer writer's); binfmt_img.state.put records a value and its section.
+    raw_states: list[tuple[int, int, bytes]] = field(default_factory=list)
     states: dict[str, Any] = field(default_factory=dict)
     unknown_states: list[int] = field(default_factory=list)
     # Where PageRun offsets point: the mapped image file (or bytes of a synthetic one).

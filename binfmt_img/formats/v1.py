@@ -28,7 +28,6 @@ from construct import (
     Struct,
 )
 
-from binfmt_img import state
 from binfmt_img.errors import ImageError
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
@@ -102,6 +101,9 @@ StopSignalSection = Struct(
 )
 # The process section: pid, working directory and the fd table (docs/FORMAT.md).
 SECTION_PROCESS = 8
+# Sections from here on hold one kind of process state each (binfmt_img.state: type
+# SECTION_STATE_BASE + the kind's id), framed and checksummed like the others.
+SECTION_STATE_BASE = 0x100
 SECTION_NAMES[SECTION_PROCESS] = "process"
 FileRecord = Struct(
     "fd" / Int32sl, "kind" / Int8ul, "flags" / Int32ul, "pos" / Int64ul,
@@ -162,8 +164,9 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
     seen: set[int] = set()
     for i in range(header.section_count):
         entry = SectionEntry.parse(bytes(table[i * ENTRY_SIZE:(i + 1) * ENTRY_SIZE]))
-        if entry.type >= state.SECTION_BASE:
-            _read_state(image, buf, entry, HEADER_SIZE + i * ENTRY_SIZE)
+        if entry.type >= SECTION_STATE_BASE:
+            payload = _entry_checked(buf, entry, f"state section {entry.type:#x}")
+            image.raw_states.append((entry.type, entry.offset, bytes(payload)))
             continue
         if entry.type not in SECTION_NAMES:
             continue  # a later version's section: skip it
@@ -194,20 +197,6 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
         if needed not in seen:
             raise ImageError(f"no {SECTION_NAMES[needed]} section", HEADER_SIZE)
     return image, offsets
-
-
-def _read_state(image: Image, buf: memoryview, entry, table_at: int) -> None:
-    """A section of one kind of binfmt_img.state; a kind this version does not know is kept
-    by number, so that a restore can say what it would leave out."""
-    kind = state.BY_SECTION.get(entry.type)
-    if kind is None:
-        image.unknown_states.append(entry.type)
-        return
-    if kind.name in image.states:
-        raise ImageError(f"second {kind.name} section", table_at)
-    what = f"{kind.name} state"
-    image.states[kind.name] = _parse(kind.record, _entry_checked(buf, entry, what),
-                                     entry.offset, what)
 
 
 def _read_mm(image: Image, mm) -> None:
@@ -353,9 +342,8 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
 
     if image.files is not None:
         metadata.append((SECTION_PROCESS, _process_record(image)))
-    for kind in state.KINDS:
-        if kind.name in image.states:
-            metadata.append((kind.section, kind.record.build(image.states[kind.name])))
+    for section, _offset, payload in image.raw_states:
+        metadata.append((section, payload))
 
     entries: list[tuple[int, int, int, int]] = []  # type, crc, offset, length
     table_size = (len(metadata) + 2) * ENTRY_SIZE

@@ -144,7 +144,7 @@ class DumpPlan:
             self.injector.reset_data()
             value = kind.dump(self)
             if value is not None:
-                self.image.states[kind.name] = value
+                state.put(self.image, kind, value)
         if self.fmt == "v0" and self.image.states:
             self.report.warnings.append("a v0 image cannot hold " + ", ".join(
                 self.image.states) + ": not recorded (v1 keeps them)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from binfmt_img import state
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.formats import v1
+from binfmt_img.formats import image_file, v1
 from binfmt_img.formats.model import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -97,13 +97,19 @@ def _mapped_prot(vma: Vma) -> int:
     return vma.prot
 
 
+def load_image(path: str, warn: Callable[[str], None] | None = None) -> Image:
+    """An image file (or core) read for a restore: its layout checked and its state records
+    decoded, so damage anywhere is found before a process is started for it."""
+    return state.decode(image_file.load_any(path, warn=warn))
+
+
 class RestorePlan:
     """Checks made before the first change, then the steps that rebuild the process."""
 
     def __init__(self, target: Target, image: Image, via: str = "auto",
                  log: Log | None = None, progress: Progress | None = None,
                  accept_loss: bool = False) -> None:
-        self.target, self.image, self.via = counting(target), image, via
+        self.target, self.image, self.via = counting(target), state.decode(image), via
         # What the restore cannot bring back, found by the checks: refused unless accepted.
         self.losses: list[str] = []
         self.accept_loss = accept_loss

@@ -3,8 +3,10 @@
 Every module in this package defines `KIND`, a `Kind` that holds, side by side, the kind's
 record (a construct Struct: its bytes in a v1 section of type 0x100 + id), how the dump
 reads it from the stopped inferior, what the restore checks before the first change, and how
-the restore puts it back. Adding a kind is adding one module here: the dump, the restore, the
-v1 reader and writer and img-info find it by walking this package.
+the restore puts it back. Adding a kind is adding one module here: the dump, the restore and
+img-info find it by walking this package. The file format below knows only the sections'
+framing (binfmt_img.formats.v1 keeps them raw in `Image.raw_states`); `decode` and `put`
+here turn them into values and back, so formats never imports this layer.
 
 The dump calls `dump(plan)` with the scratch area open and the main thread selected
 (`plan.injector`, `plan.each_thread`, `plan.pid`, `plan.report.warnings`); it returns the
@@ -26,12 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from construct import ConstructError
+
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.v1 import SECTION_STATE_BASE
+
 if TYPE_CHECKING:
-    from binfmt_img.formats.model import Thread
+    from binfmt_img.formats.model import Image, Thread
     from binfmt_img.live.dump import DumpPlan
     from binfmt_img.live.restore import RestorePlan
 
-SECTION_BASE = 0x100  # v1 section type of kind id 0; ids are never reused
+SECTION_BASE = SECTION_STATE_BASE  # v1 section type of kind id 0; ids are never reused
 PHASES = ("process", "late")
 # Signals are queued after everything else: one the process does not block is delivered by
 # the next step, which must be the restore's last.
@@ -77,3 +84,30 @@ def _discover() -> tuple[Kind, ...]:
 KINDS: tuple[Kind, ...] = _discover()
 BY_SECTION = {kind.section: kind for kind in KINDS}
 BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+def decode(image: Image) -> Image:
+    """Fill `image.states` from its raw sections (again: the values are the sections'), and
+    `image.unknown_states` with the types of kinds this version does not know. A record that
+    does not parse is an ImageError at its section's offset, before any change."""
+    image.states, image.unknown_states = {}, []
+    for section, offset, payload in image.raw_states:
+        kind = BY_SECTION.get(section)
+        if kind is None:
+            image.unknown_states.append(section)
+            continue
+        if kind.name in image.states:
+            raise ImageError(f"second {kind.name} section", offset)
+        try:
+            image.states[kind.name] = kind.record.parse(payload)
+        except (ConstructError, UnicodeDecodeError) as error:
+            reason = str(error).splitlines()[0][:120]
+            raise ImageError(f"malformed {kind.name} state section: {reason}", offset) from None
+    return image
+
+
+def put(image: Image, kind: Kind, value: Any) -> None:
+    """Record `value` for `kind`: as a value, and as the section a v1 file will carry."""
+    image.raw_states = [raw for raw in image.raw_states if raw[0] != kind.section]
+    image.raw_states.append((kind.section, 0, kind.record.build(value)))
+    image.states[kind.name] = value

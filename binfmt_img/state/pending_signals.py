@@ -25,13 +25,13 @@ signal it handles `stop`) would be left in the middle of the restore: refused as
 
 from __future__ import annotations
 
-import signal
 import struct
 from typing import TYPE_CHECKING
 
 from construct import Bytes, Int32ul, PrefixedArray, Struct
 
 from binfmt_img.errors import RestoreError
+from binfmt_img.formats.model import signal_name
 from binfmt_img.live import ptrace
 from binfmt_img.live import syscalls as sc
 from binfmt_img.state import ORDER_QUEUE, Kind
@@ -50,14 +50,6 @@ Record = Struct(
 )
 UNQUEUEABLE = (sc.SIGKILL, sc.SIGSTOP)
 DRAIN_LIMIT = 100_000  # RLIMIT_SIGPENDING is a few ten thousands at most by default
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        rtmin = int(signal.SIGRTMIN)
-        return f"SIGRTMIN+{number - rtmin}" if number > rtmin else f"signal {number}"
 
 
 def _number(info: bytes) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from construct import Bytes, Int32ul, Struct
 
+from binfmt_img.formats.model import signal_name
 from binfmt_img.live import syscalls as sc
 from binfmt_img.state import Kind
 
@@ -51,7 +52,6 @@ def check(plan: RestorePlan, value) -> None:
 
 
 def describe(value) -> str:
-    from binfmt_img.formats.report import signal_name  # report imports the state kinds
     number, _, code = struct.unpack_from("<iii", value.siginfo)
     what = {SI_KERNEL: "a breakpoint", TRAP_BRKPT: "a breakpoint",
             TRAP_TRACE: "a single step"}.get(code, "") if number == 5 else ""

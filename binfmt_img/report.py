@@ -28,6 +28,7 @@ from binfmt_img.formats.model import (
     Thread,
     Vma,
     prot_text,
+    signal_name,
 )
 from binfmt_img.safeio import open_regular
 
@@ -87,14 +88,6 @@ def selector_name(selector: int) -> str:
     if 0 <= tls < GDT_ENTRY_TLS_ENTRIES and rpl == 3:
         return f"TLS#{tls}"
     return f"GDT#{index} rpl {rpl}"
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        rtmin = int(signal.SIGRTMIN)
-        return f"SIGRTMIN+{number - rtmin}" if number > rtmin else f"SIG{number}"
 
 
 def bit_names(value: int, bits: tuple[tuple[int, str], ...]) -> str:
@@ -208,6 +201,7 @@ def _thread_json(thread: Thread) -> dict[str, Any]:
 
 def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any]:
     """Everything as plain JSON values; `bad` (from bad_runs) adds a "verify" member."""
+    state.decode(image)
     regs = image.registers
     result: dict[str, Any] = {
         "format": image.format,
@@ -425,6 +419,7 @@ def _verify_text(bad: list[PageRun] | None, runs: int) -> list[str]:
 
 def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = None) -> str:
     """The human report; with `verify`, page checksums too (pass `bad` if already computed)."""
+    state.decode(image)
     if image.core_kind is not None:
         what = f"ELF core {CORE_KINDS.get(image.core_kind, image.core_kind)}"
     else:
