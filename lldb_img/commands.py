@@ -436,7 +436,7 @@ def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
 
 
 class ImgDump(_Command):
-    """img-dump FILE [--format v1|v0] [--progress]
+    """img-dump FILE [--format v1|v0] [--compress] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's.
@@ -449,6 +449,7 @@ The process is left as it was and can be continued."""
         Option("f", "format", "The image format: v1, this project's, or v0, the seed's.",
                tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
         Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("c", "compress", "Store v1 pages as zstd frames where that pays."),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
@@ -461,7 +462,8 @@ The process is left as it was and can be continued."""
                 plan = DumpPlan(inferior, args.format)
                 image = plan.collect()
                 line = progress.on_stderr("img-dump", args.progress, _batch())
-                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line))
+                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
+                                args.compress)
                 line.finish()
             inferior.memory_changed()
         for warning in plan.report.warnings:

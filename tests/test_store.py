@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
+import zstandard
 from cprogs import compile_program
 from gdbmi import Gdb
 from lldb_helpers import lldb_batch, lldb_missing, read
@@ -16,8 +18,8 @@ from selfcheck import GDB_SIGNALS, passes
 from synthetic import make_image, page, pages
 
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import image_file
-from binfmt_img.formats.model import PAGE_SIZE
+from binfmt_img.formats import image_file, packed, v1
+from binfmt_img.formats.model import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, Vma
 from binfmt_img.store import Store
 from binfmt_img.store import pages as store_pages
 
@@ -267,3 +269,65 @@ def test_lldb_three_checkpoints(tmp_path: Path) -> None:
         first = 3 if ref == "three" else 1
         assert text.startswith(f"resumed after checkpoint {first}\n"), (ref, text)
         passes(text, 3)
+
+
+# ---- compressed single images ----
+
+BIG = 0x10000000  # an anonymous mapping of 256 pages, added to the synthetic image
+
+
+def _compressed(tmp_path: Path, chunks=None) -> Path:
+    path = tmp_path / "c.img"
+    image = make_image()
+    image.vmas.append(Vma(BIG, BIG + 256 * PAGE_SIZE, 3, MAP_PRIVATE | MAP_ANONYMOUS))
+    image.vmas.sort(key=lambda v: v.start)
+    image_file.save(str(path), image, "v1", pages() if chunks is None else chunks,
+                    compress=True)
+    return path
+
+
+def test_compressed_image_round_trip(tmp_path: Path) -> None:
+    path = _compressed(tmp_path)
+    raw = tmp_path / "r.img"
+    image_file.save(str(raw), make_image(), "v1", pages())
+    assert path.stat().st_size < raw.stat().st_size / 2
+    assert struct.unpack_from("<I", path.read_bytes(), 4)[0] == v1.VERSION_COMPRESSED
+    image = image_file.load(str(path))
+    assert v1.verify_pages(image) == []
+    for vaddr, data in _all_pages(pages()).items():
+        assert image.page_at(vaddr) == data, hex(vaddr)
+    # Incompressible pages are stored raw, page aligned; long runs are split.
+    noise = os.urandom(3 * PAGE_SIZE)
+    heap = b"".join(page(BIG + i) for i in range(packed.RUN_PAGES + 3))
+    mixed = _compressed(tmp_path, [(BIG, heap), (BIG + 128 * PAGE_SIZE, noise)])
+    image = image_file.load(str(mixed))
+    assert [r.count for r in image.runs] == [packed.RUN_PAGES, 3, 3]
+    stored = image.reader.stored
+    assert [s.compressed for s in stored] == [True, True, False]
+    assert stored[2].offset % PAGE_SIZE == 0
+    assert image.page_at(BIG + 130 * PAGE_SIZE) == noise[2 * PAGE_SIZE:]
+    assert image.page_at(BIG + 66 * PAGE_SIZE) == page(BIG + 66)
+
+
+def test_compressed_image_damage(tmp_path: Path) -> None:
+    path = _compressed(tmp_path)
+    image = image_file.load(str(path))
+    first = image.reader.stored[0]
+    data = bytearray(path.read_bytes())
+    data[first.offset + first.length // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+    image = image_file.load(str(path))
+    assert [r.vaddr for r in v1.verify_pages(image)] == [first.vaddr]
+    with pytest.raises(ImageError, match="no longer matches its checksum"):
+        image.page_at(first.vaddr)
+    # A compressed run in an image of the plain version is refused by the reader.
+    plain = bytearray(_compressed(tmp_path).read_bytes())
+    struct.pack_into("<I", plain, 4, v1.VERSION)
+    with pytest.raises(ImageError, match="marked compressed"):
+        image_file.parse(memoryview(bytes(plain)))
+
+
+def test_compressed_frame_claiming_too_much() -> None:
+    frame = zstandard.ZstdCompressor().compress(bytes(PAGE_SIZE * 2))
+    with pytest.raises(ImageError, match="claims 8192 bytes, 4096 expected"):
+        packed._decompress(frame, PAGE_SIZE, 0x1000)

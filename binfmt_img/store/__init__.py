@@ -19,7 +19,7 @@ API (no debugger; binfmt_img.store may import binfmt_img.formats, never the reve
                                                 through image.reader (a PageReader)
     store.delete(ref) -> Entry                  removes it; packs no checkpoint uses go too
     store.prune(keep: int) -> list[Entry]       deletes all but the last `keep`
-    store.export(ref, path, fmt="v1") -> Entry  a single image file of one checkpoint
+    store.export(ref, path, compress=True) -> Entry  a single v1 image of one checkpoint
     store.import_image(path, name=None) -> Entry
     store.put_blob(data: bytes) -> str          a whole file, stored once by content (hex hash)
     store.get_blob(hash: str) -> bytes          ImageError when absent or damaged
@@ -303,11 +303,11 @@ class Store:
         self._index = None
 
     # ---- single images ----
-    def export(self, ref: str | int, path: str, fmt: str = "v1",
-               compressed: bool = False) -> Entry:
+    def export(self, ref: str | int, path: str, compress: bool = True) -> Entry:
+        """One checkpoint as a single v1 image file, its pages compressed unless told."""
         entry = self.resolve(ref)
         image = self.load(entry.number)
-        image_file.save(path, image, fmt, image_chunks(image))
+        image_file.save(path, image, "v1", image_chunks(image), compress)
         return entry
 
     def import_image(self, path: str, name: str | None = None) -> Entry:
