@@ -20,7 +20,7 @@ from binfmt_img.live import progress
 from binfmt_img.live.dump import dump
 from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.pids import ask_next_pid
-from binfmt_img.live.restore import RestorePlan, load_image
+from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
 from gdb_img.target import (
@@ -242,14 +242,15 @@ class _ImgCommand(gdb.Command):
 class ImgRestore(_ImgCommand):
     """Restore a process image into the inferior, stopped at the checkpoint.
 
-Usage: img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
-(or `img restore ...`)
+Usage: img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss]
+                   [--yes] [--store DIR]   (or `img restore ...`)
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
 files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
 no live inferior, the image's executable is started first (stopped at its first instruction).
 Accepts v0 and v1 images and ELF cores; a crash core stops at the faulting instruction with
-its signal shown.
+its signal shown. N or NAME (when no such file exists) is a checkpoint of the store
+(img-checkpoint): --store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints.
 --via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
 memory API (slower); auto picks fast. --progress: a progress line in batch mode too.
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
@@ -265,10 +266,12 @@ confirm off` answer it); one with several threads is killed and a fresh one star
         self.parser.add_argument("--progress", action="store_true")
         self.parser.add_argument("--accept-loss", action="store_true")
         self.parser.add_argument("--yes", "-y", action="store_true")
+        self.parser.add_argument("--store")  # FILE may name a checkpoint of this store
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
-        image = load_image(_path(args.file), warn=_warn(self.name))
+        from gdb_img.checkpoints import restore_image  # it imports this module
+        image = restore_image(args.file, args.store, _warn(self.name))
         _replace_live_process(args.yes)
         with _quiet():
             started = _ensure_process(image)
@@ -338,12 +341,13 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
-Usage: img-dump FILE [--format v0|v1] [--progress]   (or `img dump ...`)
+Usage: img-dump FILE [--format v0|v1] [--compress] [--progress]   (or `img dump ...`)
 With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
-format; v0 is the seed's."""
+format; v0 is the seed's. --compress stores v1 pages as zstd frames where that pays
+(v1 version 0x201, which binfmt-img before compressed runs refuses; docs/FORMAT.md)."""
 
     name = "img-dump"
     file_optional = True
@@ -352,6 +356,7 @@ format; v0 is the seed's."""
         super().__init__()
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
         self.parser.add_argument("--progress", action="store_true")
+        self.parser.add_argument("--compress", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
@@ -360,7 +365,7 @@ format; v0 is the seed's."""
             target = GdbTarget()
             try:
                 result = dump(target, _path(args.file or _default_image_name()), args.format,
-                          line)
+                              line, args.compress)
             finally:
                 target.sync()
                 target.put_back_stop()
@@ -424,3 +429,5 @@ def register() -> None:
     ImgRestore()
     ImgDump()
     ImgInfo()
+    from gdb_img import checkpoints  # it imports this module
+    checkpoints.register()
