@@ -22,6 +22,7 @@ from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
+from gdb_img import compare
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -423,3 +424,4 @@ def register() -> None:
     ImgRestore()
     ImgDump()
     ImgInfo()
+    compare.register()  # img-diff, img-bisect
