@@ -197,7 +197,8 @@ def _attribute(a: Side, b: Side, spans: list[Span], out: Diff, values: Values | 
     for span in spans:
         if not _to_stack(stacks, span):
             rest.append(span)
-    out.stacks = [_stack_json(s) for s in stacks if any(f.changed for f in s["frames"])]
+    out.stacks = [_stack_json(s) for s in stacks
+                  if s["below"].changed or any(f.changed for f in s["frames"])]
     rest = _variables(a, b, rest, out, values)
     by_area: dict[int, list[Span]] = {}
     for span in rest:

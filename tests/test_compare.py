@@ -1,0 +1,194 @@
+"""img-diff and img-bisect (binfmt_img/compare): the core on synthetic images, then the
+commands in real GDB and LLDB on C programs that change globals, heap and stack between
+checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import synthetic
+from cprogs import ROOT, compile_program
+from lldb_helpers import lldb_batch, lldb_missing
+
+from binfmt_img.compare.bisect import bisect, split_arguments
+from binfmt_img.compare.diff import compare
+from binfmt_img.compare.sides import ImageSide
+from binfmt_img.compare.text import render
+from binfmt_img.compare.variables import Variables, plain_value
+from binfmt_img.formats import image_file
+from binfmt_img.formats.model import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    Image,
+    Vma,
+)
+
+needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+_NO_LLDB = lldb_missing()
+needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
+
+
+# --- the core, on synthetic images ----------------------------------------------------------
+
+def _image(edit_pages: dict[int, bytes] | None = None, edit: object = None) -> Image:
+    """The synthetic image, with bytes replaced at some addresses and the model edited."""
+    image = synthetic.make_image("v1")
+    chunks = []
+    for vaddr, data in synthetic.pages():
+        body = bytearray(data)
+        for addr, change in (edit_pages or {}).items():
+            if vaddr <= addr < vaddr + len(data):
+                body[addr - vaddr:addr - vaddr + len(change)] = change
+        chunks.append((vaddr, bytes(body)))
+    if callable(edit):
+        edit(image)
+    return image_file.parse(memoryview(synthetic.encode(image, "v1", chunks)))
+
+
+def _grow(image: Image) -> None:
+    image.threads[0].registers["rip"] += 0x10
+    image.threads[0].registers["rax"] = 42
+    heap = next(v for v in image.vmas if v.name == "[heap]")
+    heap.prot = PROT_READ  # changed
+    image.vmas = [v for v in image.vmas if v.path != "/dev/shm/demo"]  # removed
+    image.vmas.append(Vma(0x7F0000100000, 0x7F0000101000, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS))  # added
+    image.vmas.sort(key=lambda v: v.start)
+
+
+def test_diff_registers_vmas_pages_heap_and_stack() -> None:
+    stack_page = synthetic.STACK_END - PAGE_SIZE
+    a = ImageSide(_image(), "a")
+    rsp = synthetic.registers()["rsp"]
+    b = ImageSide(_image({synthetic.HEAP + 0x2000: b"CHANGED!", stack_page + 8: b"xy",
+                          rsp + 16: b"xyz"}, _grow), "b")
+    diff = compare(a, b)
+    main = next(t for t in diff.threads if t["tid"] == 4242)
+    assert main["registers"] == {"rax": [0x1000, 42], "rip": [synthetic.RIP,
+                                                               synthetic.RIP + 0x10]}
+    worker = next(t for t in diff.threads if t["tid"] == 4243)
+    assert worker["registers"] == {}
+    assert [v["start"] for v in diff.vmas["added"]] == [0x7F0000100000]
+    assert [v["label"] for v in diff.vmas["removed"]] == ["/dev/shm/demo"]
+    assert [(c["start"], c["what"]) for c in diff.vmas["changed"]] == [(synthetic.HEAP,
+                                                                          ["prot"])]
+    assert diff.pages == [(synthetic.HEAP + 0x2000, synthetic.HEAP + 0x3000),
+                          (stack_page, stack_page + PAGE_SIZE)]
+    assert diff.heap == [{"start": synthetic.HEAP + 0x2000, "end": synthetic.HEAP + 0x2008,
+                          "bytes": 8, "area": "[heap]"}]
+    stacks = {s["tid"]: s for s in diff.stacks}
+    assert list(stacks) == [4242]  # the stack holding the main thread's rsp
+    frames = {f["function"]: f["bytes"] for f in stacks[4242]["frames"]}
+    # No return address on this stack: all of it above rsp is the frame of the code at rip.
+    assert frames == {"(below the stack pointer)": 2, f"{synthetic.RIP + 0x10:#x}": 3}  # b's rip
+    text = render(diff)
+    for line in ("rax 0x1000 -> 0x2a", "+ 0x7f0000100000-0x7f0000101000 rw-p",
+                 "- 0x7ffff7fd0000-0x7ffff7fd1000 r--s /dev/shm/demo", "~ 0x600000-0x604000",
+                 "pages: 2 changed (8 KiB) in 2 ranges", "[heap] 0x602000-0x602008: 8 bytes"):
+        assert line in text, text
+    shape = json.loads(json.dumps(diff.to_json()))
+    assert set(shape) == {"a", "b", "threads", "vmas", "pages", "variables", "heap", "stacks",
+                          "other"}
+    assert shape["pages"]["changed"] == 2
+
+
+def test_diff_of_an_image_with_itself_is_empty() -> None:
+    diff = compare(ImageSide(_image(), "a"), ImageSide(_image(), "b"))
+    assert not diff.pages and not diff.heap and not diff.stacks and not diff.variables
+    assert render(diff).splitlines()[1:] == ["registers: the same", "VMAs: the same",
+                                             "pages: none changed"]
+
+
+def test_zero_pages_left_out_compare_as_zero() -> None:
+    """v1 leaves zero pages of anonymous memory out: a stored page turned to zeros is a
+    change (the area is the worker thread's stack, below its rsp)."""
+    a = ImageSide(_image(), "a")
+    b = ImageSide(_image({synthetic.ANON: bytes(PAGE_SIZE)}), "b")
+    diff = compare(a, b)
+    assert diff.pages == [(synthetic.ANON, synthetic.ANON + PAGE_SIZE)]
+    assert [s["tid"] for s in diff.stacks] == [4243]
+    assert diff.stacks[0]["frames"][0]["function"] == "(below the stack pointer)"
+
+
+def test_variables_from_an_elf_symbol_table_at_the_load_bias(tmp_path: Path) -> None:
+    from elftools.elf.elffile import ELFFile
+
+    binary = compile_program("compare_globals", tmp_path)
+    with open(binary, "rb") as f:
+        loads = [s.header for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
+    base = 0x555555554000
+    vmas = [Vma(base + (h.p_vaddr & ~0xFFF), base + ((h.p_vaddr + h.p_memsz + 0xFFF) & ~0xFFF),
+                PROT_READ, MAP_PRIVATE, (h.p_offset & ~0xFFF) // PAGE_SIZE, str(binary))
+            for h in loads]
+    table = Variables(vmas, {str(binary)})
+    names = {v.name: v for v in table.items}
+    assert {"counter", "origin", "table", "hidden", "block"} <= set(names)
+    counter = names["counter"]
+    assert counter.size == 4 and counter.address > base
+    assert [v.name for v in table.overlapping(counter.address + 2, counter.address + 3)] == [
+        "counter"]
+
+
+def test_plain_values() -> None:
+    assert plain_value((5).to_bytes(4, "little")) == "5"
+    assert plain_value((-1).to_bytes(8, "little", signed=True)) == "-1"
+    assert plain_value((0x7FFFF7DD2000).to_bytes(8, "little")) == "0x7ffff7dd2000"
+    assert plain_value(b"\x01\x02\x03") == "01 02 03"
+
+
+@pytest.mark.parametrize(("truth", "first", "probed"), [
+    ([False] * 5 + [True] * 3, 5, [0, 7, 3, 5, 4]),
+    ([False, True], 1, [0, 1]),
+    ([False] * 7 + [True], 7, [0, 7, 3, 5, 6]),
+])
+def test_bisect_restores_few_and_ends_at_the_first_true(truth: list[bool], first: int,
+                                                        probed: list[int]) -> None:
+    restored: list[int] = []
+    outcome = bisect(list(range(len(truth))), restored.append,
+                     lambda: (truth[restored[-1]], str(int(truth[restored[-1]]))))
+    assert outcome.first == first and outcome.note is None
+    assert [s.entry for s in outcome.steps] == probed
+    assert restored[-1] == first and outcome.restored == first
+    assert outcome.restores == len(restored)
+
+
+def test_bisect_says_when_the_ends_break_the_assumption() -> None:
+    restored: list[int] = []
+    always = bisect([1, 2, 3], restored.append, lambda: (True, "1"))
+    assert always.first == 1 and "already true at A" in (always.note or "")
+    assert restored == [1]
+    restored.clear()
+    never = bisect([1, 2, 3], restored.append, lambda: (False, "0"))
+    assert never.first is None and "false at B too" in (never.note or "")
+    assert restored == [1, 3] and never.restored == 3
+
+
+def test_bisect_arguments_keep_the_expression_as_typed() -> None:
+    assert split_arguments("1 8 head->next->prev != head") == (
+        None, ["1", "8"], "head->next->prev != head")
+    assert split_arguments("--store '/tmp/a b' first last  c == 'x' && n") == (
+        "/tmp/a b", ["first", "last"], "c == 'x' && n")
+
+
+def test_img_diff_script_on_two_images(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    image_file.save(str(a), _image())
+    image_file.save(str(b), _image({synthetic.HEAP + 0x2000: b"CHANGED!"}, _grow))
+    script = str(ROOT / "scripts" / "img-diff")
+    text = subprocess.run([sys.executable, script, str(a), str(b)], capture_output=True,
+                          text=True, check=True).stdout
+    assert "[heap] 0x602000-0x602008: 8 bytes" in text, text
+    shape = json.loads(subprocess.run([sys.executable, script, str(a), str(b), "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert shape["pages"]["changed"] == 1
+    missing = subprocess.run([sys.executable, script, str(a), "live"], capture_output=True,
+                             text=True)
+    assert missing.returncode == 2 and "needs a debugger" in missing.stderr
