@@ -242,14 +242,15 @@ class _ImgCommand(gdb.Command):
 class ImgRestore(_ImgCommand):
     """Restore a process image into the inferior, stopped at the checkpoint.
 
-Usage: img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
-(or `img restore ...`)
+Usage: img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss]
+                   [--yes] [--store DIR]   (or `img restore ...`)
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
 files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
 no live inferior, the image's executable is started first (stopped at its first instruction).
 Accepts v0 and v1 images and ELF cores; a crash core stops at the faulting instruction with
-its signal shown.
+its signal shown. N or NAME (when no such file exists) is a checkpoint of the store
+(img-checkpoint): --store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints.
 --via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
 memory API (slower); auto picks fast. --progress: a progress line in batch mode too.
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
@@ -265,10 +266,12 @@ confirm off` answer it); one with several threads is killed and a fresh one star
         self.parser.add_argument("--progress", action="store_true")
         self.parser.add_argument("--accept-loss", action="store_true")
         self.parser.add_argument("--yes", "-y", action="store_true")
+        self.parser.add_argument("--store")  # FILE may name a checkpoint of this store
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
-        image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        from gdb_img.checkpoints import restore_image  # it imports this module
+        image = restore_image(args.file, args.store, _warn(self.name))
         _replace_live_process(args.yes)
         with _quiet():
             started = _ensure_process(image)
@@ -424,4 +427,6 @@ def register() -> None:
     ImgRestore()
     ImgDump()
     ImgInfo()
+    from gdb_img import checkpoints  # it imports this module
+    checkpoints.register()
     compare.register()  # img-diff, img-bisect

@@ -213,6 +213,10 @@ class Image:
     # file, whatever happens to its path meanwhile, and with pread (a file truncated under
     # a mapping would kill the debugger with SIGBUS).
     fd: int | None = None
+    # Where pages come from when they are neither in `source` nor in `fd` (a checkpoint store
+    # entry): an object with read_into(offset, view) filling `view` with the bytes at `offset`
+    # of the image's page space (binfmt_img.store.pages.PageReader).
+    reader: Any = None
     _starts: Any = field(default=None, repr=False, compare=False)
 
     def release(self, offset: int, length: int) -> None:
@@ -247,6 +251,9 @@ class Image:
 
     def run_data(self, run: PageRun) -> Iterator[memoryview]:
         """The bytes of a run: one view when contiguous, else one view per page."""
+        if self.reader is not None:
+            yield from _read_through(self.reader, run.offset, run.count * PAGE_SIZE)
+            return
         assert self.source is not None
         if run.stride == PAGE_SIZE:
             yield self.source[run.offset:run.offset + run.count * PAGE_SIZE]
@@ -286,6 +293,8 @@ class Image:
         if i >= 0 and vaddr < self.runs[i].end:
             run = self.runs[i]
             at = run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride
+            if self.reader is not None:
+                return bytes(next(_read_through(self.reader, at, PAGE_SIZE)))
             if self.fd is not None:
                 return os.pread(self.fd, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0")
             assert self.source is not None
@@ -294,6 +303,16 @@ class Image:
                                        for v in self.vmas):
             return bytes(PAGE_SIZE)  # v1 leaves zero pages of anonymous memory out
         return None
+
+
+def _read_through(reader: Any, offset: int, size: int,
+                  piece: int = 16 << 20) -> Iterator[memoryview]:
+    """A reader's bytes in pieces of at most `piece` bytes (views of one reused buffer)."""
+    buffer = memoryview(bytearray(min(size, piece)))
+    for at in range(0, size, piece):
+        view = buffer[:min(piece, size - at)]
+        reader.read_into(offset + at, view)
+        yield view
 
 
 def last_stored_page(image: Image, start: int, end: int) -> int | None:
