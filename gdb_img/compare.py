@@ -85,36 +85,40 @@ typed by GDB where it knows the type), heap ranges and stack frames by function.
 class ImgBisect(gdb.Command):
     """Find the first checkpoint from A to B where an expression is true, and stop there.
 
-Usage: img-bisect [--store DIR] A B EXPR
+Usage: img-bisect [--store DIR] [--accept-loss] A B EXPR
 
 A and B are checkpoints of the store (numbers or names), A the earlier. The checkpoints from
 A to B are restored as few as a binary search needs, EXPR evaluated by GDB at each (it is
 assumed false at A and true at B; both are checked, and said when not so). The process is
-left restored at the first checkpoint where EXPR is true; the path taken is printed."""
+left restored at the first checkpoint where EXPR is true; the path taken is printed.
+--accept-loss is passed to each img-restore."""
 
     def __init__(self) -> None:
         super().__init__("img-bisect", gdb.COMMAND_RUNNING, gdb.COMPLETE_EXPRESSION)
 
     def invoke(self, argument: str, from_tty: bool) -> None:
         try:
-            store_dir, ends, expression = split_arguments(argument)
+            options, ends, expression = split_arguments(argument)
         except ValueError as error:
             raise gdb.GdbError(f"img-bisect: {error}") from None
         if len(ends) < 2 or not expression:
-            raise gdb.GdbError("img-bisect: usage: img-bisect [--store DIR] A B EXPR")
+            raise gdb.GdbError("img-bisect: usage: img-bisect [--store DIR] [--accept-loss] A B "
+                               "EXPR")
         try:
-            _bisect(store_dir, ends[0], ends[1], expression)
+            _bisect(options, ends[0], ends[1], expression)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"img-bisect: {error}") from None
 
 
-def _bisect(store_dir: str | None, first: str, last: str, expression: str) -> None:
-    store = open_store(store_dir)
+def _bisect(options: dict[str, str | bool], first: str, last: str, expression: str) -> None:
+    store = open_store(options.get("store"))  # type: ignore[arg-type]
     a, b = store.resolve(first), store.resolve(last)
     if a.number > b.number:
         raise ImageError(f"checkpoint {a.number} comes after {b.number}: give the earlier first")
     entries = [e for e in store.entries() if a.number <= e.number <= b.number]
-    option = f"--store {gdb_quoted(store.path)} " if store_dir else ""
+    # The user's store and flags only: no text of the images goes into the command.
+    option = f"--store {gdb_quoted(store.path)} " + (
+        "--accept-loss " if options.get("accept_loss") else "")
 
     def restore(entry: object) -> None:
         number = int(entry.number)  # type: ignore[attr-defined] # a number, never the name

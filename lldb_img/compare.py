@@ -119,26 +119,29 @@ def _quoted(text: str) -> str:
 
 
 class ImgBisect(_Raw):
-    """img-bisect [--store DIR] A B EXPR: find the first checkpoint from A to B where the
-    expression EXPR is true, and stop there, restored. The checkpoints are restored as few as
-    a binary search needs, EXPR evaluated by LLDB at each (assumed false at A and true at B;
-    both are checked, and said when not so); the path taken is printed."""
+    """img-bisect [--store DIR] [--accept-loss] A B EXPR: find the first checkpoint from A to
+    B where the expression EXPR is true, and stop there, restored. The checkpoints are
+    restored as few as a binary search needs, EXPR evaluated by LLDB at each (assumed false
+    at A and true at B; both are checked, and said when not so); the path taken is printed.
+    --accept-loss is passed to each img-restore."""
 
     name = "img-bisect"
     short_help = "Find the first checkpoint where an expression is true."
 
     def invoke(self, debugger: lldb.SBDebugger, command: str,
                result: lldb.SBCommandReturnObject) -> None:
-        store_dir, ends, expression = split_arguments(command)
+        options, ends, expression = split_arguments(command)
         if len(ends) < 2 or not expression:
-            raise ValueError("usage: img-bisect [--store DIR] A B EXPR")
-        store = open_store(store_dir)
+            raise ValueError("usage: img-bisect [--store DIR] [--accept-loss] A B EXPR")
+        store = open_store(options.get("store"))  # type: ignore[arg-type]
         a, b = store.resolve(ends[0]), store.resolve(ends[1])
         if a.number > b.number:
             raise ImageError(f"checkpoint {a.number} comes after {b.number}: give the earlier "
                              "first")
         entries = [e for e in store.entries() if a.number <= e.number <= b.number]
-        option = f"--store {_quoted(store.path)} " if store_dir else ""
+        # The user's store and flags only: no text of the images goes into the command.
+        option = f"--store {_quoted(store.path)} " + (
+            "--accept-loss " if options.get("accept_loss") else "")
         interpreter = debugger.GetCommandInterpreter()
         lines = [f"img-bisect: {len(entries)} checkpoints from {a.number} to {b.number}"]
 

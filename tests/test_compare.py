@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import synthetic
 from cprogs import ROOT, compile_program
-from lldb_helpers import lldb_batch, lldb_missing
+from gdbmi import Gdb, GdbError
+from lldb_helpers import lldb_missing
 
 from binfmt_img.compare.bisect import bisect, split_arguments
 from binfmt_img.compare.diff import compare
@@ -173,9 +174,11 @@ def test_bisect_says_when_the_ends_break_the_assumption() -> None:
 
 def test_bisect_arguments_keep_the_expression_as_typed() -> None:
     assert split_arguments("1 8 head->next->prev != head") == (
-        None, ["1", "8"], "head->next->prev != head")
-    assert split_arguments("--store '/tmp/a b' first last  c == 'x' && n") == (
-        "/tmp/a b", ["first", "last"], "c == 'x' && n")
+        {}, ["1", "8"], "head->next->prev != head")
+    assert split_arguments("--store '/tmp/a b' --accept-loss first last  c == 'x' && n") == (
+        {"store": "/tmp/a b", "accept_loss": True}, ["first", "last"], "c == 'x' && n")
+    with pytest.raises(ValueError, match="unknown option --bogus"):
+        split_arguments("--bogus 1 2 x")
 
 
 def test_img_diff_script_on_two_images(tmp_path: Path) -> None:
@@ -192,3 +195,97 @@ def test_img_diff_script_on_two_images(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, script, str(a), "live"], capture_output=True,
                              text=True)
     assert missing.returncode == 2 and "needs a debugger" in missing.stderr
+
+
+# --- GDB ------------------------------------------------------------------------------------
+
+GLOBALS = ("counter (int) at", ": 1 -> 5", "origin (struct point) at",
+           "{x = 3, y = 4} -> {x = 3, y = 9}", "table (long [4]) at",
+           "{10, 20, 30, 40} -> {10, 20, 33, 40}", "hidden (int) at", ": 7 -> 8")
+
+
+def _globals_session(gdb: Gdb, tmp_path: Path) -> tuple[Path, Path]:
+    """Dumps at the two checkpoints of compare_globals; stopped at the second."""
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    gdb.console("break checkpoint")
+    gdb.until_stopped(f"run > {tmp_path / 'out'}")
+    gdb.console(f"img-dump {a}")
+    gdb.until_stopped("continue")
+    gdb.console(f"img-dump {b}")
+    return a, b
+
+
+def _check_globals_diff(text: str) -> None:
+    for piece in (*GLOBALS, "registers:\n  thread ", "rdi 0x1 -> 0x2", "VMAs: the same",
+                  "pages: 3 changed (12 KiB) in 2 ranges", "[heap] ", ": 16 bytes",
+                  "stacks:\n  thread", "#1 work "):
+        assert piece in text, text
+
+
+@needs_gdb
+def test_img_diff_gdb_images_json_and_live(tmp_path: Path) -> None:
+    binary = compile_program("compare_globals", tmp_path)
+    gdb = Gdb(str(binary))
+    try:
+        a, b = _globals_session(gdb, tmp_path)
+        _check_globals_diff(gdb.console(f"img-diff {a} {b}"))
+        live = gdb.console(f"img-diff {a} live")
+        _check_globals_diff(live)
+        assert "b = live" in live
+        shape = json.loads(gdb.console(f"img-diff {a} {b} --json"))
+        assert set(shape) == {"a", "b", "threads", "vmas", "pages", "variables", "heap",
+                              "stacks", "other"}
+        counter = next(v for v in shape["variables"] if v["name"] == "counter")
+        assert (counter["type"], counter["old"], counter["new"]) == ("int", "1", "5")
+        assert counter["file"] == str(binary) and counter["size"] == 4
+        assert shape["pages"]["changed"] == 3
+        assert shape["threads"][0]["registers"]["rdi"] == [1, 2]
+        same = gdb.console(f"img-diff {b} live")
+        assert "pages: none changed" in same and "variables:" not in same, same
+        with pytest.raises(GdbError, match="no checkpoint store|no checkpoint"):
+            gdb.console(f"img-diff {a} 7 --store {tmp_path / 'none'}")
+    finally:
+        gdb.close()
+
+
+def _checkpoint_eight(gdb: Gdb, tmp_path: Path, store: Path) -> None:
+    """compare_list with a checkpoint saved at each of its 8 checkpoint() calls. (Not from a
+    breakpoint command list: img-checkpoint single-steps the inferior, and GDB drops the rest
+    of a command list once a command resumed it, so its `continue` never runs.)"""
+    gdb.console("break checkpoint")
+    stop = gdb.until_stopped(f"run > {tmp_path / 'out'}")
+    for round_no in range(1, 9):
+        assert stop.get("reason") == "breakpoint-hit", stop
+        gdb.console(f"img-checkpoint --store {store} round{round_no}")
+        stop = gdb.until_stopped("continue")
+    assert stop.get("reason") == "exited-normally", stop
+
+
+@needs_gdb
+def test_img_bisect_gdb_finds_the_first_corrupt_checkpoint(tmp_path: Path) -> None:
+    binary = compile_program("compare_list", tmp_path)
+    store = tmp_path / "store"
+    gdb = Gdb(str(binary))
+    try:
+        _checkpoint_eight(gdb, tmp_path, store)
+        listed = gdb.console(f"img-checkpoints --store {store}")
+        assert "\n8 " in listed, listed
+        text = gdb.console(f"img-bisect --store {store} 1 8 head.prev->next != &head",
+                           timeout=120)
+        steps = [line for line in text.splitlines() if "head.prev->next != &head =" in line]
+        assert [line.split(":")[1].strip() for line in steps] == [
+            "checkpoint 1 (round1)", "checkpoint 8 (round8)", "checkpoint 4 (round4)",
+            "checkpoint 6 (round6)", "checkpoint 5 (round5)"], text
+        assert steps[0].endswith("(false)") and steps[1].endswith("(true)"), text
+        assert "first true at checkpoint 6 (round6), after 6 restores" in text, text
+        assert gdb.console("print round_no").strip().endswith("= 6")
+        assert gdb.console("print head.prev->next == head.prev").strip().endswith("= 1")
+        stop = gdb.until_stopped("continue")  # resumes from the 6th: round 7 follows
+        assert stop.get("reason") == "breakpoint-hit", stop
+        assert gdb.console("print round_no").strip().endswith("= 7")
+        diff = gdb.console(f"img-diff --store {store} 5 6")
+        assert "round_no (int) at" in diff and ": 5 -> 6" in diff, diff
+        none = gdb.console(f"img-bisect --store {store} 1 3 round_no > 100", timeout=120)
+        assert "false at B too" in none and "left at checkpoint 3 (round3)" in none, none
+    finally:
+        gdb.close()

@@ -77,14 +77,14 @@ def bisect(entries: Sequence[Entry], restore: Callable[[Entry], None],
     return out
 
 
-def split_arguments(text: str) -> tuple[str | None, list[str], str]:
-    """img-bisect's words: `[--store DIR] A B EXPR...`: the store, A and B (shell-like
-    words), and the expression as the user typed it (quotes and all)."""
+def split_arguments(text: str) -> tuple[dict[str, str | bool], list[str], str]:
+    """img-bisect's words: `[--store DIR] [--accept-loss] A B EXPR...`: the options, A and B
+    (shell-like words), and the expression as the user typed it (quotes and all)."""
     import shlex
 
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=False)
+    lexer = shlex.shlex(text, posix=True)
     lexer.whitespace_split = True
-    store = None
+    options: dict[str, str | bool] = {}
     words: list[str] = []
     while len(words) < 2:
         word = lexer.get_token()
@@ -94,10 +94,14 @@ def split_arguments(text: str) -> tuple[str | None, list[str], str]:
             store = lexer.get_token()
             if store is None:
                 raise ValueError("--store needs a directory")
-            continue
-        if word.startswith("--store=") and not words:
-            store = word.removeprefix("--store=")
-            continue
-        words.append(word)
+            options["store"] = store
+        elif word.startswith("--store=") and not words:
+            options["store"] = word.removeprefix("--store=")
+        elif word == "--accept-loss" and not words:
+            options["accept_loss"] = True
+        elif word.startswith("--") and not words:
+            raise ValueError(f"unknown option {word}")
+        else:
+            words.append(word)
     rest = lexer.instream.read().strip()  # type: ignore[union-attr]
-    return store, words, rest
+    return options, words, rest

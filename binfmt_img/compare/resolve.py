@@ -20,7 +20,7 @@ def open_store(store: str | None, cwd: str | None = None) -> Any:
     path = Store.default_path(cwd or os.getcwd(), store)
     if not os.path.isdir(path):
         raise ImageError(f"{path}: no checkpoint store there")
-    return Store(path)
+    return Store(path, create=False)
 
 
 def open_side(ref: str, target: Target | None, store: str | None,
