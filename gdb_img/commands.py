@@ -341,12 +341,13 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
-Usage: img-dump FILE [--format v0|v1] [--progress]   (or `img dump ...`)
+Usage: img-dump FILE [--format v0|v1] [--compress] [--progress]   (or `img dump ...`)
 With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
-format; v0 is the seed's."""
+format; v0 is the seed's. --compress stores v1 pages as zstd frames where that pays
+(v1 version 0x201, which binfmt-img before compressed runs refuses; docs/FORMAT.md)."""
 
     name = "img-dump"
     file_optional = True
@@ -355,6 +356,7 @@ format; v0 is the seed's."""
         super().__init__()
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
         self.parser.add_argument("--progress", action="store_true")
+        self.parser.add_argument("--compress", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
@@ -363,7 +365,7 @@ format; v0 is the seed's."""
             target = GdbTarget()
             try:
                 result = dump(target, _path(args.file or _default_image_name()), args.format,
-                          line)
+                              line, args.compress)
             finally:
                 target.sync()
                 target.put_back_stop()

@@ -249,14 +249,17 @@ class Option:
     short: str
     long: str
     help: str
-    choices: tuple[str, ...] = ()  # none: a flag
+    choices: tuple[str, ...] = ()  # none: a flag (or a value, with `value`)
+    value: bool = False  # takes any string (a directory), default None
 
     @property
     def dest(self) -> str:
         return self.long.replace("-", "_")
 
     @property
-    def default(self) -> str | bool:
+    def default(self) -> str | bool | None:
+        if self.value:
+            return None
         return self.choices[0] if self.choices else False
 
 
@@ -276,7 +279,9 @@ class _Command:
         self.parser = _Parser(prog=self.name, add_help=False)
         self.parser.add_argument(self.argument.lower())
         for option in self.options:
-            if option.choices:
+            if option.value:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}")
+            elif option.choices:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
                                          default=option.default, choices=option.choices)
             else:
@@ -320,7 +325,8 @@ class _Command:
 
 
 class ImgRestore(_Command):
-    """img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
+    """img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
+[--store DIR]
 
 Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
 then leaves it stopped at the checkpoint with LLDB's modules set to the image's files at the
@@ -329,7 +335,9 @@ first, stopped at its first instruction; a live process is replaced after a conf
 (--yes, batch mode or auto-confirm answer it). State the restore cannot bring back (a pipe to
 another process, children, ...) is listed and the restore refused; --accept-loss restores
 without it, one warning each. Accepts v0 and v1 images and ELF cores: a crash core stops at
-the faulting instruction with its signal raised again."""
+the faulting instruction with its signal raised again. N or NAME, when no such file exists,
+is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STORE, else
+./img-checkpoints."""
 
     name = "img-restore"
     short_help = "Restore a process image into the inferior."
@@ -342,11 +350,14 @@ the faulting instruction with its signal raised again."""
         Option("a", "accept-loss", "Restore without the state that cannot come back, one "
                "warning each, instead of refusing."),
         Option("y", "yes", "Replace a live process without asking."),
+        Option("s", "store", "The checkpoint store FILE may name a checkpoint of (a number or "
+               "a name, when no such file exists).", value=True),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
+        from lldb_img.checkpoints import restore_image  # it imports this module
+        image = restore_image(args.file, args.store, result)
         with _synchronous(debugger):
             before = debugger.GetSelectedTarget().GetProcess()
             before_pid = before.GetProcessID() if before.IsValid() else None
@@ -425,7 +436,7 @@ def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
 
 
 class ImgDump(_Command):
-    """img-dump FILE [--format v1|v0] [--progress]
+    """img-dump FILE [--format v1|v0] [--compress] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's.
@@ -438,6 +449,7 @@ The process is left as it was and can be continued."""
         Option("f", "format", "The image format: v1, this project's, or v0, the seed's.",
                tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
         Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("c", "compress", "Store v1 pages as zstd frames where that pays."),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
@@ -450,7 +462,8 @@ The process is left as it was and can be continued."""
                 plan = DumpPlan(inferior, args.format)
                 image = plan.collect()
                 line = progress.on_stderr("img-dump", args.progress, _batch())
-                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line))
+                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
+                                args.compress)
                 line.finish()
             inferior.memory_changed()
         for warning in plan.report.warnings:

@@ -41,7 +41,10 @@ def _parsed(command: type[commands._Command]) -> type:
         def setup_command_definition(self) -> None:
             parser = self.get_parser()
             for option in options:
-                if option.choices:
+                if option.value:
+                    parser.add_option(option.short, option.long, option.help, None,
+                                      dest=option.dest, value_type=lldb.eArgTypePath)
+                elif option.choices:
                     parser.add_option(option.short, option.long, option.help, option.default,
                                       dest=option.dest, value_type=lldb.eArgTypeValue,
                                       enum_values=[[c, c] for c in option.choices])
@@ -59,7 +62,8 @@ def _parsed(command: type[commands._Command]) -> type:
             if option is None:
                 return False
             parser = self.get_parser()
-            object.__setattr__(parser, option.dest, value if option.choices else True)
+            object.__setattr__(parser, option.dest,
+                               value if option.choices or option.value else True)
             parser.options_dict[name]["_value_set"] = True
             return True
 

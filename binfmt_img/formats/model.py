@@ -222,7 +222,7 @@ class Image:
     def release(self, offset: int, length: int) -> None:
         """Drop mapped file pages a restore has finished with: the debugger's memory use
         stays flat however large the image."""
-        if self.mapping is not None and length > 0:
+        if self.mapping is not None and length > 0 and self.reader is None:
             start = offset - offset % PAGE_SIZE
             self.mapping.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
 

@@ -307,12 +307,12 @@ class DumpPlan:
 
 
 def dump(target: Target, path: str, fmt: str = "v1",
-         progress: Progress | None = None) -> DumpReport:
+         progress: Progress | None = None, compress: bool = False) -> DumpReport:
     started = time.monotonic()
     plan = DumpPlan(target, fmt)
     try:
         image = plan.collect()
-        image_file.save(path, image, fmt, plan.pages(progress))
+        image_file.save(path, image, fmt, plan.pages(progress), compress)
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)
         if reload_process is not None:

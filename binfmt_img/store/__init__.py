@@ -19,7 +19,7 @@ API (no debugger; binfmt_img.store may import binfmt_img.formats, never the reve
                                                 through image.reader (a PageReader)
     store.delete(ref) -> Entry                  removes it; packs no checkpoint uses go too
     store.prune(keep: int) -> list[Entry]       deletes all but the last `keep`
-    store.export(ref, path, fmt="v1") -> Entry  a single image file of one checkpoint
+    store.export(ref, path, compress=True) -> Entry  a single v1 image of one checkpoint
     store.import_image(path, name=None) -> Entry
     store.put_blob(data: bytes) -> str          a whole file, stored once by content (hex hash)
     store.get_blob(hash: str) -> bytes          ImageError when absent or damaged
@@ -66,11 +66,12 @@ ENV = "BINFMT_IMG_STORE"
 DEFAULT_DIR = "img-checkpoints"
 MARKER = "STORE"
 MANIFEST_MAGIC = b"BIMGCKP1"
-# magic, then lengths and crc32s of the three parts: entry (JSON), metadata (a v1 image with
-# no pages), page map (zstd: run count, runs as vaddr/count, then one u32 page id per page).
+# magic, then lengths and crc32s of the three parts: entry (JSON), metadata (zstd: a v1 image
+# with no pages), page map (zstd: run count, runs as vaddr/count, then one u32 page id per page).
 MANIFEST_HEAD = struct.Struct("<8sIIIIII")
 RUN = struct.Struct("<QQ")
 MAX_MAP = 1 << 34  # bytes of a decompressed page map: 4 G pages
+MAX_META = 1 << 30  # bytes of decompressed metadata (8192 threads of XSAVE areas fit)
 
 
 @dataclass
@@ -248,7 +249,10 @@ class Store:
         entry = self.resolve(ref)
         _, meta, page_map = self._read_manifest(entry.number)
         try:
+            meta = zstandard.ZstdDecompressor().decompress(meta, max_output_size=MAX_META)
             image, offsets = v1.read(memoryview(meta))
+        except zstandard.ZstdError as error:
+            raise ImageError(f"checkpoint {entry.label}: metadata: {error}") from None
         except ImageError as error:
             raise ImageError(f"checkpoint {entry.label}: {error.what}") from None
         runs, ids = _parse_map(page_map, entry.label)
@@ -299,11 +303,11 @@ class Store:
         self._index = None
 
     # ---- single images ----
-    def export(self, ref: str | int, path: str, fmt: str = "v1",
-               compressed: bool = False) -> Entry:
+    def export(self, ref: str | int, path: str, compress: bool = True) -> Entry:
+        """One checkpoint as a single v1 image file, its pages compressed unless told."""
         entry = self.resolve(ref)
         image = self.load(entry.number)
-        image_file.save(path, image, fmt, image_chunks(image))
+        image_file.save(path, image, "v1", image_chunks(image), compress)
         return entry
 
     def import_image(self, path: str, name: str | None = None) -> Entry:
@@ -380,7 +384,11 @@ def _page_map(image: Image, chunks: Iterable[tuple[int, memoryview | bytes]],
     runs: list[tuple[int, int]] = []
     ids: list[int] = []
     zero_hash = page_hash(v1.ZERO_PAGE)
+    last = -1
     for vaddr, page in page_views(chunks):
+        if vaddr <= last:
+            raise ImageError(f"page {vaddr:#x} given twice or out of address order")
+        last = vaddr
         digest = page_hash(page)
         if digest == zero_hash and page == v1.ZERO_PAGE and not keep_zero(vaddr):
             continue
@@ -405,7 +413,7 @@ def _manifest(entry: Entry, image: Image, runs: list[tuple[int, int]], ids: list
     fields = asdict(entry)
     fields["size"] = stored  # the pack's share; the manifest's own length is added on reading
     blob = json.dumps(fields).encode()
-    meta_bytes = meta.getvalue()
+    meta_bytes = zstandard.ZstdCompressor(level=3).compress(meta.getvalue())
     head = MANIFEST_HEAD.pack(MANIFEST_MAGIC, len(blob), zlib.crc32(blob), len(meta_bytes),
                               zlib.crc32(meta_bytes), len(page_map), zlib.crc32(page_map))
     out = head + blob + meta_bytes + page_map
