@@ -147,6 +147,7 @@ class ImgBisect(_Raw):
 
         def restore(entry: Any) -> None:
             number = int(entry.number)  # a number, never the name: no image text
+            _fresh_process(debugger)
             done = lldb.SBCommandReturnObject()
             interpreter.HandleCommand(f"img-restore --yes {option}{number}", done)
             if not done.Succeeded():
@@ -174,6 +175,16 @@ class ImgBisect(_Raw):
         elif outcome.restored is not None:
             lines.append(f"img-bisect: the process is left at {_name(outcome.restored)}")
         result.AppendMessage("\n".join(lines))
+
+
+def _fresh_process(debugger: lldb.SBDebugger) -> None:
+    """Kill the process, so that img-restore starts a new one: LLDB keeps the memory it
+    allocated in the process for expressions (a page mapped by the first one) and reuses it,
+    but a restore in place unmaps it, and every later expression then fails ("couldn't
+    allocate a temporary region for the result")."""
+    process = debugger.GetSelectedTarget().GetProcess()
+    if process.IsValid() and process.GetState() == lldb.eStateStopped:
+        process.Kill()
 
 
 def _name(entry: Any) -> str:

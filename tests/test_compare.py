@@ -5,6 +5,7 @@ checkpoints."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import synthetic
 from cprogs import ROOT, compile_program
 from gdbmi import Gdb, GdbError
-from lldb_helpers import lldb_missing
+from lldb_helpers import lldb_batch, lldb_missing
 
 from binfmt_img.compare.bisect import bisect, split_arguments
 from binfmt_img.compare.diff import compare
@@ -289,3 +290,61 @@ def test_img_bisect_gdb_finds_the_first_corrupt_checkpoint(tmp_path: Path) -> No
         assert "false at B too" in none and "left at checkpoint 3 (round3)" in none, none
     finally:
         gdb.close()
+
+
+# --- LLDB -----------------------------------------------------------------------------------
+
+LLDB_GLOBALS = ("counter (int) at", ": 1 -> 5", "origin (point) at",
+                "{x = 3, y = 4} -> {x = 3, y = 9}", "table (long[4]) at",
+                "{10, 20, 30, 40} -> {10, 20, 33, 40}", "hidden (int) at", ": 7 -> 8")
+
+
+@needs_lldb
+def test_img_diff_lldb_images_json_and_live(tmp_path: Path) -> None:
+    binary = compile_program("compare_globals", tmp_path)
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    done = lldb_batch(f"settings set target.output-path {tmp_path / 'out'}",
+                      "breakpoint set -n checkpoint", "run", f"img-dump {a}", "continue",
+                      f"img-dump {b}", f"img-diff {a} {b}", "script print('== live')",
+                      f"img-diff {a} live", "script print('== json')",
+                      f"img-diff {a} {b} --json", "script print('== end')", "kill",
+                      program=binary)
+    out = done.stdout
+    assert "error:" not in done.stderr, out + done.stderr
+    files, rest = out.split("== live", 1)
+    live, rest = rest.split("== json", 1)
+    for text in (files, live):
+        for piece in (*LLDB_GLOBALS, "rdi 0x1 -> 0x2", "pages: 3 changed (12 KiB) in 2 ranges",
+                      ": 16 bytes", "#1 work "):
+            assert piece in text, out
+    assert "b = live" in live
+    line = next(x for x in rest.split("== end")[0].splitlines() if x.startswith("{"))
+    shape = json.loads(line)
+    counter = next(v for v in shape["variables"] if v["name"] == "counter")
+    assert (counter["type"], counter["old"], counter["new"]) == ("int", "1", "5")
+    assert shape["pages"]["changed"] == 3
+
+
+@needs_lldb
+def test_img_bisect_lldb_finds_the_first_corrupt_checkpoint(tmp_path: Path) -> None:
+    binary = compile_program("compare_list", tmp_path)
+    store = tmp_path / "store"
+    rounds = []
+    for round_no in range(1, 9):
+        rounds += [f"img-checkpoint --store {store} round{round_no}", "continue"]
+    done = lldb_batch(f"settings set target.output-path {tmp_path / 'out'}",
+                      "breakpoint set -n checkpoint", "run", *rounds,
+                      f"img-bisect --store {store} 1 8 head.prev->next != &head",
+                      "expression round_no", "expression head.prev->next == head.prev",
+                      "continue", "expression round_no", "kill",
+                      program=binary, timeout=180)
+    out = done.stdout
+    assert "error:" not in done.stderr, out + done.stderr
+    steps = [line for line in out.splitlines() if "head.prev->next != &head =" in line]
+    assert [line.split(":")[1].strip() for line in steps] == [
+        "checkpoint 1 (round1)", "checkpoint 8 (round8)", "checkpoint 4 (round4)",
+        "checkpoint 6 (round6)", "checkpoint 5 (round5)"], out
+    assert "first true at checkpoint 6 (round6), after 6 restores" in out, out
+    after = out.split("after 6 restores", 1)[1]
+    values = re.findall(r"^\((int|bool)\) \$\d+ = (\S+)$", after, re.MULTILINE)
+    assert values == [("int", "6"), ("bool", "true"), ("int", "7")], out  # 7: continued
