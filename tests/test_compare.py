@@ -139,6 +139,30 @@ def test_variables_from_an_elf_symbol_table_at_the_load_bias(tmp_path: Path) -> 
         "counter"]
 
 
+def test_store_checkpoints_compare_by_page_id(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two checkpoints of one store: only the pages whose ids differ are read."""
+    from binfmt_img.compare.resolve import open_side
+    from binfmt_img.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.add(_image(), "before")
+    store.add(_image({synthetic.HEAP + 0x2000: b"CHANGED!"}), "after")
+    read: list[int] = []
+    original = ImageSide._page
+
+    def counting(self: ImageSide, vaddr: int) -> bytes | None:
+        read.append(vaddr)
+        return original(self, vaddr)
+    monkeypatch.setattr(ImageSide, "_page", counting)
+    a = open_side("before", None, str(tmp_path / "store"))
+    b = open_side("2", None, str(tmp_path / "store"))
+    assert (a.label, b.label) == ("checkpoint 1 (before)", "checkpoint 2 (after)")
+    diff = compare(a, b)
+    assert diff.pages == [(synthetic.HEAP + 0x2000, synthetic.HEAP + 0x3000)]
+    assert set(read) == {synthetic.HEAP + 0x2000}
+
+
 def test_plain_values() -> None:
     assert plain_value((5).to_bytes(4, "little")) == "5"
     assert plain_value((-1).to_bytes(8, "little", signed=True)) == "-1"

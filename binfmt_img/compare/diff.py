@@ -103,6 +103,8 @@ def _threads(old: list[Thread], new: list[Thread]) -> list[dict[str, Any]]:
                    if name in before.registers and name in after.registers
                    and before.registers[name] != after.registers[name]}
         entry: dict[str, Any] = {"tid": after.tid, "registers": changed}
+        if before.xsave is not None and after.xsave is not None:
+            entry["fpu_changed"] = before.xsave.data != after.xsave.data  # x87, SSE, AVX
         if before.tid != after.tid:
             entry["tid_a"] = before.tid
         out.append(entry)
@@ -148,6 +150,9 @@ def _changed_spans(a: Side, b: Side, out: Diff) -> Iterator[Span]:
         va, vb = a.vma_at(vaddr), b.vma_at(vaddr)
         if va is None or vb is None:
             continue  # an added or removed area: said with the VMAs
+        key = a.page_key(vaddr)
+        if key is not None and key == b.page_key(vaddr):
+            continue  # the same stored page: not read
         old, new = a.page(vaddr), b.page(vaddr)
         a.forget(vaddr)
         b.forget(vaddr)
@@ -270,7 +275,8 @@ def _variable_json(variable: Any, old: bytes, new: bytes, values: Values | None)
 # --- stacks ---------------------------------------------------------------------------------
 
 def _stacks(a: Side, b: Side) -> list[dict[str, Any]]:
-    """Each thread's stack area and its frames (from the side the thread is on, b first)."""
+    """Each thread's stack area (from the side the thread is on, b first); its frames are
+    found when a change falls in it."""
     out = []
     threads = [(t, b) for t in b.threads] + [(t, a) for t in a.threads
                                             if t.tid not in {u.tid for u in b.threads}]
@@ -281,9 +287,9 @@ def _stacks(a: Side, b: Side) -> list[dict[str, Any]]:
         vma = side.vma_at(rsp)
         if vma is None:
             continue
-        frames = _frames(side, rip, rsp, vma)
         out.append({"tid": thread.tid, "start": vma.start, "end": vma.end, "rsp": rsp,
-                    "frames": frames, "below": Frame("(below the stack pointer)", vma.start, rsp)})
+                    "frames": [], "find": (side, rip, rsp, vma),
+                    "below": Frame("(below the stack pointer)", vma.start, rsp)})
     return out
 
 
@@ -326,6 +332,8 @@ def _to_stack(stacks: list[dict[str, Any]], span: Span) -> bool:
     for stack in stacks:
         if not stack["start"] <= span.start < stack["end"]:
             continue
+        if stack["find"] is not None:
+            stack["frames"], stack["find"] = _frames(*stack["find"]), None
         frames = [stack["below"], *stack["frames"]]
         for frame in frames:
             low, high = max(span.start, frame.low), min(span.end, frame.high)

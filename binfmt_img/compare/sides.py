@@ -5,6 +5,7 @@ sees them (a file-backed page the image does not store reads from the file)."""
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable
 
@@ -31,6 +32,11 @@ class Side:
 
     def _page(self, vaddr: int) -> bytes | None:
         raise NotImplementedError
+
+    def page_key(self, vaddr: int) -> object | None:
+        """What names the page's content without reading it (a store's page id), or None:
+        pages with equal keys are equal."""
+        return None
 
     def vma_at(self, addr: int) -> Vma | None:
         return next((v for v in self.vmas if v.start <= addr < v.end), None)
@@ -94,6 +100,7 @@ class ImageSide(Side):
         self.image = image
         self.vmas = [v for v in image.vmas if v.name not in KERNEL_AREAS]
         self.threads = image.threads
+        self._starts: list[int] | None = None
 
     def candidates(self) -> Iterable[int]:
         for run in self.image.runs:
@@ -102,6 +109,22 @@ class ImageSide(Side):
 
     def _page(self, vaddr: int) -> bytes | None:
         return self.image.page_at(vaddr)
+
+    def page_key(self, vaddr: int) -> object | None:
+        """A store checkpoint's page id: the store keeps each content once, so two
+        checkpoints of one store holding the same id hold the same page."""
+        reader = getattr(self.image, "reader", None)
+        ids, directory = getattr(reader, "ids", None), getattr(reader, "directory", None)
+        if ids is None or directory is None:
+            return None
+        if self._starts is None:
+            self._starts = [run.vaddr for run in self.image.runs]
+        i = bisect.bisect_right(self._starts, vaddr) - 1
+        if i < 0 or vaddr >= self.image.runs[i].end:
+            return None
+        run = self.image.runs[i]
+        index = (run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride) // PAGE_SIZE
+        return (directory, ids[index]) if 0 <= index < len(ids) else None
 
 
 class LiveSide(Side):

@@ -27,11 +27,12 @@ def _threads(diff: Diff) -> list[str]:
             where = diff.a if entry["only_in"] == "a" else diff.b
             lines.append(f"  thread {entry['tid']}: only in {where}")
             continue
-        if not entry["registers"]:
+        if not entry["registers"] and not entry.get("fpu_changed"):
             continue
         tid = (f"{entry['tid_a']} -> {entry['tid']}" if "tid_a" in entry else str(entry["tid"]))
-        changes = ", ".join(f"{name} {old:#x} -> {new:#x}"
-                            for name, (old, new) in entry["registers"].items())
+        changes = ", ".join([f"{name} {old:#x} -> {new:#x}"
+                             for name, (old, new) in entry["registers"].items()]
+                            + (["FPU/vector state"] if entry.get("fpu_changed") else []))
         lines.append(f"  thread {tid}: {changes}")
     return ["registers:", *lines] if lines else ["registers: the same"]
 
