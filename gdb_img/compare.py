@@ -45,8 +45,21 @@ class GdbValues:
             return None
 
 
+class _CompareTarget(GdbTarget):
+    """The live process, with GDB's unwinder for stack frames."""
+
+    def stack_frames(self) -> list[tuple[int, str]]:
+        """(rsp in the frame, function) of the selected thread's frames, innermost first."""
+        out: list[tuple[int, str]] = []
+        frame = gdb.newest_frame()
+        while frame is not None and len(out) < 256:
+            out.append((int(frame.read_register("rsp")), frame.name() or f"{frame.pc():#x}"))
+            frame = frame.older()
+        return out
+
+
 def _live_target() -> GdbTarget | None:
-    return GdbTarget() if gdb.selected_inferior().pid else None
+    return _CompareTarget() if gdb.selected_inferior().pid else None
 
 
 class ImgDiff(gdb.Command):

@@ -57,6 +57,16 @@ class LldbValues:
         return _text(value), kind.GetName()
 
 
+class _CompareTarget(LldbTarget):
+    """The live process, with LLDB's unwinder for stack frames."""
+
+    def stack_frames(self) -> list[tuple[int, str]]:
+        """(rsp in the frame, function) of the selected thread's frames, innermost first."""
+        thread = self.process.GetSelectedThread()
+        return [(frame.GetSP(), frame.GetFunctionName() or f"{frame.GetPC():#x}")
+                for frame in list(thread)[:256]]
+
+
 class _Raw:
     name = ""
     short_help = ""
@@ -106,7 +116,7 @@ class ImgDiff(_Raw):
         args = parser.parse_args(shlex.split(command))
         target = debugger.GetSelectedTarget()
         with _synchronous(debugger):
-            live = (LldbTarget(_stopped_process(debugger)) if LIVE in (args.a, args.b)
+            live = (_CompareTarget(_stopped_process(debugger)) if LIVE in (args.a, args.b)
                     else None)
             a = open_side(args.a, live, args.store)
             b = open_side(args.b, live, args.store)

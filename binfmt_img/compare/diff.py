@@ -293,6 +293,20 @@ def _stacks(a: Side, b: Side) -> list[dict[str, Any]]:
     return out
 
 
+def _frames_of(tid: int, side: Side, rip: int, rsp: int, vma: Vma) -> list[Frame]:
+    """By the debugger's unwinder where the side is live and the debugger offers it."""
+    unwound = getattr(side, "unwound", None)
+    found = unwound(tid) if unwound is not None else None
+    if not found:
+        return _frames(side, rip, rsp, vma)
+    frames = [Frame(name, sp, sp) for sp, name in found if vma.start <= sp < vma.end]
+    for frame, outer in zip(frames, frames[1:], strict=False):
+        frame.high = max(frame.low, outer.low)
+    if frames:
+        frames[-1].high = vma.end
+    return frames or _frames(side, rip, rsp, vma)
+
+
 def _frames(side: Side, rip: int, rsp: int, vma: Vma) -> list[Frame]:
     """Frames found by return addresses: a stack word pointing just after a call
     instruction in executable memory. Frame 0 is the function at rip."""
@@ -333,7 +347,7 @@ def _to_stack(stacks: list[dict[str, Any]], span: Span) -> bool:
         if not stack["start"] <= span.start < stack["end"]:
             continue
         if stack["find"] is not None:
-            stack["frames"], stack["find"] = _frames(*stack["find"]), None
+            stack["frames"], stack["find"] = _frames_of(stack["tid"], *stack["find"]), None
         frames = [stack["below"], *stack["frames"]]
         for frame in frames:
             low, high = max(span.start, frame.low), min(span.end, frame.high)

@@ -163,6 +163,26 @@ class LiveSide(Side):
             for vaddr, count in runs:
                 yield from range(vaddr, vaddr + count * PAGE_SIZE, PAGE_SIZE)
 
+    def unwound(self, tid: int) -> list[tuple[int, str]] | None:
+        """The debugger's own unwind of thread `tid`: (stack pointer, function) per frame,
+        innermost first; None when the target offers none (the optional stack_frames hook
+        of the selected thread)."""
+        hook = getattr(self.target, "stack_frames", None)
+        if hook is None:
+            return None
+        from binfmt_img.live.threads import select, thread_ids
+
+        selected = (thread_ids(self.target) or [tid])[0]
+        if selected != tid:
+            select(self.target, tid)
+        try:
+            return hook() or None
+        except Exception:  # noqa: BLE001 - no unwind: frames come from return addresses
+            return None
+        finally:
+            if selected != tid:
+                select(self.target, selected)
+
     def _page(self, vaddr: int) -> bytes | None:
         vma = self.vma_at(vaddr)
         if vma is None or not vma.prot:
