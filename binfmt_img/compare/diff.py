@@ -166,19 +166,23 @@ def _changed_spans(a: Side, b: Side, out: Diff) -> Iterator[Span]:
 
 
 def _page_spans(vaddr: int, old: bytes, new: bytes) -> Iterator[Span]:
+    """Changed bytes of a page: per chunk of CHUNK bytes, from its first to its last changed
+    byte (finer would cost a Python step per byte), chunks merged when close."""
     current: Span | None = None
     for at in range(0, PAGE_SIZE, CHUNK):
         if old[at:at + CHUNK] == new[at:at + CHUNK]:
             continue
-        for i in range(at, at + CHUNK):
-            if old[i] == new[i]:
-                continue
-            if current is not None and vaddr + i - current.end <= MERGE_GAP:
-                current.end = vaddr + i + 1
-            else:
-                if current is not None:
-                    yield current
-                current = Span(vaddr + i, vaddr + i + 1)
+        first, last = at, at + CHUNK - 1
+        if old[first] == new[first]:  # (checked first: a chunk changed throughout is common)
+            first = next(i for i in range(at, at + CHUNK) if old[i] != new[i])
+        if old[last] == new[last]:
+            last = next(i for i in range(last, first - 1, -1) if old[i] != new[i])
+        if current is not None and vaddr + first - current.end <= MERGE_GAP:
+            current.end = vaddr + last + 1
+        else:
+            if current is not None:
+                yield current
+            current = Span(vaddr + first, vaddr + last + 1)
     if current is not None:
         yield current
 

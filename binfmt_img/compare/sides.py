@@ -25,6 +25,7 @@ class Side:
         self.threads: list[Thread] = []
         self._cache: dict[int, bytes | None] = {}
         self._files: dict[str, bytes | None] = {}
+        self._vma_starts: tuple[list[Vma], list[Vma], list[int]] | None = None
 
     def candidates(self) -> Iterable[int]:
         """Addresses of the pages that may hold the process's own data."""
@@ -39,7 +40,12 @@ class Side:
         return None
 
     def vma_at(self, addr: int) -> Vma | None:
-        return next((v for v in self.vmas if v.start <= addr < v.end), None)
+        if self._vma_starts is None or self._vma_starts[0] is not self.vmas:
+            ordered = sorted(self.vmas, key=lambda v: v.start)
+            self._vma_starts = (self.vmas, ordered, [v.start for v in ordered])
+        _, ordered, starts = self._vma_starts
+        i = bisect.bisect_right(starts, addr) - 1
+        return ordered[i] if i >= 0 and addr < ordered[i].end else None
 
     def page(self, vaddr: int) -> bytes | None:
         """The page at `vaddr` as the process sees it, or None (not mapped, not readable)."""
