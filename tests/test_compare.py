@@ -21,7 +21,7 @@ from binfmt_img.compare.bisect import bisect, split_arguments
 from binfmt_img.compare.diff import compare
 from binfmt_img.compare.sides import ImageSide
 from binfmt_img.compare.text import render
-from binfmt_img.compare.variables import Variables, plain_value
+from binfmt_img.compare.variables import Variables, plain_value, plain_values
 from binfmt_img.formats import image_file
 from binfmt_img.formats.model import (
     MAP_ANONYMOUS,
@@ -168,6 +168,11 @@ def test_plain_values() -> None:
     assert plain_value((-1).to_bytes(8, "little", signed=True)) == "-1"
     assert plain_value((0x7FFFF7DD2000).to_bytes(8, "little")) == "0x7ffff7dd2000"
     assert plain_value(b"\x01\x02\x03") == "01 02 03"
+    old = bytes(100)
+    new = old[:70] + b"\x05" + old[71:]
+    assert plain_values(old, new) == ("+0x40: " + "00 " * 15 + "00 ... (1 of 100 bytes changed)",
+                                      "+0x40: " + "00 " * 6 + "05 " + "00 " * 8
+                                      + "00 ... (1 of 100 bytes changed)")
 
 
 @pytest.mark.parametrize(("truth", "first", "probed"), [

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from binfmt_img.compare.sides import Side
-from binfmt_img.compare.variables import Values, Variables, plain_value
+from binfmt_img.compare.variables import Values, Variables, plain_values
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
     MAP_ANONYMOUS,
@@ -272,7 +272,7 @@ def _variable_json(variable: Any, old: bytes, new: bytes, values: Values | None)
     if typed_old is not None and typed_new is not None:
         entry.update(type=typed_new[1], old=typed_old[0], new=typed_new[0])
     else:
-        entry.update(old=plain_value(old), new=plain_value(new))
+        entry["old"], entry["new"] = plain_values(old, new)
     return entry
 
 

@@ -8,6 +8,7 @@ from binfmt_img.compare.diff import Diff
 from binfmt_img.formats.model import PAGE_SIZE
 
 MAX_LINES = 20  # ranges listed per section before "... and N more"
+MAX_VALUE = 200  # characters of a value shown in the text
 
 
 def _range(item: dict[str, Any]) -> str:
@@ -65,13 +66,19 @@ def _pages(diff: Diff) -> list[str]:
             f"range{'s' if len(diff.pages) != 1 else ''}: {', '.join(ranges)}{tail}"]
 
 
+def _cut(value: str) -> str:
+    """A long value cut in the text (--json has it whole)."""
+    return value if len(value) <= MAX_VALUE else value[:MAX_VALUE] + "..."
+
+
 def _variables(diff: Diff) -> list[str]:
     if not diff.variables:
         return []
     lines = []
     for v in diff.variables[:MAX_LINES]:
         kind = f" ({v['type']})" if v["type"] else ""
-        lines.append(f"  {v['name']}{kind} at {v['address']:#x}: {v['old']} -> {v['new']}")
+        lines.append(f"  {v['name']}{kind} at {v['address']:#x}: {_cut(v['old'])} -> "
+                     f"{_cut(v['new'])}")
     return ["variables:", *_more(lines, len(diff.variables))]
 
 

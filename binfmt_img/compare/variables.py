@@ -88,3 +88,17 @@ def plain_value(data: bytes) -> str:
         return str(number) if -4096 < number < 1 << 16 else hex(number & (1 << 8 * len(data)) - 1)
     shown = data[:SHOWN_BYTES].hex(" ")
     return shown + (f" ... ({len(data)} bytes)" if len(data) > SHOWN_BYTES else "")
+
+
+def plain_values(old: bytes, new: bytes) -> tuple[str, str]:
+    """Old and new values of unknown type; of a long one, the bytes from its first change."""
+    if len(old) <= SHOWN_BYTES or len(old) != len(new):
+        return plain_value(old), plain_value(new)
+    first = next(i for i in range(len(old)) if old[i] != new[i])
+    at = first - first % 8
+    changed = sum(a != b for a, b in zip(old, new, strict=True))
+
+    def shown(data: bytes) -> str:
+        return (f"+{at:#x}: {data[at:at + 16].hex(' ')} ... ({changed} of {len(data)} bytes "
+                "changed)")
+    return shown(old), shown(new)
