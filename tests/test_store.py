@@ -238,8 +238,20 @@ def test_gdb_manage(tmp_path: Path) -> None:
         assert "again" in listed and " b " not in listed, listed
         with pytest.raises(AssertionError, match="no checkpoint 'b'"):
             gdb.console(f"img-restore b --store {store} --yes")
+        # A compressed single image, restored over the live process.
+        packed_image = tmp_path / "packed.img"
+        gdb.console(f"img-dump {packed_image} --compress")
+        gdb.console(f"img-dump {tmp_path / 'plain.img'}")
+        gdb.console(f"set args > {tmp_path / 'out'}")
+        gdb.console("delete")
+        gdb.console(f"img-restore {packed_image} --yes")
+        assert gdb.until_stopped("continue").get("reason") == "exited-normally"
     finally:
         gdb.close()
+    assert packed_image.stat().st_size < (tmp_path / "plain.img").stat().st_size / 4
+    text = (tmp_path / "out").read_text()
+    assert text.startswith("resumed after checkpoint 1\n"), text
+    passes(text, 3)
 
 
 @needs_lldb
@@ -331,3 +343,20 @@ def test_compressed_frame_claiming_too_much() -> None:
     frame = zstandard.ZstdCompressor().compress(bytes(PAGE_SIZE * 2))
     with pytest.raises(ImageError, match="claims 8192 bytes, 4096 expected"):
         packed._decompress(frame, PAGE_SIZE, 0x1000)
+
+
+@needs_lldb
+def test_lldb_compressed_image(tmp_path: Path) -> None:
+    binary = compile_program("store_threads", tmp_path)
+    image = tmp_path / "c.img"
+    dumped = lldb_batch(f"settings set target.output-path {tmp_path / 'part1'}",
+                        "breakpoint set -n checkpoint", "run", "continue",
+                        f"img-dump {image} --compress", "kill", program=binary)
+    assert image.exists(), dumped.stdout + dumped.stderr
+    assert struct.unpack_from("<I", image.read_bytes(), 4)[0] == v1.VERSION_COMPRESSED
+    restored = lldb_batch(f"settings set target.output-path {tmp_path / 'out'}",
+                          f"img-restore {image}", "continue")
+    assert "exited with status = 0" in restored.stdout, restored.stdout + restored.stderr
+    text = read(tmp_path / "out")
+    assert text.startswith("resumed after checkpoint 2\n"), text
+    passes(text, 3)

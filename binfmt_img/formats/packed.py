@@ -24,7 +24,7 @@ from binfmt_img.errors import ImageError
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
 
 RUN_PAGES = 64  # pages per compressed run: 256 KiB, large enough for zstd, small to seek
-LEVEL = 1
+LEVEL = -1  # zstd fast mode: twice the speed of level 1 both ways, a tenth larger
 RAW_ABOVE = 0.9
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -130,7 +130,7 @@ class RunReader:
         for i in range(first, last + 1):
             start = self.starts[i]
             low, high = max(start, offset), min(start + len(got[i]), offset + len(view))
-            view[low - offset:high - offset] = got[i][low - start:high - start]
+            view[low - offset:high - offset] = memoryview(got[i])[low - start:high - start]
 
 
 def _decompress(frame: bytes, size: int, vaddr: int) -> bytes:

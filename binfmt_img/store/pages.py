@@ -17,7 +17,7 @@ from binfmt_img.errors import ImageError
 from binfmt_img.formats.model import PAGE_SIZE
 
 CHUNK_PAGES = 64  # new pages are compressed together in chunks of this many
-LEVEL = 1  # zstd level: as fast as the dump reads, still a good ratio on heaps
+LEVEL = -1  # zstd fast mode: twice the speed of level 1 both ways, a tenth larger
 RAW_ABOVE = 0.9  # a chunk compressing to more than this fraction is stored raw
 # One record of pages.idx per stored page: its hash, then where it is (pack file number,
 # chunk offset and stored length in that pack, slot in the chunk, flags).
@@ -256,7 +256,7 @@ class PageReader:
             size = len(place) * PAGE_SIZE
             if start + size > len(data):
                 raise ImageError(f"slot {place[-1].slot} past the end of its chunk")
-            view[i * PAGE_SIZE:i * PAGE_SIZE + size] = data[start:start + size]
+            view[i * PAGE_SIZE:i * PAGE_SIZE + size] = memoryview(data)[start:start + size]
 
 
 def _spans(places: list[Location]) -> Iterator[tuple[int, list[Location]]]:
