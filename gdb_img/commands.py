@@ -23,6 +23,7 @@ from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
+from gdb_img import compare
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -431,3 +432,4 @@ def register() -> None:
     ImgInfo()
     from gdb_img import checkpoints  # it imports this module
     checkpoints.register()
+    compare.register()  # img-diff, img-bisect

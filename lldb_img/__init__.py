@@ -37,3 +37,4 @@ def __lldb_init_module(debugger, internal_dict: dict) -> None:  # the name LLDB 
     from lldb_img import checkpoints  # raw commands: their options take values
     for command in checkpoints.COMMANDS:
         _add(debugger, "", f"{__name__}.checkpoints.{command.__name__}", command.name)
+    __import__(f"{__name__}.compare").compare.register(debugger)  # img-diff, img-bisect

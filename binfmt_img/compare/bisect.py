@@ -1,0 +1,107 @@
+"""img-bisect: the first checkpoint between A and B where an expression is true, found with
+as few restores as a binary search needs. The debugger restores a checkpoint and evaluates
+the user's expression (hooks); this module only chooses which checkpoint comes next."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Entry = TypeVar("Entry")
+
+
+@dataclass
+class Step(Generic[Entry]):
+    entry: Entry
+    value: str  # the expression's value as the debugger printed it
+    true: bool
+
+
+@dataclass
+class Outcome(Generic[Entry]):
+    steps: list[Step[Entry]] = field(default_factory=list)
+    first: Entry | None = None  # the first checkpoint where the expression is true
+    note: str | None = None  # an assumption that failed: true at A, false at B
+    restored: Entry | None = None  # where the process is left
+
+    @property
+    def restores(self) -> int:
+        return len(self.steps) + (self.restored is not None
+                                  and (not self.steps or self.steps[-1].entry is not self.restored))
+
+
+def bisect(entries: Sequence[Entry], restore: Callable[[Entry], None],
+           evaluate: Callable[[], tuple[bool, str]],
+           on_step: Callable[[Step[Entry]], None] | None = None) -> Outcome[Entry]:
+    """Search entries (A first, B last, in checkpoint order) for the first where evaluate()
+    is true, restoring each one looked at; the process is left at that one (or at B when the
+    expression is false there too)."""
+    out: Outcome[Entry] = Outcome()
+
+    def probe(index: int) -> bool:
+        restore(entries[index])
+        out.restored = entries[index]
+        true, value = evaluate()
+        step = Step(entries[index], value, true)
+        out.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        return true
+
+    if not entries:
+        out.note = "no checkpoints between A and B"
+        return out
+    if probe(0):
+        out.first = entries[0]
+        out.note = "the expression is already true at A: A is the first"
+        return out
+    if len(entries) == 1:
+        out.note = "A and B are the same checkpoint, and the expression is false there"
+        return out
+    last = len(entries) - 1
+    if not probe(last):
+        out.note = "the expression is false at B too: no checkpoint from A to B makes it true"
+        return out
+    low, high = 0, last  # false at low, true at high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if probe(middle):
+            high = middle
+        else:
+            low = middle
+    out.first = entries[high]
+    if out.restored is not entries[high]:
+        restore(entries[high])
+        out.restored = entries[high]
+    return out
+
+
+def split_arguments(text: str) -> tuple[dict[str, str | bool], list[str], str]:
+    """img-bisect's words: `[--store DIR] [--accept-loss] A B EXPR...`: the options, A and B
+    (shell-like words), and the expression as the user typed it (quotes and all)."""
+    import shlex
+
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    options: dict[str, str | bool] = {}
+    words: list[str] = []
+    while len(words) < 2:
+        word = lexer.get_token()
+        if word is None:
+            break
+        if word == "--store" and not words:
+            store = lexer.get_token()
+            if store is None:
+                raise ValueError("--store needs a directory")
+            options["store"] = store
+        elif word.startswith("--store=") and not words:
+            options["store"] = word.removeprefix("--store=")
+        elif word == "--accept-loss" and not words:
+            options["accept_loss"] = True
+        elif word.startswith("--") and not words:
+            raise ValueError(f"unknown option {word}")
+        else:
+            words.append(word)
+    rest = lexer.instream.read().strip()  # type: ignore[union-attr]
+    return options, words, rest
