@@ -22,6 +22,7 @@ from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
+from gdb_img.mi import final_stop, one_answer
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -228,7 +229,8 @@ class _ImgCommand(gdb.Command):
         except _HelpShown:
             return
         try:
-            self.run(args, from_tty)
+            with one_answer():  # under MI: ^done or ^error, not the steps' records
+                self.run(args, from_tty)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"{self.name}: {error}") from None
         except KeyboardInterrupt:
@@ -299,6 +301,7 @@ confirm off` answer it); one with several threads is killed and a fresh one star
                 _fault_again(report.signal_name(image.signal.number), from_tty)
             else:
                 siginfo = _checkpoint_siginfo(image)
+                final_stop()
                 if not target.stop_at_checkpoint(from_tty, siginfo):
                     gdb.execute("frame", from_tty)
                 elif siginfo is not None:
