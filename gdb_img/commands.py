@@ -22,7 +22,7 @@ from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
-from gdb_img.mi import final_stop, one_answer
+from gdb_img.mi import final_stop, one_answer, start_unseen
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -90,7 +90,8 @@ def _ensure_process(image: image_file.Image) -> bool:
     gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
     if image.pid:  # GDB's fork (then the shell's exec) makes the inferior: the next task
         ask_next_pid(image.pid)
-    gdb.execute("starti", to_string=True)
+    with start_unseen():  # no "Program stopped." of the internal starti
+        gdb.execute("starti", to_string=True)
     return True
 
 

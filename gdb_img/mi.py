@@ -171,3 +171,34 @@ def final_stop() -> None:
     """Called before the stop at the checkpoint (no-op outside a capture)."""
     if _active is not None:
         _active.final_stop()
+
+
+@contextmanager
+def start_unseen() -> Iterator[None]:
+    """Around the `starti` of a process started for a restore, on the CLI: GDB prints its
+    stop ("Program stopped." and a frame line) through the top-level UI whatever `to_string`,
+    logging or suppress-cli-notifications say. GDB's stdout goes to /dev/null from the new
+    thread's creation (the child is forked by then and keeps the real stdout) to the end.
+    Under MI the capture of one_answer() holds those lines back already."""
+    saved: list[int] = []
+
+    def hide(_event: object) -> None:
+        if not saved:
+            gdb.flush()
+            saved.append(os.dup(1))
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+
+    if _active is not None:
+        yield
+        return
+    gdb.events.new_thread.connect(hide)
+    try:
+        yield
+    finally:
+        gdb.events.new_thread.disconnect(hide)
+        if saved:
+            gdb.flush()
+            os.dup2(saved[0], 1)
+            os.close(saved[0])

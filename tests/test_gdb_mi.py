@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from cprogs import compile_program
-from gdbmi import Gdb, _quoted
+from gdbmi import INIT, Gdb, _quoted
 from test_gdb_restore import dump_at_checkpoint
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
@@ -123,3 +124,21 @@ def test_breakpoint_at_checkpoint_under_mi(tmp_path: Path) -> None:
         assert "iteration 5" in (tmp_path / "out").read_text()
     finally:
         gdb.close()
+
+
+def test_cli_fresh_restore_prints_no_program_stopped(tmp_path: Path) -> None:
+    """On the CLI too, the restore's internal `starti` prints nothing ("Program stopped."
+    and its frame line), and GDB's own output goes on afterwards."""
+    binary = compile_program("loop", tmp_path)
+    image = tmp_path / "loop.img"
+    dump_at_checkpoint(binary, image)
+    done = subprocess.run(
+        ["gdb", "--nx", "--batch", "-ex", "set confirm off", "-ex", f"source {INIT}",
+         "-ex", f"img-restore {image} --accept-loss", "-ex", "info program",
+         "-ex", "continue"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = done.stdout + done.stderr
+    assert "Program stopped." not in text and "_start" not in text, text
+    assert re.search(r"^checkpoint \(\) at ", done.stdout, re.M), text
+    assert "It stopped after being stepped." in done.stdout, text
+    assert "exited normally" in done.stdout, text
