@@ -140,13 +140,23 @@ def filtered(data: bytes, mark: int | None) -> bytes:
     return b"".join(out + lines[answer:])
 
 
+def _logging_in_use() -> bool:
+    try:
+        return bool(gdb.parameter("logging enabled"))
+    except (gdb.error, RuntimeError):
+        return True
+
+
 @contextmanager
 def one_answer() -> Iterator[_Capture | None]:
     """Around a command: under MI, its internal records held back and filtered; the
     capture (for final_stop) or None (CLI, logging already in use, or nested)."""
     global _active
     name = interpreter_name()
-    if name is None or _active is not None or gdb.parameter("logging enabled"):
+    # Batch mode runs its -ex commands and exits without the event loop that writes the
+    # held records out; GDB before 12 has no `logging enabled`.
+    if (name is None or _active is not None or progress.started_with(("-batch", "--batch"))
+            or _logging_in_use()):
         yield None
         return
     capture = _Capture(name)
