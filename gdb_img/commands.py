@@ -297,12 +297,12 @@ confirm off` answer it); one with several threads is killed and a fresh one star
             gdb.write(f"img-restore: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
+        final_stop()  # under MI: the stop that follows is the one shown
         try:
             if image.signal is not None and elfcore.is_fault(image.signal):
                 _fault_again(report.signal_name(image.signal.number), from_tty)
             else:
                 siginfo = _checkpoint_siginfo(image)
-                final_stop()
                 if not target.stop_at_checkpoint(from_tty, siginfo):
                     gdb.execute("frame", from_tty)
                 elif siginfo is not None:
