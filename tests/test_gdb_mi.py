@@ -142,3 +142,29 @@ def test_cli_fresh_restore_prints_no_program_stopped(tmp_path: Path) -> None:
     assert re.search(r"^checkpoint \(\) at ", done.stdout, re.M), text
     assert "It stopped after being stepped." in done.stdout, text
     assert "exited normally" in done.stdout, text
+
+
+def test_dump_keeps_a_started_process_one_gdb_started(tmp_path: Path) -> None:
+    """img-dump makes its steps behind GDB's back: GDB keeps the process as one it started
+    (no detach and attach), so `quit` kills it and says nothing of a detach."""
+    binary = compile_program("loop", tmp_path)
+    done = subprocess.run(
+        ["gdb", "--nx", "--batch", "-ex", "set confirm off", "-ex", f"source {INIT}",
+         "-ex", "break checkpoint", "-ex", f"run > {tmp_path / 'out'}",
+         "-ex", f"img-dump {tmp_path / 'loop.img'}", "-ex", "info program",
+         "-ex", "python print('PID', gdb.selected_inferior().pid)", "-ex", "quit",
+         str(binary)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = done.stdout + done.stderr
+    assert "It stopped at breakpoint 1." in text, text
+    assert "detached" not in text.lower() and "internal-error" not in text, text
+    pid = int(re.search(r"^PID (\d+)$", text, re.M).group(1))
+    assert _gone(pid), pid
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
