@@ -24,6 +24,7 @@ from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
 from gdb_img import compare
+from gdb_img.mi import final_stop, one_answer, start_unseen
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -91,7 +92,8 @@ def _ensure_process(image: image_file.Image) -> bool:
     gdb.write(f"img-restore: starting {printable(program)} to restore into\n")
     if image.pid:  # GDB's fork (then the shell's exec) makes the inferior: the next task
         ask_next_pid(image.pid)
-    gdb.execute("starti", to_string=True)
+    with start_unseen():  # no "Program stopped." of the internal starti
+        gdb.execute("starti", to_string=True)
     return True
 
 
@@ -230,7 +232,8 @@ class _ImgCommand(gdb.Command):
         except _HelpShown:
             return
         try:
-            self.run(args, from_tty)
+            with one_answer():  # under MI: ^done or ^error, not the steps' records
+                self.run(args, from_tty)
         except (ImageError, RestoreError, OSError) as error:
             raise gdb.GdbError(f"{self.name}: {error}") from None
         except KeyboardInterrupt:
@@ -299,6 +302,7 @@ confirm off` answer it); one with several threads is killed and a fresh one star
             gdb.write(f"img-restore: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
+        final_stop()  # under MI: the stop that follows is the one shown
         try:
             if image.signal is not None and elfcore.is_fault(image.signal):
                 _fault_again(report.signal_name(image.signal.number), from_tty)

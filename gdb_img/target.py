@@ -126,6 +126,8 @@ class GdbTarget:
         self._stale = False  # GDB's register cache predates our own ptrace steps or writes
         self._vdso_before: int | None = None  # where the vDSO was when GDB last read it
         self._stop = self._read_stop()  # (tid, siginfo) of the stop GDB reported last
+        self._changed = False  # before_changes ran: a restore, not a dump
+        self._gdb_resumed = False  # GDB itself stepped or ran the inferior
 
     def _read_stop(self) -> tuple[int, bytes] | None:
         tid = self._native_tid() if self.inferior.pid else None
@@ -255,6 +257,7 @@ class GdbTarget:
                 self._stale = True
                 return
         self._sync()
+        self._gdb_resumed = True
         # The commands set scheduler-locking on around a restore or dump: one thread moves.
         # (Under MI this step shows: `*running`, `*stopped` and a frame line. Running it as
         # an MI command instead would hide the line but answer the outer command's token.)
@@ -338,6 +341,7 @@ class GdbTarget:
             self._stale = True
             return
         self._sync()
+        self._gdb_resumed = True
         breakpoints = [gdb.Breakpoint(f"*{at:#x}", internal=True) for at in traps]
         try:
             gdb.execute("continue", to_string=True)
@@ -378,6 +382,7 @@ class GdbTarget:
         """libthread_db reads the process's libc data, which a restore replaces mid-way, and
         GDB then cannot step. Attach again without it (reload_process brings it back)."""
         self._sync()
+        self._changed = True
         self._vdso_before = _vdso(self.inferior.pid) if self.is_local() else None
         if self.is_local() and "Thread 0x" in gdb.execute("info threads", to_string=True):
             self._attach_again({"libthread-db-search-path": "/nonexistent"})
@@ -388,7 +393,13 @@ class GdbTarget:
         GDB's solib start-up: the PIE from the new auxv, the dynamic linker's breakpoint, the
         libraries from the restored link map. GDB keeps the process as it had it (one it
         started is killed by `quit`, not detached). Only where the vDSO moved, which GDB
-        reads once per process start, does it detach and attach again."""
+        reads once per process start, does it detach and attach again. After a dump whose
+        steps all went behind GDB's back (registers put back), GDB's view is still right:
+        only its caches are dropped (a detach would make a process GDB started an attached
+        one, which `quit` detaches)."""
+        if not self._changed and not self._gdb_resumed:
+            self.memory_changed()
+            return
         self._sync()
         pid = self.inferior.pid
         exe = self.exe_path if self.exe_path and os.path.exists(self.exe_path) else None

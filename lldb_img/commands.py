@@ -20,10 +20,10 @@ from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
 from binfmt_img.live import progress
 from binfmt_img.live.dump import DumpPlan
 from binfmt_img.live.outcome import failure_line
-from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from lldb_img.modules import sync_modules
+from lldb_img.pidlaunch import launch_with_pid
 from lldb_img.stop import stop_at_checkpoint
 from lldb_img.target import LldbTarget
 
@@ -126,33 +126,6 @@ def _replace_live(debugger: lldb.SBDebugger, image: Image, process: lldb.SBProce
     return True
 
 
-class _Tasks:
-    """How many tasks a launch creates up to the inferior, which is the last: LLDB starts
-    lldb-server, two threads of its own, lldb-server some thirty short-lived tasks, then it
-    forks the inferior (36 with lldb-19 here). Measured again at each launch that missed."""
-
-    count = 36
-
-
-def _in_use(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")  # a thread's tid too, though /proc lists no threads
-
-
-def _ask_pid(pid: int, tasks: int) -> int | None:
-    """Arrange that the `tasks`-th task created from now gets `pid`: the kernel gives each
-    new task the next free pid, so `tasks - 1` free pids are left below it. Returns the value
-    set as the last pid, None when it cannot be arranged."""
-    last, free = pid - 1, 0
-    while last > 1 and free < tasks - 1:
-        free += not _in_use(last)
-        last -= 1
-    return last if last > 1 and ask_next_pid(pid, pid - last) else None
-
-
-def _tasks_taken(last: int, got: int, free_before: set[int]) -> int:
-    return sum(1 for p in range(last + 1, got + 1) if p in free_before)
-
-
 def _launch_once(target: lldb.SBTarget) -> lldb.SBProcess:
     # The target's launch info carries the user's settings (output-path, env, args); the
     # SB launch also avoids the CLI's two-second wait after `process launch --stop-at-entry`.
@@ -167,23 +140,11 @@ def _launch_once(target: lldb.SBTarget) -> lldb.SBProcess:
     return process
 
 
-def _launch(target: lldb.SBTarget, pid: int | None,
-            tries: int = 6) -> lldb.SBProcess:
+def _launch(target: lldb.SBTarget, pid: int | None) -> lldb.SBProcess:
     """Launch, the process getting the checkpoint's pid where it may be arranged
-    (pids.ask_next_pid): a launch that missed it is killed and tried again, with the task
-    count it showed, a few times; then the restore warns of the other pid."""
-    for attempt in range(tries):
-        last = _ask_pid(pid, _Tasks.count) if pid else None
-        free = {p for p in range(last + 1, last + 4 * _Tasks.count)
-                if not _in_use(p)} if last is not None else set()
-        process = _launch_once(target)
-        got = process.GetProcessID()
-        if last is None or got == pid or attempt == tries - 1:
-            return process
-        _Tasks.count = max(1, _tasks_taken(last, got, free)) if got > last else _Tasks.count
-        if process.Kill().Fail():
-            return process
-    raise AssertionError("unreachable")
+    (pidlaunch: held while LLDB launches, tried again a few times)."""
+    return launch_with_pid(lambda: _launch_once(target), lambda p: p.GetProcessID(),
+                           lambda p: p.Kill().Success(), pid)
 
 
 def _launch_info_for(old: lldb.SBTarget, program: str) -> lldb.SBLaunchInfo:

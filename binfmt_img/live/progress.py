@@ -8,28 +8,46 @@ from collections.abc import Callable
 
 
 class ProgressLine:
-    """Call with (pages done, pages in all); writes '\\r<label>: 45% (…)' once a second has
-    passed, at most ten times a second, and ends the line in finish()."""
+    """Call with (pages done, pages in all); writes '\\r<label>: 45% (…, ETA 0:07)' once a
+    second has passed, at most ten times a second, and ends the line in finish()."""
 
-    def __init__(self, label: str, write: Callable[[str], None], enabled: bool = True) -> None:
-        self.label, self.write, self.enabled = label, write, enabled
-        self.started = time.monotonic()
+    def __init__(self, label: str, write: Callable[[str], None], enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.write, self.enabled, self.clock = label, write, enabled, clock
+        self.started = clock()
         self.last = 0.0
         self.shown = False
+        self.width = 0  # the longest line so far: a shorter one is padded to cover it
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not self.enabled or now - self.started < 1.0 or now - self.last < 0.1:
             return
         self.last = now
         self.shown = True
         percent = 100 * done // max(total, 1)
-        rate = done * 4096 / (now - self.started) / 1e6
-        self.write(f"\r{self.label}: {percent:3d}% ({done} of {total} pages, {rate:.0f} MB/s)")
+        elapsed = now - self.started
+        rate = done * 4096 / elapsed / 1e6
+        line = (f"{self.label}: {percent:3d}% ({done} of {total} pages, {rate:.0f} MB/s, "
+                f"ETA {eta(done, total, elapsed)})")
+        self.width = max(self.width, len(line))
+        self.write("\r" + line.ljust(self.width))
 
     def finish(self) -> None:
         if self.shown:
             self.write("\n")
+
+
+def eta(done: int, total: int, elapsed: float) -> str:
+    """The time left at the rate so far, as M:SS (H:MM:SS past an hour); '?' before any
+    progress."""
+    if done <= 0 or elapsed <= 0:
+        return "?"
+    left = round(max(total - done, 0) * elapsed / done)
+    hours, rest = divmod(left, 3600)
+    if hours:
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{rest // 60}:{rest % 60:02d}"
 
 
 def command_line() -> list[str]:
