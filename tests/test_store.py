@@ -360,3 +360,35 @@ def test_lldb_compressed_image(tmp_path: Path) -> None:
     text = read(tmp_path / "out")
     assert text.startswith("resumed after checkpoint 2\n"), text
     passes(text, 3)
+
+
+def test_many_pages_across_chunks(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s"))
+    count = 3 * store_pages.CHUNK_PAGES + 5
+    heap = b"".join(page(BIG + i % (count - 7)) for i in range(count))  # 7 repeat earlier ones
+    image = make_image()
+    image.vmas.append(Vma(BIG, BIG + 256 * PAGE_SIZE, 3, MAP_PRIVATE | MAP_ANONYMOUS))
+    entry = store.add(image, pages=[(BIG, heap)])
+    assert (entry.pages, entry.new_pages) == (count, count - 7)
+    loaded = store.load(1)
+    view = memoryview(bytearray(count * PAGE_SIZE))
+    loaded.reader.read_into(0, view)
+    assert bytes(view) == heap
+    piece = memoryview(bytearray(70 * PAGE_SIZE))  # a piece starting inside a chunk
+    loaded.reader.read_into(60 * PAGE_SIZE, piece)
+    assert bytes(piece) == heap[60 * PAGE_SIZE:130 * PAGE_SIZE]
+
+
+def test_restore_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from binfmt_img.store import frontend
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BINFMT_IMG_STORE", raising=False)
+    assert frontend.restore_source("1", None) is None  # no store here: a file name
+    Store(str(tmp_path / "img-checkpoints")).add(make_image(), "x", pages=pages())
+    image, what = frontend.restore_source("x", None)
+    assert what == "checkpoint 1 (x)" and image.page_at(0x400000) == page(0x400000)
+    (tmp_path / "x").write_bytes(b"")
+    assert frontend.restore_source("x", None) is None  # a path that exists wins
+    with pytest.raises(ImageError, match="no such checkpoint store"):
+        frontend.restore_source("1", str(tmp_path / "elsewhere"))
