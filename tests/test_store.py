@@ -392,3 +392,24 @@ def test_restore_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert frontend.restore_source("x", None) is None  # a path that exists wins
     with pytest.raises(ImageError, match="no such checkpoint store"):
         frontend.restore_source("1", str(tmp_path / "elsewhere"))
+
+
+@needs_lldb
+def test_lldb_manage(tmp_path: Path) -> None:
+    binary = compile_program("store_threads", tmp_path)
+    store, image = tmp_path / "store", tmp_path / "b.img"
+    done = lldb_batch(f"settings set target.output-path {tmp_path / 'part1'}",
+                      "breakpoint set -n checkpoint", "run",
+                      f"img-checkpoint a --store {store}", f"img-checkpoint b --store {store}",
+                      f"img-checkpoint --delete a --store {store}",
+                      f"img-checkpoint --export b {image} --store {store}",
+                      f"img-checkpoint --import {image} c --store {store}",
+                      f"img-checkpoint --prune 1 --store {store}",
+                      f"img-checkpoints --store {store}", "kill", program=binary)
+    out = done.stdout + done.stderr
+    assert "error:" not in out, out
+    for said in ("deleted checkpoint 1 (a)", f"checkpoint 2 (b) exported to {image}",
+                 "as checkpoint 3 (c) (0 B new)", "deleted 1 checkpoints (2 (b))"):
+        assert said in out, out
+    table = out[out.index("img-checkpoints --store"):]
+    assert "\n3    c " in table and " b " not in table, table
