@@ -413,3 +413,24 @@ def test_lldb_manage(tmp_path: Path) -> None:
         assert said in out, out
     table = out[out.index("img-checkpoints --store"):]
     assert "\n3    c " in table and " b " not in table, table
+
+
+def test_save_a_reader_image_with_long_runs(tmp_path: Path) -> None:
+    """image_file.save's own page chunks of an image read through a reader: runs longer
+    than one 16 MiB piece come out whole."""
+    from binfmt_img.formats import model
+
+    store = Store(str(tmp_path / "s"))
+    image = make_image()
+    image.vmas.append(Vma(BIG, BIG + 256 * PAGE_SIZE, 3, MAP_PRIVATE | MAP_ANONYMOUS))
+    heap = b"".join(page(BIG + i) for i in range(40))
+    store.add(image, pages=[(BIG, heap)])
+    loaded = store.load(1)
+    real = model._read_through
+    try:  # pieces of 16 pages stand for 16 MiB ones
+        model._read_through = lambda r, o, s, piece=16 * PAGE_SIZE: real(r, o, s, piece)
+        image_file.save(str(tmp_path / "x.img"), loaded)
+    finally:
+        model._read_through = real
+    saved = image_file.load(str(tmp_path / "x.img"))
+    assert b"".join(bytes(c) for r in saved.runs for c in saved.run_data(r)) == heap
