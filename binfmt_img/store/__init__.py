@@ -358,8 +358,6 @@ def _write_atomic(path: str, data: bytes) -> None:
     temporary = f"{path}.tmp{os.getpid()}"
     with open(temporary, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(temporary, path)
 
 

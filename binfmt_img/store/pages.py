@@ -105,7 +105,6 @@ class PageIndex:
             f.seek(len(self.data))
             f.write(packed)
             f.flush()
-            os.fsync(f.fileno())
         for record in records:
             self.by_hash[record[0]] = self.count
             self.data += INDEX_RECORD.pack(*record)
@@ -151,7 +150,7 @@ class PackWriter:
         data, hashes = bytes(self.chunk), self.hashes
         self.pending.append((self.pool.submit(compress, data, self.level), hashes))
         self.chunk, self.hashes = bytearray(), []
-        while len(self.pending) > 2 * WORKERS or (self.pending and self.pending[0][0].done()):
+        while len(self.pending) > 4 * WORKERS or (self.pending and self.pending[0][0].done()):
             self._write_one()
 
     def _write_one(self) -> None:
@@ -168,9 +167,8 @@ class PackWriter:
         while self.pending:
             self._write_one()
         self.pool.shutdown()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        self.file.close()  # no fsync, as img-dump: a crash of the machine may lose the last
+        # checkpoints, which then fail to load with one line
         if self.records:
             self.index.append(self.records)
         else:
