@@ -17,6 +17,9 @@ API (no debugger; binfmt_img.store may import binfmt_img.formats, never the reve
     store.resolve(ref: str | int) -> Entry      a number ("3", 3) or a name; ImageError if none
     store.load(ref) -> Image                    the checkpoint as an Image; its pages are read
                                                 through image.reader (a PageReader)
+    store.page_ids(ref) -> list[int]            one id per stored page, in the order of the
+                                                image's runs: equal ids mean equal pages (a
+                                                diff finds changed pages without reading them)
     store.delete(ref) -> Entry                  removes it; packs no checkpoint uses go too
     store.prune(keep: int) -> list[Entry]       deletes all but the last `keep`
     store.export(ref, path, compress=True) -> Entry  a single v1 image of one checkpoint
@@ -24,6 +27,8 @@ API (no debugger; binfmt_img.store may import binfmt_img.formats, never the reve
     store.put_blob(data: bytes) -> str          a whole file, stored once by content (hex hash)
     store.get_blob(hash: str) -> bytes          ImageError when absent or damaged
     store.has_blob(hash: str) -> bool
+
+The live checkpoint (img-dump's collection, into a store) is binfmt_img.store.frontend.take.
 
 Entry fields: number, name, time (seconds since the epoch), threads, pc, pc_label (what the
 debugger said of the pc at the checkpoint, may be ""), pages (stored pages in all), size (bytes
