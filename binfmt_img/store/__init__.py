@@ -264,6 +264,9 @@ class Store:
         image.runs = runs
         image.source = None
         image.reader = PageReader(self.path, self.index(), ids)
+        # Every pack opened now: a missing one is refused before a process is started for
+        # the restore, and a prune meanwhile (another debugger) cannot take them away.
+        image.reader.open_packs()
         image.path = self._manifest_path(entry.number)
         offsets["runs"] = []
         try:

@@ -197,6 +197,14 @@ class PageReader:
         self.pool: ThreadPoolExecutor | None = None
         self.files: dict[int, int] = {}
 
+    def open_packs(self) -> None:
+        packs = {self.index.pack_of(i) for i in set(self.ids)}
+        if None in packs:
+            raise ImageError(f"page ids past the end of the store's index of "
+                             f"{self.index.count} pages (a damaged or incomplete store)")
+        for pack in sorted(packs):
+            self._fd(pack)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
