@@ -64,7 +64,6 @@ from binfmt_img.store.pages import (
     decompress,
     pack_path,
     page_hash,
-    page_views,
 )
 
 ENV = "BINFMT_IMG_STORE"
@@ -385,25 +384,34 @@ def image_chunks(image: Image) -> Iterator[tuple[int, memoryview]]:
 def _page_map(image: Image, chunks: Iterable[tuple[int, memoryview | bytes]],
               writer: PackWriter) -> tuple[list[tuple[int, int]], list[int]]:
     """Runs (vaddr, count) and one page id per page; zero pages of anonymous memory are
-    left out, as a v1 image leaves them out."""
+    left out, as a v1 image leaves them out. The loop runs once per page: kept lean."""
     keep_zero = v1._file_backed(image)  # noqa: SLF001 - the same rule as v1's writer
-    runs: list[tuple[int, int]] = []
+    runs: list[list[int]] = []  # [vaddr, count]
     ids: list[int] = []
     zero_hash = page_hash(v1.ZERO_PAGE)
-    last = -1
-    for vaddr, page in page_views(chunks):
+    known = writer.index.by_hash.get
+    digest_of = xxhash.xxh3_128_digest
+    add = ids.append
+    last, run_end = -1, -1
+    for vaddr, data in chunks:
         if vaddr <= last:
             raise ImageError(f"page {vaddr:#x} given twice or out of address order")
-        last = vaddr
-        digest = page_hash(page)
-        if digest == zero_hash and page == v1.ZERO_PAGE and not keep_zero(vaddr):
-            continue
-        ids.append(writer.page_id(page, digest))
-        if runs and runs[-1][0] + runs[-1][1] * PAGE_SIZE == vaddr:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((vaddr, 1))
-    return runs, ids
+        view = memoryview(data).cast("B")
+        for at in range(0, len(view), PAGE_SIZE):
+            page = view[at:at + PAGE_SIZE]
+            digest = digest_of(page)
+            addr = vaddr + at
+            if digest == zero_hash and page == v1.ZERO_PAGE and not keep_zero(addr):
+                continue
+            page_id = known(digest)
+            add(writer.page_id(page, digest) if page_id is None else page_id)
+            if addr == run_end:
+                runs[-1][1] += 1
+            else:
+                runs.append([addr, 1])
+            run_end = addr + PAGE_SIZE
+        last = vaddr + len(view) - PAGE_SIZE
+    return [(v, c) for v, c in runs], ids
 
 
 def _manifest(entry: Entry, image: Image, runs: list[tuple[int, int]], ids: list[int],

@@ -7,7 +7,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import xxhash
@@ -284,11 +284,3 @@ def _spans(places: list[Location]) -> Iterator[tuple[int, list[Location]]]:
                 and places[i].slot == places[i - 1].slot + 1):
             yield start, places[start:i]
             start = i
-
-
-def page_views(chunks: Iterable[tuple[int, memoryview]]) -> Iterator[tuple[int, memoryview]]:
-    """(vaddr, page) for every page of (vaddr, data) chunks."""
-    for vaddr, data in chunks:
-        view = memoryview(data).cast("B")
-        for at in range(0, len(view), PAGE_SIZE):
-            yield vaddr + at, view[at:at + PAGE_SIZE]
