@@ -23,6 +23,7 @@ from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
+from lldb_img.allocations import lldb_memory, put_back, without_lldb_memory
 from lldb_img.modules import sync_modules
 from lldb_img.stop import stop_at_checkpoint
 from lldb_img.target import LldbTarget
@@ -132,6 +133,18 @@ class _Tasks:
     forks the inferior (36 with lldb-19 here). Measured again at each launch that missed."""
 
     count = 36
+
+
+def _kill(process: lldb.SBProcess) -> None:
+    """Kill, and wait until LLDB shows the process gone (its state can lag the kill)."""
+    error = process.Kill()
+    if error.Fail():
+        raise RestoreError(f"killing the running process: {error.GetCString()}")
+    deadline = time.monotonic() + 10
+    while process.GetState() not in (lldb.eStateExited, lldb.eStateDetached):
+        if time.monotonic() > deadline:
+            raise RestoreError("killing the running process: it did not exit")
+        time.sleep(0.01)
 
 
 def _in_use(pid: int) -> bool:
@@ -364,6 +377,11 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
             before_pid = before.GetProcessID() if before.IsValid() else None
             process = _ensure_process(debugger, image, result, args.yes)
             had_process = process.GetProcessID() == before_pid
+            held, clash = lldb_memory(process, image) if had_process else ([], None)
+            if clash is not None:  # LLDB's own pages where the image maps: a fresh process
+                _say_now(debugger, result, f"warning: {clash}")
+                _kill(process)
+                process, had_process, held = _ensure_process(debugger, image, result), False, []
             target = process.GetTarget()
             plan = RestorePlan(LldbTarget(process), image, via=args.via,
                                progress=progress.on_stderr("img-restore", args.progress,
@@ -380,7 +398,9 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
                                                     not had_process)) from None
                 assert plan.progress is not None
                 plan.progress.finish()
-                warnings = done.warnings + sync_modules(target, image)
+                kept, unkept = put_back(process, held)
+                warnings = done.warnings + sync_modules(target, image) + ([unkept] if unkept
+                                                                            else [])
             problem = stop_at_checkpoint(process, image)
             LldbTarget(process).memory_changed()
         if problem is not None:
@@ -389,6 +409,8 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
             result.AppendWarning(warning)
         result.AppendMessage(f"img-restore: {_restored_counts(image, done.vmas, done.pages)} in "
                              f"{done.seconds:.2f} s via {done.path}")
+        if kept is not None:
+            result.AppendMessage(f"img-restore: {kept}")
         if image.signal is not None and elfcore.is_fault(image.signal):
             # A crash core: the faulting instruction runs again and raises the same signal,
             # which LLDB then shows as the stop reason, as for a live fault.
@@ -461,6 +483,7 @@ The process is left as it was and can be continued."""
             inferior = LldbTarget(_stopped_process(debugger))
             with _breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
+                plan.maps = without_lldb_memory(plan.maps, inferior.process)
                 image = plan.collect()
                 line = progress.on_stderr("img-dump", args.progress, _batch())
                 image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
