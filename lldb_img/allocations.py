@@ -96,9 +96,16 @@ def _free_pages(process: lldb.SBProcess, pid: int) -> set[int]:
     return pages
 
 
-def held_pages(process: lldb.SBProcess) -> list[HeldPage]:
+# The pages found so far, by LLDB's process (SBProcess.GetUniqueID()): LLDB keeps a page it
+# mapped until the process ends or execs, but one that has filled up since (`process load`
+# leaves its helper function there) no longer shows through the cache. Only the restore adds
+# them: after an exec they may be the program's, which img-dump must not leave out.
+_seen: dict[int, set[int]] = {}
+
+
+def held_pages(process: lldb.SBProcess, remembered: bool = False) -> list[HeldPage]:
     """LLDB's pages in a local stopped process, with their bytes (none for a remote one: its
-    rlimit cannot be set from here)."""
+    rlimit cannot be set from here); with REMEMBERED, those found before too."""
     target = LldbTarget(process)
     pid = target.pid()
     if pid is None or not target.is_local():
@@ -107,6 +114,10 @@ def held_pages(process: lldb.SBProcess) -> list[HeldPage]:
         pages = _free_pages(process, pid)
     except OSError:  # prlimit refused: no probe that could map a page
         return []
+    seen = _seen.setdefault(process.GetUniqueID(), set())
+    seen |= pages
+    if remembered:
+        pages = pages | seen
     maps = read_maps(pid)
     out = []
     for address in sorted(pages):
@@ -148,7 +159,7 @@ def _mapping_at(maps: list[Mapping], address: int) -> Mapping | None:
 def lldb_memory(process: lldb.SBProcess, image: Image) -> tuple[list[HeldPage], str | None]:
     """LLDB's pages in PROCESS, to map again after restoring IMAGE into it; and, when the
     image maps any of them, why the restore needs a fresh process instead."""
-    pages = held_pages(process)
+    pages = held_pages(process, remembered=True)
     clashing = [p for p in pages
                 if any(v.start < p.address + PAGE_SIZE and p.address < v.end for v in image.vmas)]
     if not clashing:
