@@ -13,7 +13,8 @@ found through the cache itself: SBProcess.AllocateMemory returns a part of a cac
 while one has room, and only maps a new page when none has; with the inferior's RLIMIT_AS
 lowered for the while, that mapping fails, so reserving every free range of every
 permission finds all the pages with room without adding one. An image that maps any of
-them needs a fresh process instead (the caller restarts it)."""
+them needs a fresh process instead (the caller restarts it). img-dump leaves the pages out
+of images: they are not the program's (docs/LLDB.md)."""
 
 from __future__ import annotations
 
@@ -218,7 +219,7 @@ def put_back(process: lldb.SBProcess, pages: list[HeldPage]) -> tuple[str | None
             if page.data.count(0) != PAGE_SIZE:  # a new mapping reads as zeros
                 target.write_memory(page.address, page.data)
     except RestoreError as error:
-        # Unmapped, LLDB's next expression fails loudly; it cannot write into the program.
+        # Unmapped, LLDB's next expression fails loudly (until the program maps there).
         return None, (f"LLDB's memory for expressions, {describe(missing)}, could not be mapped "
                       f"again ({error}): expressions fail in this process; `process kill`, "
                       "then img-restore restores into a fresh one")
