@@ -22,6 +22,7 @@ from binfmt_img.live.dump import DumpPlan
 from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
+from lldb_img.allocations import lldb_memory, put_back, without_lldb_memory
 from lldb_img.modules import sync_modules
 from lldb_img.pidlaunch import launch_with_pid
 from lldb_img.stop import stop_at_checkpoint
@@ -124,6 +125,18 @@ def _replace_live(debugger: lldb.SBDebugger, image: Image, process: lldb.SBProce
     if error.Fail():
         raise RestoreError(f"killing the running process: {error.GetCString()}")
     return True
+
+
+def _kill(process: lldb.SBProcess) -> None:
+    """Kill, and wait until LLDB shows the process gone (its state can lag the kill)."""
+    error = process.Kill()
+    if error.Fail():
+        raise RestoreError(f"killing the running process: {error.GetCString()}")
+    deadline = time.monotonic() + 10
+    while process.GetState() not in (lldb.eStateExited, lldb.eStateDetached):
+        if time.monotonic() > deadline:
+            raise RestoreError("killing the running process: it did not exit")
+        time.sleep(0.01)
 
 
 def _launch_once(target: lldb.SBTarget) -> lldb.SBProcess:
@@ -325,6 +338,11 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
             before_pid = before.GetProcessID() if before.IsValid() else None
             process = _ensure_process(debugger, image, result, args.yes)
             had_process = process.GetProcessID() == before_pid
+            held, clash = lldb_memory(process, image) if had_process else ([], None)
+            if clash is not None:  # LLDB's own pages where the image maps: a fresh process
+                _say_now(debugger, result, f"warning: {clash}")
+                _kill(process)
+                process, had_process, held = _ensure_process(debugger, image, result), False, []
             target = process.GetTarget()
             plan = RestorePlan(LldbTarget(process), image, via=args.via,
                                progress=progress.on_stderr("img-restore", args.progress,
@@ -341,7 +359,9 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
                                                     not had_process)) from None
                 assert plan.progress is not None
                 plan.progress.finish()
-                warnings = done.warnings + sync_modules(target, image)
+                kept, unkept = put_back(process, held)
+                warnings = done.warnings + sync_modules(target, image) + ([unkept] if unkept
+                                                                            else [])
             problem = stop_at_checkpoint(process, image)
             LldbTarget(process).memory_changed()
         if problem is not None:
@@ -350,6 +370,8 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
             result.AppendWarning(warning)
         result.AppendMessage(f"img-restore: {_restored_counts(image, done.vmas, done.pages)} in "
                              f"{done.seconds:.2f} s via {done.path}")
+        if kept is not None:
+            result.AppendMessage(f"img-restore: {kept}")
         if image.signal is not None and elfcore.is_fault(image.signal):
             # A crash core: the faulting instruction runs again and raises the same signal,
             # which LLDB then shows as the stop reason, as for a live fault.
@@ -422,6 +444,7 @@ The process is left as it was and can be continued."""
             inferior = LldbTarget(_stopped_process(debugger))
             with _breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
+                plan.maps = without_lldb_memory(plan.maps, inferior.process)
                 image = plan.collect()
                 line = progress.on_stderr("img-dump", args.progress, _batch())
                 image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
