@@ -33,6 +33,7 @@ from binfmt_img.live.procfs import (
     Mapping,
     ProcMem,
     object_pages,
+    pagemap_session,
     read_auxv,
     read_maps,
     readable_pages,
@@ -109,6 +110,18 @@ def _mm_fields(pid: int, brk: int) -> dict[str, int]:
             "start_data": int(f[45]), "end_data": int(f[46]), "start_brk": int(f[47]),
             "brk": brk, "start_stack": int(f[28]), "arg_start": int(f[48]),
             "arg_end": int(f[49]), "env_start": int(f[50]), "env_end": int(f[51])}
+
+
+def _merged(plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs that touch joined: neighbouring mappings (many small VMAs of one area, told
+    apart by their protection) are read in one go rather than one read per mapping."""
+    out: list[tuple[int, int]] = []
+    for vaddr, count in plan:
+        if out and out[-1][0] + out[-1][1] * PAGE_SIZE == vaddr:
+            out[-1] = (out[-1][0], out[-1][1] + count)
+        else:
+            out.append((vaddr, count))
+    return out
 
 
 class DumpPlan:
@@ -254,7 +267,7 @@ class DumpPlan:
             else:
                 plan += resident_pages(self.pid, m.start, m.end,
                                        skip_file_pages=self.fmt == "v1" and m.is_file)
-        return plan
+        return _merged(plan)
 
     def _object_pages(self, m: Mapping) -> list[tuple[int, int]]:
         """An in-memory object may hold pages this mapping never touched (written through
@@ -311,8 +324,9 @@ def dump(target: Target, path: str, fmt: str = "v1",
     started = time.monotonic()
     plan = DumpPlan(target, fmt)
     try:
-        image = plan.collect()
-        image_file.save(path, image, fmt, plan.pages(progress))
+        with pagemap_session(plan.pid):  # one open pagemap for every mapping's questions
+            image = plan.collect()
+            image_file.save(path, image, fmt, plan.pages(progress))
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)
         if reload_process is not None:
