@@ -65,7 +65,7 @@ def _in_child(body: Callable[[], object]) -> object:
 def _run_natively(entries: list, data: bytes = b"") -> tuple[int, list[int], bytes]:
     """Run the table in this process: (r13 at the trap, results, data after)."""
     # The int3s become rets, so the program returns to the trampoline.
-    program = restorer.CODE[:restorer.FAILED - 1] + b"\xc3\xc3"
+    program = restorer.CODE[:restorer.FAILED - 1] + b"\xc3\xc3" + restorer.CODE[restorer.END:]
     code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     code.write(TRAMPOLINE + program)
     table = mmap.mmap(-1, 1 << 20)
@@ -129,6 +129,33 @@ def test_the_first_failing_entry_stops_the_table() -> None:
     index, results, _ = _in_child(lambda: _run_natively(entries))
     assert index == 2  # the entry's index, as the Python side names the step
     assert results[1:] == [(1 << 64) - errno.EBADF] * 2
+
+
+def test_store_puts_a_result_into_data() -> None:
+    """STORE: an earlier result (getpid) copied into the data, then read by a later call."""
+    def body():
+        out = Ref("data", 8)
+        entries = [(sc.GETPID, (), False), (restorer.STORE, (Ref("result", 0), out), False)]
+        index, results, data = _run_natively(entries, bytes(24))
+        return index, results, data, os.getpid()
+    index, results, data, pid = _in_child(body)
+    assert index == 2 and results == [pid, 0]
+    assert struct.unpack_from("<Q", data, 8)[0] == pid
+
+
+def test_xrstor_loads_the_vector_registers() -> None:
+    """XRSTOR from an area holding SSE state (mxcsr in the legacy area), then an xsave-free
+    check: the table's getpid still runs after it and the area is left as it was."""
+    def body():
+        area = bytearray(4096)
+        struct.pack_into("<I", area, 24, 0x1F80)  # mxcsr: the default
+        struct.pack_into("<Q", area, 512, 0x2)  # XSTATE_BV: SSE
+        entries = [(restorer.XRSTOR, (Ref("data", 0), 0x2, 0), False),
+                   (sc.GETPID, (), False)]
+        index, results, _ = _run_natively(entries, bytes(area))
+        return index, results, os.getpid()
+    index, results, pid = _in_child(body)
+    assert index == 2 and results == [0, pid]
 
 
 def test_data_is_written_back_in_place() -> None:

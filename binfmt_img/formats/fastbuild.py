@@ -11,6 +11,17 @@ from typing import Any
 from construct import Construct
 
 _COMPILED: dict[int, tuple[Construct, Construct | None]] = {}
+# Compiling a record costs a few milliseconds: worth it only for large sections.
+LARGE_BYTES, LARGE_ITEMS = 1 << 16, 1000
+
+
+def _large(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return len(value) >= LARGE_ITEMS
+    if isinstance(value, dict):
+        return any(isinstance(v, (list, tuple)) and len(v) >= LARGE_ITEMS
+                   for v in value.values())
+    return False
 
 
 def _compiled(record: Construct) -> Construct | None:
@@ -25,7 +36,7 @@ def _compiled(record: Construct) -> Construct | None:
 
 
 def build(record: Construct, value: Any) -> bytes:
-    fast = _compiled(record)
+    fast = _compiled(record) if _large(value) else None
     if fast is not None:
         try:
             return fast.build(value)
@@ -35,7 +46,7 @@ def build(record: Construct, value: Any) -> bytes:
 
 
 def parse(record: Construct, data: bytes) -> Any:
-    fast = _compiled(record)
+    fast = _compiled(record) if len(data) >= LARGE_BYTES else None
     if fast is not None:
         try:
             return fast.parse(data)

@@ -197,7 +197,6 @@ class DumpPlan:
 
     def _one_thread(self, inj: Injector, thread: Thread) -> None:
         """The selected thread's own state, by system calls it makes itself."""
-        thread.xsave = Xsave(XSAVE_RESTORABLE, inj.xsave(XSAVE_AREA, XSAVE_RESTORABLE))
         bases = [(name, code) for name, code in (("fs_base", sc.ARCH_GET_FS),
                                                   ("gs_base", sc.ARCH_GET_GS))
                  if name not in thread.registers]  # a debugger that does not show them
@@ -214,6 +213,8 @@ class DumpPlan:
             tls = [batch.raw(sc.GET_THREAD_AREA, d) for d in descs]
             head = batch.reserve(16)
             robust = batch.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)
+            xsave = batch.xsave(XSAVE_AREA, XSAVE_RESTORABLE)
+        thread.xsave = Xsave(XSAVE_RESTORABLE, batch.read(xsave, XSAVE_AREA))
         (thread.sigmask,) = struct.unpack("<Q", batch.read(mask, 8))
         for name, _ in bases:
             (thread.registers[name],) = struct.unpack("<Q", batch.read(base_out[name], 8))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import USER_TOP
 from binfmt_img.live import restorer
 from binfmt_img.live import syscalls as sc
+from binfmt_img.live.procfs import ProcMem
 from binfmt_img.live.target import Target
 
 SCRATCH_SIZE = 0x10000  # code on the first page, data on the rest
@@ -68,6 +69,7 @@ class Injector:
         self.scratch: int | None = None
         self._data_used = 0
         self._table_mapped = False
+        self._batch: Batch | None = None
 
     def open_scratch(self, address: int, code: int | None = None) -> None:
         """Map the scratch area, borrowing two bytes of mapped code for that one syscall: at
@@ -172,10 +174,28 @@ class Injector:
     # ---- batches: many system calls in one resume (binfmt_img/live/restorer.py) ----
     @contextmanager
     def batch(self) -> Iterator[Batch]:
-        """Calls queued in the block run together when it ends (not when it raises)."""
+        """Calls queued in the block run together when it ends (not when it raises). Inside
+        the block, current_batch() is this batch: a step that can join it does."""
         batch = Batch(self)
-        yield batch
+        outer, self._batch = self._batch, batch
+        try:
+            yield batch
+        finally:
+            self._batch = outer
         batch.run()
+
+    def current_batch(self) -> Batch | None:
+        return self._batch
+
+    @contextmanager
+    def joined_batch(self) -> Iterator[Batch]:
+        """The batch being built when there is one (its calls then run when it ends, after
+        what was queued before), else a batch of the block's own."""
+        if self._batch is not None:
+            yield self._batch
+            return
+        with self.batch() as batch:
+            yield batch
 
     def _table_area(self, size: int) -> int:
         assert self.scratch is not None
@@ -220,7 +240,19 @@ class Injector:
             for arg in entry.args:
                 imm, ref = layout.resolve(arg)
                 add = results[(ref - layout.results) // 8] if ref != layout.zero else 0
-                args.append(imm + add)
+                args.append((imm + add) & restorer.MASK)
+            if entry.nr == restorer.XRSTOR:
+                self._xstate(XRSTOR_AT, args[0], args[1] & 0xFFFFFFFF | args[2] << 32)
+                results.append(0)
+                continue
+            if entry.nr == restorer.XSAVE:
+                self._xstate(XSAVE_AT, args[0], args[1] & 0xFFFFFFFF | args[2] << 32)
+                results.append(0)
+                continue
+            if entry.nr == restorer.STORE:
+                self.target.write_memory(args[1], struct.pack("<Q", args[0]))
+                results.append(0)
+                continue
             results.append(self.raw(entry.nr, *args))
             if sc.is_error(results[-1]) and not entry.may_fail:
                 break
@@ -247,6 +279,7 @@ class Batch:
         self.data = bytearray()
         self.results: list[int] | None = None
         self.layout: restorer.Layout | None = None
+        self._after: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -262,6 +295,22 @@ class Batch:
         self.entries.append(Entry(nr, args, True, "", None))
         return restorer.Ref("result", len(self.entries) - 1)
 
+    def xrstor(self, area: bytes, features: int) -> None:
+        """The FPU and vector registers from an xsave area (restorer.XRSTOR)."""
+        self.entries.append(Entry(restorer.XRSTOR, (self.put(area, 64), features & 0xFFFFFFFF,
+                                                    features >> 32), False, "xrstor", None))
+
+    def xsave(self, size: int, features: int) -> restorer.Ref:
+        """An xsave area of `size` bytes filled when the table runs (restorer.XSAVE)."""
+        area = self.reserve(size, 64)
+        self.entries.append(Entry(restorer.XSAVE, (area, features & 0xFFFFFFFF, features >> 32),
+                                  False, "xsave", None))
+        return area
+
+    def store(self, value: int | restorer.Ref, address: restorer.Ref) -> None:
+        """qword [address] = value when the table runs (restorer.STORE): a result into data."""
+        self.entries.append(Entry(restorer.STORE, (value, address), False, "storing", None))
+
     def put(self, data: bytes, align: int = 16) -> restorer.Ref:
         at = -(-len(self.data) // align) * align
         self.data += bytes(at - len(self.data)) + data
@@ -273,7 +322,17 @@ class Batch:
     def put_string(self, text: str) -> restorer.Ref:
         return self.put(text.encode() + b"\0", 1)
 
+    def after(self, action: Callable[[], None]) -> None:
+        """action() once the batch has run (its results known): a step's checks and
+        warnings, when the step was queued into a larger batch."""
+        self._after.append(action)
+
     def run(self) -> None:
+        self._run()
+        for action in self._after:
+            action()
+
+    def _run(self) -> None:
         inj = self.injector
         assert inj.scratch is not None and self.results is None
         if not self.entries:
@@ -285,7 +344,7 @@ class Batch:
         # The data starts 16-aligned: aligned puts stay aligned in memory (xsave needs 64).
         base = -(-base // 64) * 64
         layout = self.layout = restorer.Layout(base, len(self.entries), len(self.data))
-        inj.target.write_memory(base, restorer.build(
+        write_bulk(inj.target, base, restorer.build(
             layout, [(e.nr, e.args, e.may_fail) for e in self.entries], bytes(self.data)))
         inj._data_used = 0  # the data pages may hold the table now
         self.results = inj.run_table(layout, self.entries)
@@ -306,6 +365,31 @@ class Batch:
 
     def read(self, ref: restorer.Ref, size: int) -> bytes:
         return self.injector.target.read_memory(self.value(ref), size)
+
+
+BULK = 1 << 16  # bytes from which a local inferior's memory is written through /proc
+
+
+def write_bulk(target: Target, addr: int, data: bytes) -> None:
+    """A large write (a restorer table of thousands of entries) into a local inferior through
+    /proc/PID/mem, as the pages are: LLDB sends it as hex in 64 KiB packets, each preceded by
+    a memory region query that costs lldb-server a read of smaps. The debugger reads the
+    table's results only after the run's stop, with its caches dropped."""
+    pid = target.pid() if len(data) >= BULK and target.is_local() else None
+    if pid is not None:
+        try:
+            mem = ProcMem(pid, writable=True)
+        except OSError:
+            pass  # the debugger's own way says what is wrong
+        else:
+            try:
+                mem.write(addr, data)
+                return
+            except OSError:
+                pass
+            finally:
+                mem.close()
+    target.write_memory(addr, data)
 
 
 def pack_u64(*values: int) -> bytes:

@@ -10,8 +10,12 @@ independent instructions, written into the scratch code page, that walk a table 
 
 It starts with rbx = the table, r12 = the number of entries, r14 = the results array, and
 stops with int3: at END when every entry ran (r13 = count), at FAILED when an entry without
-MAY_FAIL returned an error (r13 = its index). The bytes below are hand-assembled; the text
-beside each line is its source (tests/test_restorer.py checks them against GNU as).
+MAY_FAIL returned an error (r13 = its index). Three entry numbers are not system calls but
+pseudo-calls the program runs itself: XRSTOR and XSAVE (the FPU and vector registers from or
+into an xsave area, so that a thread's whole state goes in one table) and STORE (an earlier
+result copied into the table's data, e.g. an fd into a struct passed by pointer). The bytes
+below are hand-assembled; the text beside each line is its source (tests/test_restorer.py
+checks them against GNU as).
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ import struct
 ENTRY = 112  # bytes: 14 qwords
 MAY_FAIL = 1  # flags bit 0: an error result does not stop the table
 
+# Pseudo-calls: entry numbers from PSEUDO up are not system calls but run by the program.
+PSEUDO = 0x1000
+XRSTOR = 0x1000  # xrstor64 [arg0], features arg1 (low 32 bits) and arg2 (high): result 0
+STORE = 0x1001  # qword [arg1] = arg0 (an earlier result put into data, e.g. into a struct)
+XSAVE = 0x1002  # xsave64 [arg0], features as XRSTOR's: result 0
+
 # (bytes, source) in order; offsets in the comments are from the start of the program.
 LISTING: tuple[tuple[str, str], ...] = (
     ("45 31 ed", "xor r13d, r13d"),  # 0x00: index
     ("4d 39 e5", "cmp r13, r12"),  # 0x03: loop
-    ("73 66", "jae .+0x68"),  # 0x06: -> 0x6e end
+    ("73 6e", "jae .+0x70"),  # 0x06: -> 0x76 end
     ("48 8b 7b 10", "mov rdi, [rbx+16]"),
     ("48 8b 43 40", "mov rax, [rbx+64]"),
     ("48 03 38", "add rdi, [rax]"),
@@ -45,24 +55,40 @@ LISTING: tuple[tuple[str, str], ...] = (
     ("48 8b 43 68", "mov rax, [rbx+104]"),
     ("4c 03 08", "add r9, [rax]"),
     ("48 8b 03", "mov rax, [rbx]"),  # 0x4a: nr
-    ("0f 05", "syscall"),
-    ("49 89 06", "mov [r14], rax"),  # 0x4f
-    ("48 3d 01 f0 ff ff", "cmp rax, -4095"),  # 0x52
-    ("72 06", "jb .+8"),  # 0x58: success -> 0x60 next
-    ("f6 43 08 01", "test byte ptr [rbx+8], 1"),  # 0x5a: MAY_FAIL?
-    ("74 0d", "je .+0xf"),  # 0x5e: -> 0x6d failed
-    ("48 83 eb 90", "sub rbx, -112"),  # 0x60: next entry
+    ("48 3d 00 10 00 00", "cmp rax, 0x1000"),  # 0x4d: a pseudo-call?
+    ("73 22", "jae .+0x24"),  # 0x53: -> 0x77 pseudo
+    ("0f 05", "syscall"),  # 0x55
+    ("49 89 06", "mov [r14], rax"),  # 0x57: store
+    ("48 3d 01 f0 ff ff", "cmp rax, -4095"),  # 0x5a
+    ("72 06", "jb .+8"),  # 0x60: success -> 0x68 next
+    ("f6 43 08 01", "test byte ptr [rbx+8], 1"),  # 0x62: MAY_FAIL?
+    ("74 0d", "je .+0xf"),  # 0x66: -> 0x75 failed
+    ("48 83 eb 90", "sub rbx, -112"),  # 0x68: next entry
     ("49 83 c6 08", "add r14, 8"),
     ("49 ff c5", "inc r13"),
-    ("eb 96", "jmp .-0x68"),  # 0x6b: -> 0x03 loop
-    ("cc", "int3"),  # 0x6d: failed, r13 = the entry's index
-    ("cc", "int3"),  # 0x6e: end, r13 = count
+    ("eb 8e", "jmp .-0x70"),  # 0x73: -> 0x03 loop
+    ("cc", "int3"),  # 0x75: failed, r13 = the entry's index
+    ("cc", "int3"),  # 0x76: end, r13 = count
+    ("3d 01 10 00 00", "cmp eax, 0x1001"),  # 0x77: pseudo: STORE?
+    ("74 1a", "je .+0x1c"),  # 0x7c: -> 0x98 put
+    ("89 f0", "mov eax, esi"),  # 0x7e: XRSTOR or XSAVE, features in edx:eax
+    ("81 3b 02 10 00 00", "cmp dword ptr [rbx], 0x1002"),  # 0x80: XSAVE?
+    ("74 08", "je .+0xa"),  # 0x86: -> 0x90 save
+    ("48 0f ae 2f", "xrstor64 [rdi]"),  # 0x88
+    ("31 c0", "xor eax, eax"),
+    ("eb c7", "jmp .-0x37"),  # 0x8e: -> 0x57 store
+    ("48 0f ae 27", "xsave64 [rdi]"),  # 0x90: save
+    ("31 c0", "xor eax, eax"),
+    ("eb bf", "jmp .-0x3f"),  # 0x96: -> 0x57 store
+    ("48 89 3e", "mov [rsi], rdi"),  # 0x98: put: STORE
+    ("31 c0", "xor eax, eax"),
+    ("eb b8", "jmp .-0x46"),  # 0x9d: -> 0x57 store
 )
 
 CODE = b"".join(bytes.fromhex(h) for h, _ in LISTING)
-FAILED = 0x6E  # rip after the int3 of a failed entry, from the program's start
-END = 0x6F  # rip after the final int3
-assert len(CODE) == END
+FAILED = 0x76  # rip after the int3 of a failed entry, from the program's start
+END = 0x77  # rip after the final int3
+assert CODE[FAILED - 1:END] == b"\xcc\xcc" and len(CODE) == 0x9F
 
 
 def source() -> str:

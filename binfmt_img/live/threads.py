@@ -180,8 +180,7 @@ def restore_threads(plan: RestorePlan) -> None:
         tid = _clone(plan, thread)
         plan.live_tids[thread.tid] = tid
         select(target, tid)
-        plan._set_altstack(thread)
-        plan._set_thread_state(thread)
+        plan._set_thread_state(thread, with_altstack=True)
         plan._set_registers(thread)
         select(target, plan.live_tid)
 
