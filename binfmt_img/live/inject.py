@@ -20,6 +20,8 @@ XRSTOR64_RDI = b"\x48\x0f\xae\x2f"  # xrstor64 [rdi], features in edx:eax
 XSAVE64_RDI = b"\x48\x0f\xae\x27"  # xsave64 [rdi]
 SPIN = b"\xeb\xfe"  # jmp . : holds the inferior still while no debugger is attached
 XRSTOR_AT, XSAVE_AT = 8, 16
+CLONE_AT = 32  # `syscall; jmp .`: a clone made by single steps leaves its child waiting here
+CHILD_STACK_AT = 0xF00  # a new thread's rsp until it gets its registers; it never pushes
 DATA_AT = 0x1000
 RESTORER_AT = 0x100  # the restorer program (binfmt_img/live/restorer.py), in the code page
 # A batch too large for the data pages goes to the table area, mapped on first use this far
@@ -87,6 +89,7 @@ class Injector:
             raise RestoreError(f"mapping the scratch area at {address:#x} failed: {detail}")
         self.scratch = address
         code = CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc") + XSAVE64_RDI
+        code = code.ljust(CLONE_AT, b"\xcc") + SYSCALL + SPIN
         self.target.write_memory(address, code + b"\xcc" * 4)
         self.target.write_memory(address + RESTORER_AT, restorer.CODE)
 
@@ -209,21 +212,71 @@ class Injector:
             self._table_mapped = True
         return at
 
-    def run_table(self, layout: restorer.Layout, entries: list[Entry]) -> list[int]:
-        """Run the entries written at `layout`; their results, up to the first failure."""
+    def run_table(self, layout: restorer.Layout, entries: list[Entry],
+                  spawns: bool = False) -> list[int]:
+        """Run the entries written at `layout`; their results, up to the first failure.
+        `spawns`: the table makes threads (the debugger must follow the clones)."""
         assert self.scratch is not None
         run_to_trap = getattr(self.target, "run_to_trap", None)
+        if spawns:
+            run_to_trap = getattr(self.target, "run_to_trap_spawning", run_to_trap)
         if run_to_trap is None:
             return self._step_table(layout, entries)
+        self._start_table(layout, len(entries))
+        run_to_trap(self.traps())
+        return self._table_results(layout, len(entries))
+
+    def run_tables(self, runs: list[tuple[int, restorer.Layout, list[Entry]]]) -> list[list[int]]:
+        """Each (tid, layout, entries): thread tid runs its own table, written at layout, all
+        of them in one resume where the target can (run_threads_to_trap), else one after the
+        other. Their results, in order; the first thread is selected afterwards."""
+        select = self.target.select_thread
+        run_all = getattr(self.target, "run_threads_to_trap", None)
+        run_one = getattr(self.target, "run_to_trap", None)
+        if run_one is None:  # single steps, thread by thread
+            out = []
+            for tid, layout, entries in runs:
+                select(tid)
+                out.append(self._step_table(layout, entries))
+            select(runs[0][0])
+            return out
+        for tid, layout, entries in runs:
+            select(tid)
+            self._start_table(layout, len(entries))
+        if run_all is not None:
+            run_all([tid for tid, _, _ in runs], self.traps())
+        else:
+            for tid, _, _ in runs:
+                select(tid)
+                run_one(self.traps())
+        out = []
+        for tid, layout, entries in runs:
+            select(tid)
+            out.append(self._table_results(layout, len(entries)))
+        select(runs[0][0])
+        return out
+
+    def traps(self) -> tuple[int, int]:
+        """The restorer's two int3s (failed, end)."""
+        assert self.scratch is not None
         code = self.scratch + RESTORER_AT
-        self.target.write_registers({"rip": code, "rbx": layout.table, "r12": len(entries),
-                                     "r14": layout.results})
-        failed, end = code + restorer.FAILED, code + restorer.END
-        run_to_trap((failed - 1, end - 1))
+        return code + restorer.FAILED - 1, code + restorer.END - 1
+
+    def _start_table(self, layout: restorer.Layout, count: int) -> None:
+        assert self.scratch is not None
+        # rax 0: a thread stopped inside an interrupted system call (LLDB cannot write
+        # orig_rax) would otherwise have the kernel restart it, moving rip back 2 bytes.
+        self.target.write_registers({"rip": self.scratch + RESTORER_AT, "rbx": layout.table,
+                                     "r12": count, "r14": layout.results, "rax": 0})
+
+    def _table_results(self, layout: restorer.Layout, count: int) -> list[int]:
+        """The results of the table run by the selected thread, which stopped: up to the
+        failed entry, or all."""
+        failed, end = (trap + 1 for trap in self.traps())
         after = self.target.read_registers(("rip", "r13"))
         rip = after.get("rip", 0)
         if rip in (end, end - 1):  # after the int3, or on it (a debugger's breakpoint)
-            ran = len(entries)
+            ran = count
         elif rip in (failed, failed - 1):
             ran = after["r13"] + 1
         else:
@@ -253,19 +306,27 @@ class Injector:
                 self.target.write_memory(args[1], struct.pack("<Q", args[0]))
                 results.append(0)
                 continue
-            results.append(self.raw(entry.nr, *args))
+            if entry.spin:  # from the clone code, whose child then waits in a loop
+                results.append(self._run(self.scratch + CLONE_AT, entry.nr, *args))
+            else:
+                results.append(self.raw(entry.nr, *args))
             if sc.is_error(results[-1]) and not entry.may_fail:
                 break
         return results
 
 
 class Entry:
-    __slots__ = ("nr", "args", "may_fail", "step", "address")
+    __slots__ = ("nr", "args", "may_fail", "step", "address", "spin")
 
     def __init__(self, nr: int, args: tuple[int | restorer.Ref, ...], may_fail: bool,
-                 step: str, address: int | None) -> None:
+                 step: str, address: int | None, spin: bool = False) -> None:
         self.nr, self.args, self.may_fail = nr, args, may_fail
-        self.step, self.address = step, address
+        self.step, self.address, self.spin = step, address, spin
+
+    @property
+    def flags(self) -> int:
+        return (restorer.MAY_FAIL if self.may_fail else 0) | (
+            restorer.SPIN_CHILD if self.spin else 0)
 
 
 class Batch:
@@ -280,6 +341,7 @@ class Batch:
         self.results: list[int] | None = None
         self.layout: restorer.Layout | None = None
         self._after: list[Callable[[], None]] = []
+        self.spawns = False  # holds clones: the debugger must see the new threads come
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -311,6 +373,13 @@ class Batch:
         """qword [address] = value when the table runs (restorer.STORE): a result into data."""
         self.entries.append(Entry(restorer.STORE, (value, address), False, "storing", None))
 
+    def clone(self, *args: int, step: str) -> restorer.Ref:
+        """clone(2) whose child waits at the restorer's SPIN (a thread to be given its state
+        and registers later); the result is the child's tid."""
+        self.entries.append(Entry(sc.CLONE, args, False, step, None, spin=True))
+        self.spawns = True
+        return restorer.Ref("result", len(self.entries) - 1)
+
     def put(self, data: bytes, align: int = 16) -> restorer.Ref:
         at = -(-len(self.data) // align) * align
         self.data += bytes(at - len(self.data)) + data
@@ -338,16 +407,35 @@ class Batch:
         if not self.entries:
             self.results = []
             return
-        size = restorer.Layout(0, len(self.entries), len(self.data) + 64).size
+        size = self.size()
         base = inj.scratch + DATA_AT if DATA_AT + size <= SCRATCH_SIZE \
             else inj._table_area(size)
-        # The data starts 16-aligned: aligned puts stay aligned in memory (xsave needs 64).
+        layout = self.place(base)
+        inj._data_used = 0  # the data pages may hold the table now
+        self.finish(inj.run_table(layout, self.entries, self.spawns))
+
+    def size(self) -> int:
+        """The bytes place() needs, with room to align the base."""
+        return restorer.Layout(0, len(self.entries), len(self.data) + 64).size + 64
+
+    def place(self, base: int) -> restorer.Layout:
+        """Write the table at `base` (rounded up to 64: aligned puts stay aligned in memory,
+        as xsave needs)."""
         base = -(-base // 64) * 64
         layout = self.layout = restorer.Layout(base, len(self.entries), len(self.data))
-        write_bulk(inj.target, base, restorer.build(
-            layout, [(e.nr, e.args, e.may_fail) for e in self.entries], bytes(self.data)))
-        inj._data_used = 0  # the data pages may hold the table now
-        self.results = inj.run_table(layout, self.entries)
+        write_bulk(self.injector.target, base, restorer.build(
+            layout, [(e.nr, e.args, e.flags) for e in self.entries], bytes(self.data)))
+        return layout
+
+    def complete(self, results: list[int]) -> None:
+        """finish(results), then what after() asked for."""
+        self.finish(results)
+        for action in self._after:
+            action()
+
+    def finish(self, results: list[int]) -> None:
+        """Take the run's results: the first failing call raises, naming its step."""
+        self.results = results
         if len(self.results) < len(self.entries) or (
                 self.results and sc.is_error(self.results[-1])
                 and not self.entries[len(self.results) - 1].may_fail):

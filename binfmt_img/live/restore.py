@@ -517,45 +517,60 @@ class RestorePlan:
         """The selected thread's own state; by default the main thread's. Its system calls
         (and its alternate stack where asked) and xrstor run in one batch, then the state
         kinds' per-thread calls."""
-        inj, thread = self.injector, thread or self.main_thread
+        thread = thread or self.main_thread
+        with self.injector.batch() as batch:
+            self.queue_thread_state(batch, thread, with_altstack)
+        run_hooks(self, self.thread_hooks(thread), thread)
+
+    def queue_thread_state(self, batch: Batch, thread: Thread, with_altstack: bool) -> None:
+        """Queue the calls that give `thread` (the one to run the batch) its own state."""
         # An image that records the registration (state kind "rseq") gets exactly it from
         # that kind's restore_thread; an older one, glibc's area as its libc would have it.
         image_rseq = None if "rseq" in self.image.states else self._image_rseq(thread)
         # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
         shown = self.target.read_registers(("fs_base", "gs_base"))
         rseq: list[Ref] = []
-        with inj.batch() as batch:
-            if with_altstack:
-                self._set_altstack(thread)
-            for i, desc in enumerate(thread.tls):
-                if desc:
-                    batch.call(sc.SET_THREAD_AREA,
-                               batch.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
-                               step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
-            if thread.robust_list:
-                batch.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
-                           step="setting the robust futex list", address=thread.robust_list)
-            tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
-            if tid_at:
-                batch.raw(sc.SET_TID_ADDRESS, tid_at)
-            if image_rseq is not None:  # the lengths glibc registers with: 32, or larger
-                rseq = [batch.raw(RSEQ, image_rseq[0], length, 0, RSEQ_SIG)
-                        for length in dict.fromkeys((32, image_rseq[1]))]
-            for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
-                if name in thread.registers and name not in shown:
-                    batch.call(sc.ARCH_PRCTL, code, thread.registers[name],
-                               step=f"setting {name}")
-            batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, batch.put(pack_u64(thread.sigmask)),
-                       0, 8, step="setting the signal mask")
-            if thread.xsave is not None:
-                batch.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
-        if rseq and all(sc.is_error(batch.value(r)) for r in rseq):
-            assert image_rseq is not None
-            self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
-                                        f"registered: {sc.errno_text(batch.value(rseq[-1]))}")
-        run_hooks(self, [(kind.name, functools.partial(self._restore_kind, kind, thread))
-                         for kind in state.KINDS
-                         if kind.restore_thread is not None and kind.name in self.image.states])
+        if with_altstack:
+            alt = thread.altstack
+            batch.call(sc.SIGALTSTACK,
+                       batch.put(struct.pack("<QiiQ", alt.sp, alt.flags, 0, alt.size)), 0,
+                       step="setting the alternate signal stack", address=alt.sp)
+        for i, desc in enumerate(thread.tls):
+            if desc:
+                batch.call(sc.SET_THREAD_AREA,
+                           batch.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
+                           step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
+        if thread.robust_list:
+            batch.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
+                       step="setting the robust futex list", address=thread.robust_list)
+        tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
+        if tid_at:
+            batch.raw(sc.SET_TID_ADDRESS, tid_at)
+        if image_rseq is not None:  # the lengths glibc registers with: 32, or larger
+            rseq = [batch.raw(RSEQ, image_rseq[0], length, 0, RSEQ_SIG)
+                    for length in dict.fromkeys((32, image_rseq[1]))]
+        for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
+            if name in thread.registers and name not in shown:
+                batch.call(sc.ARCH_PRCTL, code, thread.registers[name],
+                           step=f"setting {name}")
+        batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, batch.put(pack_u64(thread.sigmask)),
+                   0, 8, step="setting the signal mask")
+        if thread.xsave is not None:
+            batch.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
+
+        def rseq_warning() -> None:
+            if rseq and all(sc.is_error(batch.value(r)) for r in rseq):
+                assert image_rseq is not None
+                self.report.warnings.append(
+                    f"the rseq area at {image_rseq[0]:#x} was not registered: "
+                    f"{sc.errno_text(batch.value(rseq[-1]))}")
+        batch.after(rseq_warning)
+
+    def thread_hooks(self, thread: Thread) -> list[tuple[str, Callable[[], None]]]:
+        """The state kinds' restore_thread hooks for `thread`, bound, in their order."""
+        return [(kind.name, functools.partial(self._restore_kind, kind, thread))
+                for kind in state.KINDS
+                if kind.restore_thread is not None and kind.name in self.image.states]
 
     def _image_rseq(self, thread: Thread) -> tuple[int, int] | None:
         base = dict(self.image.auxv).get(AT_BASE)
