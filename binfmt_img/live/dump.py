@@ -7,6 +7,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ from binfmt_img.live.tls import (
 XSAVE_AREA = 4096  # enough for every component up to PKRU in the standard format
 NOT_DUMPED = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
 CHUNK = 1 << 24
+READ_AHEAD = 1 << 20  # a chunk this large is read in a thread while the one before is written
 
 
 @dataclass
@@ -283,23 +285,35 @@ class DumpPlan:
                            [(s, s + c * PAGE_SIZE) for s, c in readable])]
 
     def pages(self, progress: Progress | None = None) -> Iterator[tuple[int, memoryview]]:
+        """The page data, chunk by chunk. A large chunk is read ahead in a thread while the
+        writer checksums and writes the one before (the reads and zlib release the GIL);
+        two page-aligned buffers take turns, so O_DIRECT can take them."""
         plan = self._page_plan()
         total = sum(count for _, count in plan)
+        chunks = [(vaddr + at, min(CHUNK, count * PAGE_SIZE - at))
+                  for vaddr, count in plan for at in range(0, count * PAGE_SIZE, CHUNK)]
         mem = ProcMem(self.pid, writable=False)
-        # One page-aligned buffer, reused: no allocation per chunk, and O_DIRECT can take it.
-        view = memoryview(mmap.mmap(-1, CHUNK))
+        views = [memoryview(mmap.mmap(-1, CHUNK)) for _ in range(2)]
+        ahead: Future[None] | None = None
         try:
-            for vaddr, count in plan:
-                for at in range(0, count * PAGE_SIZE, CHUNK):
-                    size = min(CHUNK, count * PAGE_SIZE - at)
-                    self._read(mem, vaddr + at, view[:size])
+            with ThreadPoolExecutor(1) as pool:
+                for i, (addr, size) in enumerate(chunks):
+                    view = views[i % 2][:size]
+                    if ahead is not None:
+                        ahead.result()  # raises what the read raised
+                    else:
+                        self._read(mem, addr, view)
+                    ahead = None
+                    if i + 1 < len(chunks) and chunks[i + 1][1] >= READ_AHEAD:
+                        after, after_size = chunks[i + 1]
+                        ahead = pool.submit(self._read, mem, after,
+                                            views[(i + 1) % 2][:after_size])
                     self.report.pages += size // PAGE_SIZE
-                    yield vaddr + at, view[:size]
+                    yield addr, view
                     if progress is not None:
                         progress(self.report.pages, total)
         finally:
-            mem.close()  # the buffer goes with its last view
-
+            mem.close()  # the pool waited for its read; the buffers go with their views
 
     def _read(self, mem: ProcMem, addr: int, view: memoryview) -> None:
         try:
