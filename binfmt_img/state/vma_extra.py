@@ -152,9 +152,9 @@ def mmap_flags(vma: Vma, entry, is_stack: bool) -> int:
     flags |= MAP_SHARED if vma.is_shared else MAP_PRIVATE
     if entry is None:
         return flags | (vma.flags & MAP_NORESERVE) | (MAP_GROWSDOWN if is_stack else 0)
-    flags |= (MAP_GROWSDOWN if "gd" in codes(entry) else 0) | (
-        MAP_NORESERVE if "nr" in codes(entry) else 0)
-    if "dp" in codes(entry) and not vma.is_file and not vma.is_shared:
+    have = codes(entry)  # once: an entry's fields are slow to reach (construct Container)
+    flags |= (MAP_GROWSDOWN if "gd" in have else 0) | (MAP_NORESERVE if "nr" in have else 0)
+    if "dp" in have and not vma.is_file and not vma.is_shared:
         flags = flags & ~MAP_TYPE | MAP_DROPPABLE
     return flags
 
