@@ -314,16 +314,24 @@ class RestorePlan:
             self._unmap_everything()
         # While the address space is nearly empty (a debugger stop costs lldb-server a read
         # of smaps, whose size grows with the VMAs), what needs no memory, in one batch.
-        with inj.batch():
+        # The main thread's own state too, unless it registers glibc's rseq area (an image
+        # without the rseq kind), which the kernel writes into: that waits for the memory.
+        early = "rseq" in self.image.states or self._image_rseq(self.main_thread) is None
+        with inj.batch() as batch:
             self.vdso.place(inj)
             self._set_mm()
             self._set_name()
             self._set_signals()
+            if early:
+                self.queue_thread_state(batch, self.main_thread, with_altstack=False)
         self._create_vmas()
         self._write_pages()
         self._protect_shared()
         self._restore_states("process")
-        self._set_thread_state()
+        if early:
+            run_hooks(self, self.thread_hooks(self.main_thread), self.main_thread)
+        else:
+            self._set_thread_state()
         restore_open_files(self)
         restore_threads(self)
         self._restore_states("late")
