@@ -131,3 +131,21 @@ def run_to_trap(tid: int) -> None:
             return  # a fault in the restorer: the caller sees rip away from the traps
         if number != signal.SIGSTOP:
             deliver = number
+
+
+def run_threads_to_trap(tids: list[int]) -> None:
+    """run_to_trap for several threads at once: each resumed, then each waited for until it
+    stops at an int3 of the restorer (or a fault); the others stay in their ptrace stops."""
+    for tid in tids:
+        _ptrace(PTRACE_CONT, tid, None, None)
+    for tid in tids:
+        while True:
+            status = _wait(tid)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise RestoreError(f"thread {tid} ended while the restorer ran "
+                                   f"(wait status {status:#x})")
+            number = os.WSTOPSIG(status)
+            if number in (signal.SIGTRAP, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL,
+                          signal.SIGFPE) or status >> 16:
+                break  # at its trap, or a fault the caller sees by where rip is
+            _ptrace(PTRACE_CONT, tid, None, None if number == signal.SIGSTOP else number)

@@ -340,6 +340,9 @@ class GdbTarget:
                 native.set_regs(tid, {**regs, "rip": regs["rip"] - 1})
             self._stale = True
             return
+        self._continue_to(traps)
+
+    def _continue_to(self, traps: tuple[int, ...]) -> None:
         self._sync()
         self._gdb_resumed = True
         breakpoints = [gdb.Breakpoint(f"*{at:#x}", internal=True) for at in traps]
@@ -348,6 +351,31 @@ class GdbTarget:
         finally:
             for breakpoint in breakpoints:
                 breakpoint.delete()
+
+    def run_to_trap_spawning(self, traps: tuple[int, ...] = ()) -> None:
+        """run_to_trap for a table of clones: through GDB's own `continue`, so that GDB
+        follows them (its threads list holds the children; they run, each in a loop of the
+        restorer, until GDB stops them with the thread that hit the trap)."""
+        self._continue_to(traps)
+
+    def run_threads_to_trap(self, tids: list[int], traps: tuple[int, ...] = ()) -> int:
+        """Several threads' restorer tables in one resume, behind GDB's back as the steps
+        are (a remote inferior: one `continue` per thread)."""
+        if self._native_tid() is None:
+            selected = gdb.selected_thread()
+            for tid in tids:
+                self.select_thread(tid)
+                self._continue_to(traps)
+            if selected is not None:
+                selected.switch()
+            return len(tids)
+        native.run_threads_to_trap(tids)
+        for tid in tids:
+            regs = native.get_regs(tid)
+            if regs["rip"] - 1 in traps:  # on the int3, as a debugger's breakpoint stop is
+                native.set_regs(tid, {**regs, "rip": regs["rip"] - 1})
+        self._stale = True
+        return 1
 
     def threads(self) -> list[int]:
         selected = gdb.selected_thread()

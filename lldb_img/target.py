@@ -164,6 +164,33 @@ class LldbTarget:
             detail = error.GetCString() or lldb.SBDebugger.StateAsCString(state)
             raise RestoreError(f"running the restorer failed: {detail}")
 
+    def run_threads_to_trap(self, tids: list[int], traps: tuple[int, ...] = ()) -> int:
+        """Resume the threads `tids` together (the others suspended) until each stopped at
+        one of the restorer's int3s `traps`: LLDB stops the whole process at the first that
+        does, so the ones still running are resumed again. Returns the resumes it took."""
+        waiting, resumes = set(tids), 0
+        at_trap = set(traps) | {t + 1 for t in traps}
+        while waiting and resumes < len(tids) + 16:
+            suspended = [t for t in self.process if t.GetThreadID() not in waiting]
+            for thread in suspended:
+                thread.Suspend()
+            try:
+                error = self.process.Continue()
+                resumes += 1
+            finally:
+                for thread in suspended:
+                    thread.Resume()
+            state = self.process.GetState()
+            if error.Fail() or state != lldb.eStateStopped:
+                detail = error.GetCString() or lldb.SBDebugger.StateAsCString(state)
+                raise RestoreError(f"running the restorer failed: {detail}")
+            for thread in self.process:
+                pc = thread.GetFrameAtIndex(0).GetPC()
+                if thread.GetThreadID() in waiting and (
+                        pc in at_trap or thread.GetStopReason() == lldb.eStopReasonSignal):
+                    waiting.discard(thread.GetThreadID())
+        return resumes
+
     def memory_changed(self) -> None:
         """LLDB drops its memory cache at every stop, but SBValue register writes leave the
         thread's unwound frames in place; a register write through the command interpreter

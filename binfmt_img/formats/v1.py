@@ -31,7 +31,7 @@ from construct import (
 )
 
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import packed
+from binfmt_img.formats import fastbuild, packed
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
     MM_FIELDS,
@@ -89,6 +89,9 @@ VmaRecord = Struct(
     "path" / Text, "name" / Text,
 )
 VmasSection = PrefixedArray(Int32ul, VmaRecord)
+_VMA_EMPTY = VmaRecord.build({"start": 0, "end": 0, "pgoff": 0, "prot": 0, "flags": 0,
+                              "has_identity": 0, "size": 0, "mtime_ns": 0, "inode": 0,
+                              "device": 0, "path": "", "name": ""})
 ThreadSection = Struct(
     "tid" / Int32ul,
     "registers" / PrefixedArray(Int32ul, Int64ul),  # ALL_REGISTERS order; readers take a prefix
@@ -144,7 +147,7 @@ def _entry_checked(buf: memoryview, entry, what: str) -> memoryview:
 
 def _parse(record: Struct, payload: memoryview, offset: int, what: str):
     try:
-        return record.parse(bytes(payload))
+        return fastbuild.parse(record, bytes(payload))
     except (ConstructError, UnicodeDecodeError) as error:
         reason = str(error).splitlines()[0][:120]
         raise ImageError(f"malformed {what} section: {reason}", offset) from None
@@ -216,6 +219,9 @@ def _read_mm(image: Image, mm) -> None:
 
 def _read_vmas(image: Image, records, section_offset: int, offsets: dict[str, list[int]]) -> None:
     at = section_offset + 4
+    # A record's length: the fixed fields and the two strings' length prefixes, then their
+    # bytes (the strings were decoded from utf8, so they encode back to the same length).
+    fixed = len(_VMA_EMPTY)
     for rec in records:
         identity = (FileIdentity(rec.size, rec.mtime_ns, rec.inode, rec.device)
                     if rec.has_identity else None)
@@ -223,7 +229,7 @@ def _read_vmas(image: Image, records, section_offset: int, offsets: dict[str, li
                               pgoff=rec.pgoff, path=rec.path or None, name=rec.name or None,
                               file=identity))
         offsets["vmas"].append(at)
-        at += VmaRecord.build(rec).__len__()
+        at += fixed + len(rec.path.encode()) + len(rec.name.encode())
 
 
 def _read_process(image: Image, rec) -> None:
@@ -364,7 +370,8 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
         "fields": [image.mm.get(f, 0) for f in MM_FIELDS],
         "exe_path": image.exe_path or "",
         "auxv": [{"type": t, "value": v} for t, v in image.auxv]}))]
-    metadata.append((SECTION_VMAS, VmasSection.build([_vma_record(v) for v in image.vmas])))
+    metadata.append((SECTION_VMAS, fastbuild.build(VmasSection,
+                                                    [_vma_record(v) for v in image.vmas])))
     for thread in image.threads:
         metadata.append((SECTION_THREAD, _thread_record(thread)))
     metadata.append((SECTION_SIGNALS, SignalsSection.build(

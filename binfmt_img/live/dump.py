@@ -7,6 +7,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from binfmt_img.live.procfs import (
     Mapping,
     ProcMem,
     object_pages,
+    pagemap_session,
     read_auxv,
     read_maps,
     readable_pages,
@@ -59,6 +61,7 @@ from binfmt_img.live.tls import (
 XSAVE_AREA = 4096  # enough for every component up to PKRU in the standard format
 NOT_DUMPED = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
 CHUNK = 1 << 24
+READ_AHEAD = 1 << 20  # a chunk this large is read in a thread while the one before is written
 
 
 @dataclass
@@ -109,6 +112,18 @@ def _mm_fields(pid: int, brk: int) -> dict[str, int]:
             "start_data": int(f[45]), "end_data": int(f[46]), "start_brk": int(f[47]),
             "brk": brk, "start_stack": int(f[28]), "arg_start": int(f[48]),
             "arg_end": int(f[49]), "env_start": int(f[50]), "env_end": int(f[51])}
+
+
+def _merged(plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs that touch joined: neighbouring mappings (many small VMAs of one area, told
+    apart by their protection) are read in one go rather than one read per mapping."""
+    out: list[tuple[int, int]] = []
+    for vaddr, count in plan:
+        if out and out[-1][0] + out[-1][1] * PAGE_SIZE == vaddr:
+            out[-1] = (out[-1][0], out[-1][1] + count)
+        else:
+            out.append((vaddr, count))
+    return out
 
 
 class DumpPlan:
@@ -184,7 +199,6 @@ class DumpPlan:
 
     def _one_thread(self, inj: Injector, thread: Thread) -> None:
         """The selected thread's own state, by system calls it makes itself."""
-        thread.xsave = Xsave(XSAVE_RESTORABLE, inj.xsave(XSAVE_AREA, XSAVE_RESTORABLE))
         bases = [(name, code) for name, code in (("fs_base", sc.ARCH_GET_FS),
                                                   ("gs_base", sc.ARCH_GET_GS))
                  if name not in thread.registers]  # a debugger that does not show them
@@ -201,6 +215,8 @@ class DumpPlan:
             tls = [batch.raw(sc.GET_THREAD_AREA, d) for d in descs]
             head = batch.reserve(16)
             robust = batch.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)
+            xsave = batch.xsave(XSAVE_AREA, XSAVE_RESTORABLE)
+        thread.xsave = Xsave(XSAVE_RESTORABLE, batch.read(xsave, XSAVE_AREA))
         (thread.sigmask,) = struct.unpack("<Q", batch.read(mask, 8))
         for name, _ in bases:
             (thread.registers[name],) = struct.unpack("<Q", batch.read(base_out[name], 8))
@@ -254,7 +270,7 @@ class DumpPlan:
             else:
                 plan += resident_pages(self.pid, m.start, m.end,
                                        skip_file_pages=self.fmt == "v1" and m.is_file)
-        return plan
+        return _merged(plan)
 
     def _object_pages(self, m: Mapping) -> list[tuple[int, int]]:
         """An in-memory object may hold pages this mapping never touched (written through
@@ -269,23 +285,35 @@ class DumpPlan:
                            [(s, s + c * PAGE_SIZE) for s, c in readable])]
 
     def pages(self, progress: Progress | None = None) -> Iterator[tuple[int, memoryview]]:
+        """The page data, chunk by chunk. A large chunk is read ahead in a thread while the
+        writer checksums and writes the one before (the reads and zlib release the GIL);
+        two page-aligned buffers take turns, so O_DIRECT can take them."""
         plan = self._page_plan()
         total = sum(count for _, count in plan)
+        chunks = [(vaddr + at, min(CHUNK, count * PAGE_SIZE - at))
+                  for vaddr, count in plan for at in range(0, count * PAGE_SIZE, CHUNK)]
         mem = ProcMem(self.pid, writable=False)
-        # One page-aligned buffer, reused: no allocation per chunk, and O_DIRECT can take it.
-        view = memoryview(mmap.mmap(-1, CHUNK))
+        views = [memoryview(mmap.mmap(-1, CHUNK)) for _ in range(2)]
+        ahead: Future[None] | None = None
         try:
-            for vaddr, count in plan:
-                for at in range(0, count * PAGE_SIZE, CHUNK):
-                    size = min(CHUNK, count * PAGE_SIZE - at)
-                    self._read(mem, vaddr + at, view[:size])
+            with ThreadPoolExecutor(1) as pool:
+                for i, (addr, size) in enumerate(chunks):
+                    view = views[i % 2][:size]
+                    if ahead is not None:
+                        ahead.result()  # raises what the read raised
+                    else:
+                        self._read(mem, addr, view)
+                    ahead = None
+                    if i + 1 < len(chunks) and chunks[i + 1][1] >= READ_AHEAD:
+                        after, after_size = chunks[i + 1]
+                        ahead = pool.submit(self._read, mem, after,
+                                            views[(i + 1) % 2][:after_size])
                     self.report.pages += size // PAGE_SIZE
-                    yield vaddr + at, view[:size]
+                    yield addr, view
                     if progress is not None:
                         progress(self.report.pages, total)
         finally:
-            mem.close()  # the buffer goes with its last view
-
+            mem.close()  # the pool waited for its read; the buffers go with their views
 
     def _read(self, mem: ProcMem, addr: int, view: memoryview) -> None:
         try:
@@ -311,8 +339,9 @@ def dump(target: Target, path: str, fmt: str = "v1",
     started = time.monotonic()
     plan = DumpPlan(target, fmt)
     try:
-        image = plan.collect()
-        image_file.save(path, image, fmt, plan.pages(progress), compress)
+        with pagemap_session(plan.pid):  # one open pagemap for every mapping's questions
+            image = plan.collect()
+            image_file.save(path, image, fmt, plan.pages(progress), compress)
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)
         if reload_process is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import USER_TOP
 from binfmt_img.live import restorer
 from binfmt_img.live import syscalls as sc
+from binfmt_img.live.procfs import ProcMem
 from binfmt_img.live.target import Target
 
 SCRATCH_SIZE = 0x10000  # code on the first page, data on the rest
@@ -19,6 +20,8 @@ XRSTOR64_RDI = b"\x48\x0f\xae\x2f"  # xrstor64 [rdi], features in edx:eax
 XSAVE64_RDI = b"\x48\x0f\xae\x27"  # xsave64 [rdi]
 SPIN = b"\xeb\xfe"  # jmp . : holds the inferior still while no debugger is attached
 XRSTOR_AT, XSAVE_AT = 8, 16
+CLONE_AT = 32  # `syscall; jmp .`: a clone made by single steps leaves its child waiting here
+CHILD_STACK_AT = 0xF00  # a new thread's rsp until it gets its registers; it never pushes
 DATA_AT = 0x1000
 RESTORER_AT = 0x100  # the restorer program (binfmt_img/live/restorer.py), in the code page
 # A batch too large for the data pages goes to the table area, mapped on first use this far
@@ -68,6 +71,7 @@ class Injector:
         self.scratch: int | None = None
         self._data_used = 0
         self._table_mapped = False
+        self._batch: Batch | None = None
 
     def open_scratch(self, address: int, code: int | None = None) -> None:
         """Map the scratch area, borrowing two bytes of mapped code for that one syscall: at
@@ -85,6 +89,7 @@ class Injector:
             raise RestoreError(f"mapping the scratch area at {address:#x} failed: {detail}")
         self.scratch = address
         code = CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc") + XSAVE64_RDI
+        code = code.ljust(CLONE_AT, b"\xcc") + SYSCALL + SPIN
         self.target.write_memory(address, code + b"\xcc" * 4)
         self.target.write_memory(address + RESTORER_AT, restorer.CODE)
 
@@ -172,10 +177,28 @@ class Injector:
     # ---- batches: many system calls in one resume (binfmt_img/live/restorer.py) ----
     @contextmanager
     def batch(self) -> Iterator[Batch]:
-        """Calls queued in the block run together when it ends (not when it raises)."""
+        """Calls queued in the block run together when it ends (not when it raises). Inside
+        the block, current_batch() is this batch: a step that can join it does."""
         batch = Batch(self)
-        yield batch
+        outer, self._batch = self._batch, batch
+        try:
+            yield batch
+        finally:
+            self._batch = outer
         batch.run()
+
+    def current_batch(self) -> Batch | None:
+        return self._batch
+
+    @contextmanager
+    def joined_batch(self) -> Iterator[Batch]:
+        """The batch being built when there is one (its calls then run when it ends, after
+        what was queued before), else a batch of the block's own."""
+        if self._batch is not None:
+            yield self._batch
+            return
+        with self.batch() as batch:
+            yield batch
 
     def _table_area(self, size: int) -> int:
         assert self.scratch is not None
@@ -189,21 +212,71 @@ class Injector:
             self._table_mapped = True
         return at
 
-    def run_table(self, layout: restorer.Layout, entries: list[Entry]) -> list[int]:
-        """Run the entries written at `layout`; their results, up to the first failure."""
+    def run_table(self, layout: restorer.Layout, entries: list[Entry],
+                  spawns: bool = False) -> list[int]:
+        """Run the entries written at `layout`; their results, up to the first failure.
+        `spawns`: the table makes threads (the debugger must follow the clones)."""
         assert self.scratch is not None
         run_to_trap = getattr(self.target, "run_to_trap", None)
+        if spawns:
+            run_to_trap = getattr(self.target, "run_to_trap_spawning", run_to_trap)
         if run_to_trap is None:
             return self._step_table(layout, entries)
+        self._start_table(layout, len(entries))
+        run_to_trap(self.traps())
+        return self._table_results(layout, len(entries))
+
+    def run_tables(self, runs: list[tuple[int, restorer.Layout, list[Entry]]]) -> list[list[int]]:
+        """Each (tid, layout, entries): thread tid runs its own table, written at layout, all
+        of them in one resume where the target can (run_threads_to_trap), else one after the
+        other. Their results, in order; the first thread is selected afterwards."""
+        select = self.target.select_thread
+        run_all = getattr(self.target, "run_threads_to_trap", None)
+        run_one = getattr(self.target, "run_to_trap", None)
+        if run_one is None:  # single steps, thread by thread
+            out = []
+            for tid, layout, entries in runs:
+                select(tid)
+                out.append(self._step_table(layout, entries))
+            select(runs[0][0])
+            return out
+        for tid, layout, entries in runs:
+            select(tid)
+            self._start_table(layout, len(entries))
+        if run_all is not None:
+            run_all([tid for tid, _, _ in runs], self.traps())
+        else:
+            for tid, _, _ in runs:
+                select(tid)
+                run_one(self.traps())
+        out = []
+        for tid, layout, entries in runs:
+            select(tid)
+            out.append(self._table_results(layout, len(entries)))
+        select(runs[0][0])
+        return out
+
+    def traps(self) -> tuple[int, int]:
+        """The restorer's two int3s (failed, end)."""
+        assert self.scratch is not None
         code = self.scratch + RESTORER_AT
-        self.target.write_registers({"rip": code, "rbx": layout.table, "r12": len(entries),
-                                     "r14": layout.results})
-        failed, end = code + restorer.FAILED, code + restorer.END
-        run_to_trap((failed - 1, end - 1))
+        return code + restorer.FAILED - 1, code + restorer.END - 1
+
+    def _start_table(self, layout: restorer.Layout, count: int) -> None:
+        assert self.scratch is not None
+        # rax 0: a thread stopped inside an interrupted system call (LLDB cannot write
+        # orig_rax) would otherwise have the kernel restart it, moving rip back 2 bytes.
+        self.target.write_registers({"rip": self.scratch + RESTORER_AT, "rbx": layout.table,
+                                     "r12": count, "r14": layout.results, "rax": 0})
+
+    def _table_results(self, layout: restorer.Layout, count: int) -> list[int]:
+        """The results of the table run by the selected thread, which stopped: up to the
+        failed entry, or all."""
+        failed, end = (trap + 1 for trap in self.traps())
         after = self.target.read_registers(("rip", "r13"))
         rip = after.get("rip", 0)
         if rip in (end, end - 1):  # after the int3, or on it (a debugger's breakpoint)
-            ran = len(entries)
+            ran = count
         elif rip in (failed, failed - 1):
             ran = after["r13"] + 1
         else:
@@ -220,20 +293,40 @@ class Injector:
             for arg in entry.args:
                 imm, ref = layout.resolve(arg)
                 add = results[(ref - layout.results) // 8] if ref != layout.zero else 0
-                args.append(imm + add)
-            results.append(self.raw(entry.nr, *args))
+                args.append((imm + add) & restorer.MASK)
+            if entry.nr == restorer.XRSTOR:
+                self._xstate(XRSTOR_AT, args[0], args[1] & 0xFFFFFFFF | args[2] << 32)
+                results.append(0)
+                continue
+            if entry.nr == restorer.XSAVE:
+                self._xstate(XSAVE_AT, args[0], args[1] & 0xFFFFFFFF | args[2] << 32)
+                results.append(0)
+                continue
+            if entry.nr == restorer.STORE:
+                self.target.write_memory(args[1], struct.pack("<Q", args[0]))
+                results.append(0)
+                continue
+            if entry.spin:  # from the clone code, whose child then waits in a loop
+                results.append(self._run(self.scratch + CLONE_AT, entry.nr, *args))
+            else:
+                results.append(self.raw(entry.nr, *args))
             if sc.is_error(results[-1]) and not entry.may_fail:
                 break
         return results
 
 
 class Entry:
-    __slots__ = ("nr", "args", "may_fail", "step", "address")
+    __slots__ = ("nr", "args", "may_fail", "step", "address", "spin")
 
     def __init__(self, nr: int, args: tuple[int | restorer.Ref, ...], may_fail: bool,
-                 step: str, address: int | None) -> None:
+                 step: str, address: int | None, spin: bool = False) -> None:
         self.nr, self.args, self.may_fail = nr, args, may_fail
-        self.step, self.address = step, address
+        self.step, self.address, self.spin = step, address, spin
+
+    @property
+    def flags(self) -> int:
+        return (restorer.MAY_FAIL if self.may_fail else 0) | (
+            restorer.SPIN_CHILD if self.spin else 0)
 
 
 class Batch:
@@ -247,6 +340,8 @@ class Batch:
         self.data = bytearray()
         self.results: list[int] | None = None
         self.layout: restorer.Layout | None = None
+        self._after: list[Callable[[], None]] = []
+        self.spawns = False  # holds clones: the debugger must see the new threads come
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -262,6 +357,29 @@ class Batch:
         self.entries.append(Entry(nr, args, True, "", None))
         return restorer.Ref("result", len(self.entries) - 1)
 
+    def xrstor(self, area: bytes, features: int) -> None:
+        """The FPU and vector registers from an xsave area (restorer.XRSTOR)."""
+        self.entries.append(Entry(restorer.XRSTOR, (self.put(area, 64), features & 0xFFFFFFFF,
+                                                    features >> 32), False, "xrstor", None))
+
+    def xsave(self, size: int, features: int) -> restorer.Ref:
+        """An xsave area of `size` bytes filled when the table runs (restorer.XSAVE)."""
+        area = self.reserve(size, 64)
+        self.entries.append(Entry(restorer.XSAVE, (area, features & 0xFFFFFFFF, features >> 32),
+                                  False, "xsave", None))
+        return area
+
+    def store(self, value: int | restorer.Ref, address: restorer.Ref) -> None:
+        """qword [address] = value when the table runs (restorer.STORE): a result into data."""
+        self.entries.append(Entry(restorer.STORE, (value, address), False, "storing", None))
+
+    def clone(self, *args: int, step: str) -> restorer.Ref:
+        """clone(2) whose child waits at the restorer's SPIN (a thread to be given its state
+        and registers later); the result is the child's tid."""
+        self.entries.append(Entry(sc.CLONE, args, False, step, None, spin=True))
+        self.spawns = True
+        return restorer.Ref("result", len(self.entries) - 1)
+
     def put(self, data: bytes, align: int = 16) -> restorer.Ref:
         at = -(-len(self.data) // align) * align
         self.data += bytes(at - len(self.data)) + data
@@ -273,22 +391,51 @@ class Batch:
     def put_string(self, text: str) -> restorer.Ref:
         return self.put(text.encode() + b"\0", 1)
 
+    def after(self, action: Callable[[], None]) -> None:
+        """action() once the batch has run (its results known): a step's checks and
+        warnings, when the step was queued into a larger batch."""
+        self._after.append(action)
+
     def run(self) -> None:
+        self._run()
+        for action in self._after:
+            action()
+
+    def _run(self) -> None:
         inj = self.injector
         assert inj.scratch is not None and self.results is None
         if not self.entries:
             self.results = []
             return
-        size = restorer.Layout(0, len(self.entries), len(self.data) + 64).size
+        size = self.size()
         base = inj.scratch + DATA_AT if DATA_AT + size <= SCRATCH_SIZE \
             else inj._table_area(size)
-        # The data starts 16-aligned: aligned puts stay aligned in memory (xsave needs 64).
+        layout = self.place(base)
+        inj._data_used = 0  # the data pages may hold the table now
+        self.finish(inj.run_table(layout, self.entries, self.spawns))
+
+    def size(self) -> int:
+        """The bytes place() needs, with room to align the base."""
+        return restorer.Layout(0, len(self.entries), len(self.data) + 64).size + 64
+
+    def place(self, base: int) -> restorer.Layout:
+        """Write the table at `base` (rounded up to 64: aligned puts stay aligned in memory,
+        as xsave needs)."""
         base = -(-base // 64) * 64
         layout = self.layout = restorer.Layout(base, len(self.entries), len(self.data))
-        inj.target.write_memory(base, restorer.build(
-            layout, [(e.nr, e.args, e.may_fail) for e in self.entries], bytes(self.data)))
-        inj._data_used = 0  # the data pages may hold the table now
-        self.results = inj.run_table(layout, self.entries)
+        write_bulk(self.injector.target, base, restorer.build(
+            layout, [(e.nr, e.args, e.flags) for e in self.entries], bytes(self.data)))
+        return layout
+
+    def complete(self, results: list[int]) -> None:
+        """finish(results), then what after() asked for."""
+        self.finish(results)
+        for action in self._after:
+            action()
+
+    def finish(self, results: list[int]) -> None:
+        """Take the run's results: the first failing call raises, naming its step."""
+        self.results = results
         if len(self.results) < len(self.entries) or (
                 self.results and sc.is_error(self.results[-1])
                 and not self.entries[len(self.results) - 1].may_fail):
@@ -306,6 +453,31 @@ class Batch:
 
     def read(self, ref: restorer.Ref, size: int) -> bytes:
         return self.injector.target.read_memory(self.value(ref), size)
+
+
+BULK = 1 << 16  # bytes from which a local inferior's memory is written through /proc
+
+
+def write_bulk(target: Target, addr: int, data: bytes) -> None:
+    """A large write (a restorer table of thousands of entries) into a local inferior through
+    /proc/PID/mem, as the pages are: LLDB sends it as hex in 64 KiB packets, each preceded by
+    a memory region query that costs lldb-server a read of smaps. The debugger reads the
+    table's results only after the run's stop, with its caches dropped."""
+    pid = target.pid() if len(data) >= BULK and target.is_local() else None
+    if pid is not None:
+        try:
+            mem = ProcMem(pid, writable=True)
+        except OSError:
+            pass  # the debugger's own way says what is wrong
+        else:
+            try:
+                mem.write(addr, data)
+                return
+            except OSError:
+                pass
+            finally:
+                mem.close()
+    target.write_memory(addr, data)
 
 
 def pack_u64(*values: int) -> bytes:

@@ -6,6 +6,7 @@ in the inferior by the Injector; nothing here knows which debugger is in use.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -46,6 +47,7 @@ from binfmt_img.live.pagewrite import PageWriter, Progress, outside
 from binfmt_img.live.procfs import Mapping, parse_auxv, parse_maps, proc_file
 from binfmt_img.live.restorer import Ref
 from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from binfmt_img.live.speculate import run_hooks
 from binfmt_img.live.target import Target, counting
 from binfmt_img.live.threads import (
     check_threads,
@@ -64,6 +66,8 @@ from binfmt_img.state import vma_extra
 XSAVE_RESTORABLE = 0x2FF
 AT_NULL = 0
 PR_SET_NAME = 15
+# struct prctl_mm_map: 11 address fields, auxv (offset 88), auxv_size, exe_fd (offset 100).
+MM_AUXV_AT, MM_EXE_FD_AT, MM_RECORD = 88, 100, 104
 EBUSY = (1 << 64) - 16
 ERESTARTNOINTR = (1 << 64) - 513
 ERESTART_RESTARTBLOCK = (1 << 64) - 516
@@ -195,10 +199,19 @@ class RestorePlan:
         self.report.warnings += [f"not restored: {loss}" for loss in self.losses]
 
     def _restore_states(self, phase: str) -> None:
-        for kind in sorted(state.KINDS, key=lambda k: k.order):
-            if kind.phase == phase and kind.name in self.image.states:
-                self.injector.reset_data()
-                kind.restore(self, self.image.states[kind.name])
+        """The kinds' restore hooks in their order; those that only set state together in
+        one resume (binfmt_img/live/speculate.py)."""
+        run_hooks(self, [(kind.name, functools.partial(self._restore_kind, kind))
+                         for kind in sorted(state.KINDS, key=lambda k: k.order)
+                         if kind.phase == phase and kind.name in self.image.states])
+
+    def _restore_kind(self, kind: state.Kind, thread: Thread | None = None) -> None:
+        self.injector.reset_data()
+        if thread is None:
+            kind.restore(self, self.image.states[kind.name])
+        else:
+            assert kind.restore_thread is not None
+            kind.restore_thread(self, self.image.states[kind.name], thread)
 
     def _live_rseq(self) -> tuple[int, int] | None:
         auxv = parse_auxv(proc_file(self.target, self.pid, "auxv"))
@@ -302,17 +315,29 @@ class RestorePlan:
                 raise RestoreError(f"unregistering the inferior's rseq area at "
                                    f"{self.live_rseq[0]:#x}: {sc.errno_text(result)}")
         assert self.vdso is not None
-        self.vdso.park(inj, self.parking)
-        self._unmap_everything()
-        self.vdso.place(inj)
+        with inj.batch():
+            self.vdso.park(inj, self.parking)
+            self._unmap_everything()
+        # While the address space is nearly empty (a debugger stop costs lldb-server a read
+        # of smaps, whose size grows with the VMAs), what needs no memory, in one batch.
+        # The main thread's own state too, unless it registers glibc's rseq area (an image
+        # without the rseq kind), which the kernel writes into: that waits for the memory.
+        early = "rseq" in self.image.states or self._image_rseq(self.main_thread) is None
+        with inj.batch() as batch:
+            self.vdso.place(inj)
+            self._set_mm()
+            self._set_name()
+            self._set_signals()
+            if early:
+                self.queue_thread_state(batch, self.main_thread, with_altstack=False)
         self._create_vmas()
         self._write_pages()
         self._protect_shared()
-        self._set_mm()
-        self._set_name()
-        self._set_signals()
         self._restore_states("process")
-        self._set_thread_state()
+        if early:
+            run_hooks(self, self.thread_hooks(self.main_thread), self.main_thread)
+        else:
+            self._set_thread_state()
         restore_open_files(self)
         restore_threads(self)
         self._restore_states("late")
@@ -344,7 +369,7 @@ class RestorePlan:
         keep = [(self.scratch, self.scratch + RESERVED)]
         top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
         cursor = 0
-        with self.injector.batch() as batch:
+        with self.injector.joined_batch() as batch:
             for start, end in keep + [(top, top)]:
                 if start > cursor:
                     batch.call(sc.MUNMAP, cursor, start - cursor,
@@ -414,47 +439,64 @@ class RestorePlan:
         self.report.page_seconds = writer.seconds
 
     def _set_mm(self) -> None:
-        mm, image, inj = self.image.mm, self.image, self.injector
+        """PR_SET_MM_MAP with the image's fields, auxv and (where it differs) executable: the
+        exe opened and its fd and the auxv's address put into the record by the table."""
+        mm, image = self.image.mm, self.image
         names = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
                  "start_stack", "arg_start", "arg_end", "env_start", "env_end")
         if not all(mm.get(n) for n in names if n not in ("end_data", "start_data")):
             self.report.warnings.append("the image has no mm fields: brk, /proc/PID/cmdline "
                                         "and the auxv keep the inferior's values")
             return
-        inj.reset_data()
         auxv = b"".join(struct.pack("<QQ", t, v) for t, v in image.auxv)
         if auxv and not image.auxv[-1][0] == AT_NULL:
             auxv += bytes(16)
-        auxv_addr = inj.put(auxv) if auxv else 0
-        exe_fd = -1
-        if image.exe_path and os.path.exists(image.exe_path) and not self._same_exe():
-            exe_fd = inj.call(sc.OPEN, inj.put_string(image.exe_path),
-                              sc.O_RDONLY | sc.O_NOBLOCK_NOTTY, 0,
-                              step=f"opening the executable {image.exe_path}")
-        def prctl_map(fd: int) -> int:
-            record = pack_u64(*(mm[n] for n in names), auxv_addr) + struct.pack(
-                "<II", len(auxv), fd & 0xFFFFFFFF)
-            return inj.raw(sc.PRCTL, sc.PR_SET_MM, sc.PR_SET_MM_MAP, inj.put(record),
-                           len(record), 0)
-        result = prctl_map(exe_fd)
-        if sc.is_error(result) and exe_fd >= 0:
-            if result != EBUSY:  # EBUSY: that very file is mapped again, the link is right
-                self.report.warnings.append(
-                    f"the exe link was not changed: {sc.errno_text(result)}")
-            result = prctl_map(-1)
-        if exe_fd >= 0:
-            inj.raw(sc.CLOSE, exe_fd)
-        if sc.is_error(result):
-            raise RestoreError(f"setting the mm fields (prctl PR_SET_MM_MAP): "
-                               f"{sc.errno_text(result)}")
+        exe = bool(image.exe_path and os.path.exists(image.exe_path) and not self._same_exe())
+        with self.injector.joined_batch() as batch:
+            auxv_at = batch.put(auxv) if auxv else None
+
+            def record(fd: int | Ref) -> Ref:
+                fields = pack_u64(*(mm[n] for n in names), 0) + struct.pack(
+                    "<II", len(auxv), (fd if isinstance(fd, int) else 0) & 0xFFFFFFFF)
+                at = batch.put(fields + bytes(8))  # room for STORE's 8 bytes at the fd
+                if auxv_at is not None:
+                    batch.store(auxv_at, at + MM_AUXV_AT)
+                if not isinstance(fd, int):
+                    batch.store(fd, at + MM_EXE_FD_AT)
+                return batch.raw(sc.PRCTL, sc.PR_SET_MM, sc.PR_SET_MM_MAP, at, MM_RECORD, 0)
+            exe_fd = with_exe = None
+            if exe:
+                exe_fd = batch.call(sc.OPEN, batch.put_string(image.exe_path or ""),
+                                    sc.O_RDONLY | sc.O_NOBLOCK_NOTTY, 0,
+                                    step=f"opening the executable {image.exe_path}")
+                with_exe = record(exe_fd)
+            # Without the exe: the answer when relinking it is refused (run anyway: setting
+            # the same fields twice changes nothing).
+            plain = record(-1)
+            if exe_fd is not None:
+                batch.raw(sc.CLOSE, exe_fd)
+
+            def outcome() -> None:
+                result = batch.value(plain)
+                if with_exe is not None:
+                    first = batch.value(with_exe)
+                    if not sc.is_error(first):
+                        result = first
+                    elif first != EBUSY:  # EBUSY: that very file is mapped, the link is right
+                        self.report.warnings.append(
+                            f"the exe link was not changed: {sc.errno_text(first)}")
+                if sc.is_error(result):
+                    raise RestoreError(f"setting the mm fields (prctl PR_SET_MM_MAP): "
+                                       f"{sc.errno_text(result)}")
+            batch.after(outcome)
 
     def _set_name(self) -> None:
         """The command name ps and /proc/PID/comm show: the image's program's, not the one
         started to restore into (the kernel keeps 15 bytes of it)."""
         if self.image.exe_path:
-            self.injector.reset_data()
             name = os.path.basename(self.image.exe_path).encode()[:15] + b"\0"
-            self.injector.raw(sc.PRCTL, PR_SET_NAME, self.injector.put(name), 0, 0, 0)
+            with self.injector.joined_batch() as batch:
+                batch.raw(sc.PRCTL, PR_SET_NAME, batch.put(name), 0, 0, 0)
 
     def _same_exe(self) -> bool:
         """The kernel refuses (EBUSY) to relink an exe that is mapped again; none is needed."""
@@ -468,64 +510,81 @@ class RestorePlan:
         return (live.st_ino, live.st_dev) == (wanted.st_ino, wanted.st_dev)
 
     def _set_signals(self) -> None:
-        with self.injector.batch() as batch:
+        with self.injector.joined_batch() as batch:
             for number, action in enumerate(self.image.sigactions, start=1):
                 if number in (sc.SIGKILL, sc.SIGSTOP) or number > sc.NSIG:
                     continue
                 record = pack_u64(action.handler, action.flags, action.restorer, action.mask)
                 batch.call(sc.RT_SIGACTION, number, batch.put(record), 0, 8,
                            step=f"setting the handler of signal {number}")
-        self._set_altstack(self.main_thread)
+            self._set_altstack(self.main_thread)
 
     def _set_altstack(self, thread: Thread) -> None:
-        inj = self.injector
-        inj.reset_data()
         alt = thread.altstack
-        inj.call(sc.SIGALTSTACK, inj.put(struct.pack("<QiiQ", alt.sp, alt.flags, 0, alt.size)), 0,
-                 step="setting the alternate signal stack", address=alt.sp)
+        with self.injector.joined_batch() as batch:
+            batch.call(sc.SIGALTSTACK,
+                       batch.put(struct.pack("<QiiQ", alt.sp, alt.flags, 0, alt.size)), 0,
+                       step="setting the alternate signal stack", address=alt.sp)
 
-    def _set_thread_state(self, thread: Thread | None = None) -> None:
+    def _set_thread_state(self, thread: Thread | None = None,
+                          with_altstack: bool = False) -> None:
         """The selected thread's own state; by default the main thread's. Its system calls
-        run in one batch, then xrstor and the state kinds' per-thread calls."""
-        inj, thread = self.injector, thread or self.main_thread
+        (and its alternate stack where asked) and xrstor run in one batch, then the state
+        kinds' per-thread calls."""
+        thread = thread or self.main_thread
+        with self.injector.batch() as batch:
+            self.queue_thread_state(batch, thread, with_altstack)
+        run_hooks(self, self.thread_hooks(thread), thread)
+
+    def queue_thread_state(self, batch: Batch, thread: Thread, with_altstack: bool) -> None:
+        """Queue the calls that give `thread` (the one to run the batch) its own state."""
         # An image that records the registration (state kind "rseq") gets exactly it from
         # that kind's restore_thread; an older one, glibc's area as its libc would have it.
         image_rseq = None if "rseq" in self.image.states else self._image_rseq(thread)
         # A debugger that shows no fs_base/gs_base (older LLDBs) cannot write them: set here.
         shown = self.target.read_registers(("fs_base", "gs_base"))
         rseq: list[Ref] = []
-        with inj.batch() as batch:
-            for i, desc in enumerate(thread.tls):
-                if desc:
-                    batch.call(sc.SET_THREAD_AREA,
-                               batch.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
-                               step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
-            if thread.robust_list:
-                batch.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
-                           step="setting the robust futex list", address=thread.robust_list)
-            tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
-            if tid_at:
-                batch.raw(sc.SET_TID_ADDRESS, tid_at)
-            if image_rseq is not None:  # the lengths glibc registers with: 32, or larger
-                rseq = [batch.raw(RSEQ, image_rseq[0], length, 0, RSEQ_SIG)
-                        for length in dict.fromkeys((32, image_rseq[1]))]
-            for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
-                if name in thread.registers and name not in shown:
-                    batch.call(sc.ARCH_PRCTL, code, thread.registers[name],
-                               step=f"setting {name}")
-            batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, batch.put(pack_u64(thread.sigmask)),
-                       0, 8, step="setting the signal mask")
-        if rseq and all(sc.is_error(batch.value(r)) for r in rseq):
-            assert image_rseq is not None
-            self.report.warnings.append(f"the rseq area at {image_rseq[0]:#x} was not "
-                                        f"registered: {sc.errno_text(batch.value(rseq[-1]))}")
+        if with_altstack:
+            alt = thread.altstack
+            batch.call(sc.SIGALTSTACK,
+                       batch.put(struct.pack("<QiiQ", alt.sp, alt.flags, 0, alt.size)), 0,
+                       step="setting the alternate signal stack", address=alt.sp)
+        for i, desc in enumerate(thread.tls):
+            if desc:
+                batch.call(sc.SET_THREAD_AREA,
+                           batch.put(descriptor_to_user_desc(GDT_ENTRY_TLS_MIN + i, desc)),
+                           step=f"setting TLS entry {GDT_ENTRY_TLS_MIN + i}")
+        if thread.robust_list:
+            batch.call(sc.SET_ROBUST_LIST, thread.robust_list, thread.robust_list_len,
+                       step="setting the robust futex list", address=thread.robust_list)
+        tid_at = self.tid_addresses.get(thread.tid) or thread.clear_child_tid
+        if tid_at:
+            batch.raw(sc.SET_TID_ADDRESS, tid_at)
+        if image_rseq is not None:  # the lengths glibc registers with: 32, or larger
+            rseq = [batch.raw(RSEQ, image_rseq[0], length, 0, RSEQ_SIG)
+                    for length in dict.fromkeys((32, image_rseq[1]))]
+        for name, code in (("fs_base", sc.ARCH_SET_FS), ("gs_base", sc.ARCH_SET_GS)):
+            if name in thread.registers and name not in shown:
+                batch.call(sc.ARCH_PRCTL, code, thread.registers[name],
+                           step=f"setting {name}")
+        batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, batch.put(pack_u64(thread.sigmask)),
+                   0, 8, step="setting the signal mask")
         if thread.xsave is not None:
-            inj.reset_data()
-            inj.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
-        for kind in state.KINDS:
-            if kind.restore_thread is not None and kind.name in self.image.states:
-                inj.reset_data()
-                kind.restore_thread(self, self.image.states[kind.name], thread)
+            batch.xrstor(thread.xsave.data, thread.xsave.features & XSAVE_RESTORABLE)
+
+        def rseq_warning() -> None:
+            if rseq and all(sc.is_error(batch.value(r)) for r in rseq):
+                assert image_rseq is not None
+                self.report.warnings.append(
+                    f"the rseq area at {image_rseq[0]:#x} was not registered: "
+                    f"{sc.errno_text(batch.value(rseq[-1]))}")
+        batch.after(rseq_warning)
+
+    def thread_hooks(self, thread: Thread) -> list[tuple[str, Callable[[], None]]]:
+        """The state kinds' restore_thread hooks for `thread`, bound, in their order."""
+        return [(kind.name, functools.partial(self._restore_kind, kind, thread))
+                for kind in state.KINDS
+                if kind.restore_thread is not None and kind.name in self.image.states]
 
     def _image_rseq(self, thread: Thread) -> tuple[int, int] | None:
         base = dict(self.image.auxv).get(AT_BASE)

@@ -65,6 +65,17 @@ class Target(Protocol):
         or for a signal."""
 
 
+    def run_to_trap_spawning(self, traps: tuple[int, ...] = ()) -> None:
+        """Optional (without it: run_to_trap). run_to_trap for a table that makes threads
+        with clone: the debugger must follow the clones (their children, held in a loop of
+        the restorer, become threads it lists)."""
+
+    def run_threads_to_trap(self, tids: list[int], traps: tuple[int, ...] = ()) -> int:
+        """Optional (without it: run_to_trap for each thread in turn). Resume the threads
+        `tids` together, the others staying stopped, until each has stopped at one of the
+        int3s `traps` (or for a signal); returns the number of resumes it took."""
+
+
 # Every stop any CountingTarget asked for in this process (scripts/bench reads it from LLDB,
 # whose commands keep no report).
 TOTAL = {"stops": 0}
@@ -101,4 +112,19 @@ def counting(target: Target) -> CountingTarget:
             TOTAL["stops"] += 1
             inner_run(traps)
         counted.run_to_trap = run_to_trap  # type: ignore[attr-defined]
+    inner_spawning = getattr(target, "run_to_trap_spawning", None)
+    if inner_spawning is not None:
+        def run_to_trap_spawning(traps: tuple[int, ...] = ()) -> None:
+            counted.stops += 1
+            TOTAL["stops"] += 1
+            inner_spawning(traps)
+        counted.run_to_trap_spawning = run_to_trap_spawning  # type: ignore[attr-defined]
+    inner_all = getattr(target, "run_threads_to_trap", None)
+    if inner_all is not None:
+        def run_threads_to_trap(tids: list[int], traps: tuple[int, ...] = ()) -> int:
+            resumes = inner_all(tids, traps)
+            counted.stops += resumes
+            TOTAL["stops"] += resumes
+            return resumes
+        counted.run_threads_to_trap = run_threads_to_trap  # type: ignore[attr-defined]
     return counted

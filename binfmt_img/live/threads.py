@@ -23,8 +23,15 @@ from typing import TYPE_CHECKING
 
 from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import ALL_REGISTERS, Image, Thread
-from binfmt_img.live import syscalls as sc
-from binfmt_img.live.inject import SAVED_REGISTERS, SPIN, SYSCALL
+from binfmt_img.live import speculate
+from binfmt_img.live.inject import (
+    CHILD_STACK_AT,
+    SAVED_REGISTERS,
+    SPIN,
+    TABLE_ROOM,
+    Batch,
+    write_bulk,
+)
 from binfmt_img.live.procfs import Mapping
 from binfmt_img.live.target import Target
 
@@ -37,8 +44,7 @@ CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID = 0x100000, 0x200000
 # glibc's pthread_create flags; the two tid ones are added when the tid address is known.
 CLONE_FLAGS = (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
                | CLONE_SYSVSEM | CLONE_SETTLS)
-CLONE_AT = 32  # in the scratch code page: `syscall; jmp .`, where a new thread waits
-CHILD_STACK_AT = 0xF00  # the new thread's rsp until it gets its registers; it never pushes
+THREAD_REGION = 0x10000  # bytes of the table area for each new thread's table and data
 TID_SEARCH = 4096  # bytes searched at fs_base for the tid
 
 
@@ -167,7 +173,9 @@ def _tid_addresses(plan: RestorePlan) -> dict[int, int]:
 
 def restore_threads(plan: RestorePlan) -> None:
     """Once memory and the main thread's state are in place: the main thread's cached tid,
-    then each other thread created by clone and given its state and registers."""
+    then the other threads: made by one table of clones (each child waits in the restorer),
+    each given its own state by a table of its own, all run in one resume, then its
+    registers."""
     target, main = plan.target, plan.main_thread
     plan.live_tids = {main.tid: plan.live_tid}
     if main.tid in plan.tid_addresses:
@@ -175,29 +183,76 @@ def restore_threads(plan: RestorePlan) -> None:
     others = [t for t in plan.image.threads if t is not main]
     if not others:
         return
-    target.write_memory(plan.scratch + CLONE_AT, SYSCALL + SPIN)
-    for thread in others:
-        tid = _clone(plan, thread)
+    tids = _clone_all(plan, others)
+    for thread, tid in zip(others, tids):
         plan.live_tids[thread.tid] = tid
+    _state_all(plan, others, tids)
+    for thread, tid in zip(others, tids):
         select(target, tid)
-        plan._set_altstack(thread)
-        plan._set_thread_state(thread)
         plan._set_registers(thread)
-        select(target, plan.live_tid)
+    select(target, plan.live_tid)
 
 
-def _clone(plan: RestorePlan, thread: Thread) -> int:
-    """A new thread of the inferior, spinning in the scratch page; returns its tid."""
-    tid_at = plan.tid_addresses.get(thread.tid, 0)
-    flags = CLONE_FLAGS | (CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID if tid_at else 0)
-    tid = plan.injector.call_at(plan.scratch + CLONE_AT, sc.CLONE, flags,
-                                plan.scratch + CHILD_STACK_AT, tid_at, tid_at,
-                                thread.registers.get("fs_base", 0),
-                                step=f"creating thread {thread.tid} of the image")
-    if tid not in thread_ids(plan.target):
-        raise RestoreError(f"the debugger does not show thread {tid}, created for thread "
-                           f"{thread.tid} of the image")
-    return tid
+def _clone_all(plan: RestorePlan, others: list[Thread]) -> list[int]:
+    """New threads of the inferior for `others`, waiting in the scratch page; their tids."""
+    inj = plan.injector
+    with inj.batch() as batch:
+        refs = []
+        for thread in others:
+            tid_at = plan.tid_addresses.get(thread.tid, 0)
+            flags = CLONE_FLAGS | (CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID if tid_at else 0)
+            refs.append(batch.clone(flags, plan.scratch + CHILD_STACK_AT, tid_at, tid_at,
+                                    thread.registers.get("fs_base", 0),
+                                    step=f"creating thread {thread.tid} of the image"))
+    tids = [batch.value(ref) for ref in refs]
+    listed = set(thread_ids(plan.target))
+    for thread, tid in zip(others, tids):
+        if tid not in listed:
+            raise RestoreError(f"the debugger does not show thread {tid}, created for thread "
+                               f"{thread.tid} of the image")
+    return tids
+
+
+def _state_all(plan: RestorePlan, others: list[Thread], tids: list[int]) -> None:
+    """Each new thread's own state (plan.queue_thread_state) and its state kinds' hooks
+    (recorded, binfmt_img/live/speculate.py) in a table of its own, in a region of the table
+    area; the tables run together; then the hooks are replayed against their results."""
+    inj = plan.injector
+    room = THREAD_REGION // 2  # the batch's table and data, then the hooks' data
+    if len(others) * THREAD_REGION > TABLE_ROOM:
+        for thread, tid in zip(others, tids):  # too many for the table area: one by one
+            select(plan.target, tid)
+            plan._set_thread_state(thread, with_altstack=True)
+        return
+    area = inj._table_area(len(others) * THREAD_REGION)
+    runs, batches, recorded, hooks = [], [], [], []
+    for i, (thread, tid) in enumerate(zip(others, tids)):
+        base = area + i * THREAD_REGION
+        batch = Batch(inj)
+        plan.queue_thread_state(batch, thread, with_altstack=True)
+        own = plan.thread_hooks(thread)
+        all_batchable = all(speculate.batchable(plan, name, thread) for name, _ in own)
+        recorder = speculate.record(plan, own, base + room, room) if all_batchable else None
+        if recorder is not None:
+            batch.entries += recorder.entries  # run after the thread's state, in its table
+            if recorder.data:
+                write_bulk(plan.target, recorder.base, bytes(recorder.data))
+        if batch.size() > room:
+            raise RestoreError(f"thread {thread.tid}: its state takes {batch.size()} bytes, "
+                               f"more than the {room} of its region")
+        runs.append((tid, batch.place(base), batch.entries))
+        batches.append(batch)
+        recorded.append(recorder)
+        hooks.append(own)
+    results = inj.run_tables(runs)
+    for tid, batch, recorder, own, got in zip(tids, batches, recorded, hooks, results):
+        select(plan.target, tid)
+        core = len(batch.entries) - (len(recorder.entries) if recorder is not None else 0)
+        batch.entries = batch.entries[:core]
+        batch.complete(got[:core])
+        inj.reset_data()
+        speculate.replay(plan, own, recorder, got[core:])
+    select(plan.target, plan.live_tid)
 
 
 def select_stopped_thread(plan: RestorePlan) -> None:

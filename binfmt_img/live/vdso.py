@@ -107,8 +107,9 @@ class VdsoMove:
     def _move(self, injector: Injector, source: Callable[[Mapping], int],
               destination: Callable[[int], int], where: str) -> None:
         base = self.live_block[0].start if self.live_block else 0
-        for m in self.live_block:
-            size = m.end - m.start
-            injector.call(sc.MREMAP, source(m), size, size, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED,
-                          destination(m.start - base), step=f"moving {m.special} {where}",
-                          address=source(m))
+        with injector.joined_batch() as batch:
+            for m in self.live_block:
+                size = m.end - m.start
+                batch.call(sc.MREMAP, source(m), size, size,
+                           sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, destination(m.start - base),
+                           step=f"moving {m.special} {where}", address=source(m))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from construct import ConstructError
 
 from binfmt_img.errors import ImageError
+from binfmt_img.formats import fastbuild
 from binfmt_img.formats.v1 import SECTION_STATE_BASE
 
 if TYPE_CHECKING:
@@ -109,5 +110,5 @@ def decode(image: Image) -> Image:
 def put(image: Image, kind: Kind, value: Any) -> None:
     """Record `value` for `kind`: as a value, and as the section a v1 file will carry."""
     image.raw_states = [raw for raw in image.raw_states if raw[0] != kind.section]
-    image.raw_states.append((kind.section, 0, kind.record.build(value)))
+    image.raw_states.append((kind.section, 0, fastbuild.build(kind.record, value)))
     image.states[kind.name] = value

@@ -37,7 +37,7 @@ from binfmt_img.formats.model import (
 )
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.inject import RESERVED, free_area
-from binfmt_img.live.procfs import guard_pages, read_smaps_flags
+from binfmt_img.live.procfs import guard_pages_of, read_smaps_flags
 from binfmt_img.state import Kind
 
 if TYPE_CHECKING:
@@ -103,11 +103,13 @@ def _object(path: str, kind: str | None) -> tuple[int, int, str]:
 def dump(plan: DumpPlan) -> dict:
     flags = read_smaps_flags(plan.pid)
     entries = []
-    for m in plan.maps:
-        if m.start >= USER_TOP:
-            continue
+    maps = [m for m in plan.maps if m.start < USER_TOP]
+    touched = [m for m in maps if m.special not in NOT_TOUCHED]
+    guarded = dict(zip((m.start for m in touched),
+                       guard_pages_of(plan.pid, [(m.start, m.end) for m in touched])))
+    for m in maps:
         obj, key, name = _object(m.path, m.shared_object)
-        guards = guard_pages(plan.pid, m.start, m.end) if m.special not in NOT_TOUCHED else []
+        guards = guarded.get(m.start, [])
         entries.append({"start": m.start, "vmflags": " ".join(flags.get(m.start, [])),
                         "object": obj, "inode": m.inode if obj else 0,
                         "pgoff": m.offset // PAGE_SIZE if obj else 0, "key": key,
@@ -150,9 +152,9 @@ def mmap_flags(vma: Vma, entry, is_stack: bool) -> int:
     flags |= MAP_SHARED if vma.is_shared else MAP_PRIVATE
     if entry is None:
         return flags | (vma.flags & MAP_NORESERVE) | (MAP_GROWSDOWN if is_stack else 0)
-    flags |= (MAP_GROWSDOWN if "gd" in codes(entry) else 0) | (
-        MAP_NORESERVE if "nr" in codes(entry) else 0)
-    if "dp" in codes(entry) and not vma.is_file and not vma.is_shared:
+    have = codes(entry)  # once: an entry's fields are slow to reach (construct Container)
+    flags |= (MAP_GROWSDOWN if "gd" in have else 0) | (MAP_NORESERVE if "nr" in have else 0)
+    if "dp" in have and not vma.is_file and not vma.is_shared:
         flags = flags & ~MAP_TYPE | MAP_DROPPABLE
     return flags
 
