@@ -12,7 +12,7 @@ from typing import Any
 
 from binfmt_img import state
 from binfmt_img.errors import RestoreError
-from binfmt_img.formats import image_file
+from binfmt_img.formats import identity, image_file
 from binfmt_img.formats.model import (
     MAP_SHARED,
     PAGE_SIZE,
@@ -235,6 +235,8 @@ class DumpPlan:
         if self.fmt == "v0":
             for vma in image.vmas:  # v0 has no paths: the seed's dumper wrote fd 0
                 vma.path, vma.file = None, None
+        else:
+            identity.record_contents(image)
         self.report.vmas = len(image.vmas)
         return image
 
@@ -307,11 +309,15 @@ class DumpPlan:
 
 
 def dump(target: Target, path: str, fmt: str = "v1",
-         progress: Progress | None = None) -> DumpReport:
+         progress: Progress | None = None, pack: bool = False) -> DumpReport:
     started = time.monotonic()
+    if pack and fmt != "v1":
+        raise RestoreError("--pack needs the v1 format")
     plan = DumpPlan(target, fmt)
     try:
         image = plan.collect()
+        if pack:  # the mapped files themselves, into the image (img-dump --pack)
+            image.packed = identity.pack(image)
         image_file.save(path, image, fmt, plan.pages(progress))
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)

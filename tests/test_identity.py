@@ -1,0 +1,200 @@
+"""Restoring on another machine (issue 14): mapped files identified by content (build-id or
+hash), --exe/--map/--sysroot for moved files, and packed images (img-dump --pack) restored
+where the original files are different or absent, in GDB and LLDB."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cprogs import compile_program
+from gdbmi import Gdb, GdbError
+from lldb_helpers import lldb_batch, lldb_missing, read
+from selfcheck import GDB_SIGNALS, LLDB_SIGNALS, passes
+from test_gdb_restore import dump_at_checkpoint
+
+from binfmt_img.formats import identity, image_file
+
+needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+_NO_LLDB = lldb_missing()
+needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
+CHECKS = 3  # PASS lines of identity.c after the restore (4 with a data file)
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packed files go to this test's cache, not the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def _restore_and_finish(gdb: Gdb, image: Path, out: Path, options: str = "") -> str:
+    """img-restore, continue to the end in an open GDB; what the program printed after."""
+    gdb.console(f"set args > {out}")
+    gdb.console(f"img-restore {image} {options}".strip())
+    stop = gdb.until_stopped("continue")
+    assert stop.get("reason") == "exited-normally", (stop, read(out))
+    return out.read_text()
+
+
+def _refused(gdb: Gdb, command: str) -> str:
+    with pytest.raises(GdbError) as caught:
+        gdb.console(command)
+    message = str(caught.value)
+    assert "\n" not in message.strip() and "Traceback" not in message, message
+    return message
+
+
+def test_identity_by_build_id_and_hash(tmp_path: Path) -> None:
+    """The recorded identity: an ELF's build-id read from its notes, a hash of the mapped
+    bytes for a file without one; a copy is the same, another build is not."""
+    binary = compile_program("identity", tmp_path)
+    ranges = [(0, 8192)]
+    first = identity.content_id(str(binary), ranges)
+    assert len(first.build_id) == 20 and not first.digest
+    copy = tmp_path / "copy"
+    shutil.copy(binary, copy)
+    assert first.differs(identity.content_id(str(copy), ranges)) is None
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    other = compile_program("identity", rebuilt, "-DVARIANT=2")
+    assert "build-id" in (first.differs(identity.content_id(str(other), ranges)) or "")
+    data = tmp_path / "data"
+    data.write_bytes(b"identity-data" * 1000)
+    hashed = identity.content_id(str(data), ranges)
+    assert not hashed.build_id and hashed.digest
+    data.write_bytes(b"identity-data" * 999 + b"x" * 13)  # beyond what is mapped
+    assert hashed.differs(identity.content_id(str(data), ranges)) is None
+    data.write_bytes(b"x" * 13 + b"identity-data" * 999)
+    assert "content" in (hashed.differs(identity.content_id(str(data), ranges)) or "")
+
+
+@needs_gdb
+def test_copied_executable_accepted_other_build_refused_gdb(tmp_path: Path) -> None:
+    """mv away: refused naming the path and the options; --exe to the copy: restored; mv
+    back: restored; a rebuild with other code in its place: refused naming the build-ids."""
+    binary = compile_program("identity", tmp_path)
+    image = tmp_path / "identity.img"
+    dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,))
+    moved = tmp_path / "moved" / "identity"
+    moved.parent.mkdir()
+    shutil.move(binary, moved)
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        message = _refused(gdb, f"img-restore {image}")
+        assert f"executable {binary} is gone" in message and "--exe" in message, message
+        passes(_restore_and_finish(gdb, image, tmp_path / "out1", f"--exe {moved}"), CHECKS)
+        shutil.move(moved, binary)
+        passes(_restore_and_finish(gdb, image, tmp_path / "out2"), CHECKS)
+        compile_program("identity", tmp_path, "-DVARIANT=2")  # the same path, other code
+        message = _refused(gdb, f"img-restore {image}")
+        assert f"mapped file {binary} changed since the dump: build-id " in message, message
+        assert " vs " in message, message
+    finally:
+        gdb.close()
+
+
+@needs_gdb
+def test_map_and_sysroot_gdb(tmp_path: Path) -> None:
+    """The program and its data file moved under another directory: --map OLD=NEW finds
+    them; a sysroot tree holding them at their old paths: --sysroot DIR."""
+    old = tmp_path / "old"
+    old.mkdir()
+    binary = compile_program("identity", old)
+    data = old / "data"
+    data.write_bytes(b"identity-data".ljust(4096, b"."))
+    image = tmp_path / "identity.img"
+    dump_at_checkpoint(binary, image, str(data), setup=(GDB_SIGNALS,))
+    new = tmp_path / "new"
+    shutil.move(old, new)
+    root = tmp_path / "root"
+    (root / str(old).lstrip("/")).parent.mkdir(parents=True)
+    shutil.copytree(new, root / str(old).lstrip("/"))
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        passes(_restore_and_finish(gdb, image, tmp_path / "out1", f"--map {old}={new}"),
+               CHECKS + 1)
+        passes(_restore_and_finish(gdb, image, tmp_path / "out2", f"--sysroot {root}"),
+               CHECKS + 1)
+        (new / "data").write_bytes(b"identity-DATA".ljust(4096, b"."))
+        message = _refused(gdb, f"img-restore {image} --map {old}={new}")
+        assert f"{new}/data (for the image's {old}/data) changed since the dump: content" \
+            in message, message
+    finally:
+        gdb.close()
+
+
+def _packed_program(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """identity.c linked against a copy of libc in tmp_path/lib (found by its rpath), so
+    that a mount namespace can put another file there without touching the debugger's."""
+    lib, bin_dir = tmp_path / "lib", tmp_path / "bin"
+    lib.mkdir()
+    bin_dir.mkdir()
+    shutil.copy(LIBC, lib / "libc.so.6")
+    binary = compile_program("identity", bin_dir, f"-Wl,-rpath,{lib}")
+    return lib, bin_dir, binary
+
+
+def _namespace(tmp_path: Path, lib: Path, bin_dir: Path, argv: list[str]
+               ) -> subprocess.CompletedProcess[str]:
+    """argv in a new mount namespace where lib/libc.so.6 is another file (/bin/true) and
+    the program's directory is empty."""
+    script = (f"mount -t tmpfs none {lib} && cp /bin/true {lib}/libc.so.6 && "
+              f"mount -t tmpfs none {bin_dir} && exec \"$@\"")
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *argv],
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "TERM": "dumb",
+                               "XDG_CACHE_HOME": str(tmp_path / "cache")})
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="unshare -m is not allowed")
+
+
+@needs_gdb
+@needs_unshare
+def test_packed_image_in_mount_namespace_gdb(tmp_path: Path) -> None:
+    """Dumped with --pack; restored where libc is another file and the executable and the
+    mapped data file are gone: from the cache, resuming exactly, with symbols."""
+    lib, bin_dir, binary = _packed_program(tmp_path)
+    image = tmp_path / "identity.img"
+    data = bin_dir / "data"
+    data.write_bytes(b"identity-data".ljust(4096, b"."))
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console("break checkpoint")
+        gdb.until_stopped(f"run {data} > {tmp_path / 'part1'}")
+        gdb.console(f"img-dump {image} --pack")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    packed = image_file.load(str(image)).packed
+    assert {str(binary), str(lib / "libc.so.6"), str(data)} <= {p for f in packed
+                                                                  for p in f.paths}
+    out = tmp_path / "out"
+    root = Path(__file__).parent.parent
+    done = _namespace(tmp_path, lib, bin_dir, [
+        shutil.which("gdb") or "gdb", "-nx", "-q", "-batch",
+        "-ex", f"source {root / 'gdb_img' / 'init.py'}", "-ex", GDB_SIGNALS,
+        "-ex", f"set args > {out}", "-ex", f"img-restore {image}", "-ex", "bt",
+        "-ex", "info sharedlibrary", "-ex", "continue"])
+    text = done.stdout + done.stderr
+    assert "exited normally" in text, text
+    passes(out.read_text(), CHECKS + 1)
+    assert "inner_function" in text and "outer_function" in text and "main" in text, text
+    cache = str(tmp_path / "cache" / "binfmt-img")
+    libc_lines = [line for line in text.splitlines() if "libc.so.6" in line and "0x" in line]
+    assert libc_lines and all(cache in line and "Yes" in line for line in libc_lines), text
