@@ -22,6 +22,7 @@ from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
+from lldb_img import relocation
 from lldb_img.modules import sync_modules
 from lldb_img.stop import stop_at_checkpoint
 from lldb_img.target import LldbTarget
@@ -249,14 +250,18 @@ class Option:
     short: str
     long: str
     help: str
-    choices: tuple[str, ...] = ()  # none: a flag
+    choices: tuple[str, ...] = ()  # none: a flag, unless it takes a value
+    value: str = ""  # the name of the value it takes (a path): "" for a flag or choices
+    repeat: bool = False  # given several times: a list of values
 
     @property
     def dest(self) -> str:
         return self.long.replace("-", "_")
 
     @property
-    def default(self) -> str | bool:
+    def default(self) -> str | bool | list[str]:
+        if self.value:
+            return [] if self.repeat else ""
         return self.choices[0] if self.choices else False
 
 
@@ -279,6 +284,10 @@ class _Command:
             if option.choices:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
                                          default=option.default, choices=option.choices)
+            elif option.value:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         default=option.default, metavar=option.value,
+                                         action="append" if option.repeat else "store")
             else:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
                                          action="store_true")
@@ -295,7 +304,8 @@ class _Command:
         else:  # the raw fallback: the options are said here
             paragraphs[0] = f"{self.short_help} Usage: {paragraphs[0]}"
             paragraphs += [f"--{o.long} (-{o.short})"
-                           + (f" {'|'.join(o.choices)}" if o.choices else "") + f": {o.help}"
+                           + (f" {'|'.join(o.choices)}" if o.choices else "")
+                           + (f" {o.value}" if o.value else "") + f": {o.help}"
                            for o in self.options]
         return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
@@ -342,11 +352,16 @@ the faulting instruction with its signal raised again."""
         Option("a", "accept-loss", "Restore without the state that cannot come back, one "
                "warning each, instead of refusing."),
         Option("y", "yes", "Replace a live process without asking."),
+        Option("e", "exe", "The image's executable is at PATH now.", value="PATH"),
+        Option("m", "map", "Paths starting with OLD are under NEW now (repeatable).",
+               value="OLD=NEW", repeat=True),
+        Option("R", "sysroot", "Look the image's files up under DIR first.", value="DIR"),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
         image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
+        relocation.prepare(debugger, image, args, result)
         with _synchronous(debugger):
             before = debugger.GetSelectedTarget().GetProcess()
             before_pid = before.GetProcessID() if before.IsValid() else None
@@ -438,6 +453,8 @@ The process is left as it was and can be continued."""
         Option("f", "format", "The image format: v1, this project's, or v0, the seed's.",
                tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
         Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("k", "pack", "Put the executable, libraries and mapped data files in the "
+               "image too, for a restore where they are missing or different."),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
@@ -449,6 +466,7 @@ The process is left as it was and can be continued."""
             with _breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
                 image = plan.collect()
+                relocation.pack(image, args)
                 line = progress.on_stderr("img-dump", args.progress, _batch())
                 image_file.save(path, image, args.format, _masked_pages(plan, inferior, line))
                 line.finish()

@@ -45,6 +45,9 @@ def _parsed(command: type[commands._Command]) -> type:
                     parser.add_option(option.short, option.long, option.help, option.default,
                                       dest=option.dest, value_type=lldb.eArgTypeValue,
                                       enum_values=[[c, c] for c in option.choices])
+                elif option.value:
+                    parser.add_option(option.short, option.long, option.help, option.default,
+                                      dest=option.dest, value_type=lldb.eArgTypePath)
                 else:
                     parser.add_option(option.short, option.long, option.help, False,
                                       dest=option.dest)
@@ -59,7 +62,10 @@ def _parsed(command: type[commands._Command]) -> type:
             if option is None:
                 return False
             parser = self.get_parser()
-            object.__setattr__(parser, option.dest, value if option.choices else True)
+            if option.repeat:  # a new list: the default one is shared between runs
+                value = [*getattr(parser, option.dest), value]
+            object.__setattr__(parser, option.dest,
+                               value if option.choices or option.value else True)
             parser.options_dict[name]["_value_set"] = True
             return True
 

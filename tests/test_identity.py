@@ -198,3 +198,65 @@ def test_packed_image_in_mount_namespace_gdb(tmp_path: Path) -> None:
     cache = str(tmp_path / "cache" / "binfmt-img")
     libc_lines = [line for line in text.splitlines() if "libc.so.6" in line and "0x" in line]
     assert libc_lines and all(cache in line and "Yes" in line for line in libc_lines), text
+
+
+def _lldb_dump(binary: Path, image: Path, *options: str, args: tuple[str, ...] = ()) -> None:
+    dumped = lldb_batch(f"settings set target.output-path {binary.parent / 'lldb.part1'}",
+                        LLDB_SIGNALS, "breakpoint set -n checkpoint",
+                        f"process launch -- {' '.join(args)}".strip(),
+                        f"img-dump {image} {' '.join(options)}".strip(), "kill",
+                        program=binary)
+    assert image.exists(), dumped.stdout + dumped.stderr
+
+
+def _lldb_restore(image: Path, out: Path, options: str = "",
+                  then: tuple[str, ...] = ()) -> str:
+    done = lldb_batch(f"settings set target.output-path {out}",
+                      f"img-restore {image} {options}".strip(), LLDB_SIGNALS, *then,
+                      "continue")
+    return done.stdout + done.stderr
+
+
+@needs_lldb
+def test_copied_executable_accepted_other_build_refused_lldb(tmp_path: Path) -> None:
+    binary = compile_program("identity", tmp_path)
+    image = tmp_path / "identity.img"
+    _lldb_dump(binary, image)
+    moved = tmp_path / "moved" / "identity"
+    moved.parent.mkdir()
+    shutil.move(binary, moved)
+    text = _lldb_restore(image, tmp_path / "out0")
+    assert f"executable {binary} is gone" in text and "--exe" in text, text
+    text = _lldb_restore(image, tmp_path / "out1", f"--exe {moved} --map /nowhere=/else",
+                         then=("bt",))
+    assert "exited with status = 0" in text and "inner_function" in text, text
+    passes(read(tmp_path / "out1"), CHECKS)
+    shutil.move(moved, binary)
+    compile_program("identity", tmp_path, "-DVARIANT=2")
+    text = _lldb_restore(image, tmp_path / "out2")
+    assert f"mapped file {binary} changed since the dump: build-id " in text, text
+
+
+@needs_lldb
+@needs_unshare
+def test_packed_image_in_mount_namespace_lldb(tmp_path: Path) -> None:
+    lib, bin_dir, binary = _packed_program(tmp_path)
+    image = tmp_path / "identity.img"
+    data = bin_dir / "data"
+    data.write_bytes(b"identity-data".ljust(4096, b"."))
+    _lldb_dump(binary, image, "--pack", args=(str(data),))
+    out = tmp_path / "out"
+    argv = [shutil.which("lldb-19") or "lldb-19", "--no-lldbinit", "--batch"]
+    for command in (f"command script import {Path(__file__).parent.parent / 'lldb_img'}",
+                    f"settings set target.output-path {out}", f"img-restore {image}",
+                    LLDB_SIGNALS, "bt", "image list", "continue"):
+        argv += ["-o", command]
+    done = _namespace(tmp_path, lib, bin_dir, argv)
+    text = done.stdout + done.stderr
+    assert "exited with status = 0" in text, text
+    passes(read(out), CHECKS + 1)
+    assert "inner_function" in text and "outer_function" in text, text
+    cache = str(tmp_path / "cache" / "binfmt-img" / "files")
+    listed = [line for line in text.splitlines() if line.lstrip().startswith("[")]
+    assert any(cache in line for line in listed), text  # the executable and libc
+    assert sum(cache in line for line in listed) >= 2, text

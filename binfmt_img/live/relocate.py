@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from binfmt_img.errors import RestoreError
@@ -94,13 +94,16 @@ def prepare(image: Image, how: Relocation, local: bool = True) -> list[str]:
     different here); returns lines to tell the user. Refuses a v1 image whose executable is
     nowhere to be found, naming it."""
     if image.format != "v1" or not local:
+        if how.given:
+            raise RestoreError("--exe, --map and --sysroot need a v1 image restored into a "
+                               "process on this machine")
         return []
     packed = {p: f for f in image.packed for p in f.paths}
     notes: list[str] = []
     for original in identity.needed_paths(image):
         path = _substituted(original, how, image.exe_path)
         if original in packed and not _identical(image, original, path):
-            path = materialise(image, packed[original])
+            path = materialise(image, packed[original], original)
             notes.append(f"{original}: the image's packed copy, {path}")
         if path != original:
             image.moved[original] = path
@@ -129,29 +132,51 @@ def _apply(image: Image) -> None:
 
 # ---- the cache of packed files ----
 
-def materialise(image: Image, packed: PackedFile) -> str:
-    """The packed file's bytes in the cache, under its hash; an existing copy is used when
-    its bytes match that hash (else replaced: the name is the cache's own)."""
-    directory = os.path.join(cache_dir(), "files")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+def materialise(image: Image, packed: PackedFile, original: str) -> str:
+    """The packed file's bytes in the cache: files/HASH/NAME, NAME the base name of the
+    image's path when it is a plain one (a debugger shows it as the module's name), else
+    "file". An existing copy is used when its bytes match the hash, else replaced (the
+    directory is the cache's own); another name of the same bytes is a hard link."""
     name = packed.digest.hex()
-    if len(packed.digest) != 32 or not name.isalnum():
+    if len(packed.digest) != 32:
         raise RestoreError(f"packed file {packed.paths[0]}: malformed hash")
-    path = os.path.join(directory, name)
+    directory = os.path.join(cache_dir(), "files", name)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, _plain_name(original))
     if _cached(path, packed.digest):
         return path
+    for other in os.listdir(directory):
+        source = os.path.join(directory, other)
+        if not other.startswith(".") and _cached(source, packed.digest):
+            _replace_with(path, lambda temporary, source=source: os.link(source, temporary))
+            return path
     data = packed.data(image)  # checked against the digest
-    fd, temporary = tempfile.mkstemp(prefix=".part-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as out:
             out.write(data)
         os.chmod(temporary, 0o555)  # the executable is started from here; nobody writes it
+    _replace_with(path, write)
+    return path
+
+
+def _plain_name(path: str) -> str:
+    name = os.path.basename(path)
+    ok = name not in ("", ".", "..") and not name.startswith(".") and len(name) <= 200 \
+        and name.isprintable()
+    return name if ok else "file"
+
+
+def _replace_with(path: str, make: Callable[[str], None]) -> None:
+    """Make a file beside `path` under a temporary name, then rename it to `path`."""
+    temporary = os.path.join(os.path.dirname(path), f".part-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        make(temporary)
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.unlink(temporary)
         raise
-    return path
 
 
 def _cached(path: str, digest: bytes) -> bool:
