@@ -79,6 +79,9 @@ def test_copied_executable_accepted_other_build_refused_gdb(tmp_path: Path) -> N
     binary = compile_program("identity", tmp_path)
     image = tmp_path / "identity.img"
     dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,))
+    packed = tmp_path / "packed.img"
+    assert _img_pack(image, "-o", packed).returncode == 0
+    assert str(binary) in {p for f in image_file.load(str(packed)).packed for p in f.paths}
     moved = tmp_path / "moved" / "identity"
     moved.parent.mkdir()
     shutil.move(binary, moved)
@@ -96,6 +99,15 @@ def test_copied_executable_accepted_other_build_refused_gdb(tmp_path: Path) -> N
         assert " vs " in message, message
     finally:
         gdb.close()
+    refused = _img_pack(image)
+    assert refused.returncode == 2, refused
+    assert f"cannot pack {binary}: changed since the dump: build-id" in refused.stderr
+
+
+def _img_pack(*args: object) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).parent.parent / "scripts" / "img-pack"
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
 
 
 @needs_gdb
