@@ -216,21 +216,32 @@ def debugger_root(image: Image) -> str | None:
     for original in sorted(originals | set(image.moved)):
         used = image.moved.get(original, original)
         relative = _safe_relative(original)
-        if relative is None:
-            continue
-        link = os.path.join(root, relative)
-        os.makedirs(os.path.dirname(link), mode=0o700, exist_ok=True)
-        if os.path.realpath(os.path.dirname(link)) != os.path.join(
-                os.path.realpath(root), os.path.dirname(relative)).rstrip("/"):
-            continue  # a symlinked directory on the way: not ours to follow
-        _link(used, link)
+        if relative is not None:
+            _tree_link(root, relative, used)
     flat = flat_dir(root)
     os.makedirs(flat, mode=0o700, exist_ok=True)
     for original in sorted(originals | set(image.moved)):
         name = os.path.basename(original)
         if name and name not in (".", ".."):
-            _link(image.moved.get(original, original), os.path.join(flat, name))
+            try:
+                _link(image.moved.get(original, original), os.path.join(flat, name))
+            except OSError:
+                pass  # two paths of one base name: the first stays
     return root
+
+
+def _tree_link(root: str, relative: str, used: str) -> None:
+    """root/relative -> used, where every directory on the way is a real one of the tree
+    (a path that is a file of the image and a directory of another is left out)."""
+    link = os.path.join(root, relative)
+    try:
+        os.makedirs(os.path.dirname(link), mode=0o700, exist_ok=True)
+        if os.path.realpath(os.path.dirname(link)) != os.path.join(
+                os.path.realpath(root), os.path.dirname(relative)).rstrip("/"):
+            return  # a link on the way: not ours to follow
+        _link(used, link)
+    except OSError:
+        pass
 
 
 def flat_dir(root: str) -> str:
