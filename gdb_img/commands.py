@@ -242,14 +242,16 @@ class _ImgCommand(gdb.Command):
 class ImgRestore(_ImgCommand):
     """Restore a process image into the inferior, stopped at the checkpoint.
 
-Usage: img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
-       [--exe PATH] [--map OLD=NEW]... [--sysroot DIR]   (or `img restore ...`)
+Usage: img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss]
+                   [--yes] [--store DIR] [--exe PATH] [--map OLD=NEW]... [--sysroot DIR]
+(or `img restore ...`)
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
 files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
 no live inferior, the image's executable is started first (stopped at its first instruction).
 Accepts v0 and v1 images and ELF cores; a crash core stops at the faulting instruction with
-its signal shown.
+its signal shown. N or NAME (when no such file exists) is a checkpoint of the store
+(img-checkpoint): --store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints.
 --via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
 memory API (slower); auto picks fast. --progress: a progress line in batch mode too.
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
@@ -270,11 +272,13 @@ different here, kept in ~/.cache/binfmt-img/files; GDB's sysroot then points at 
         self.parser.add_argument("--progress", action="store_true")
         self.parser.add_argument("--accept-loss", action="store_true")
         self.parser.add_argument("--yes", "-y", action="store_true")
+        self.parser.add_argument("--store")  # FILE may name a checkpoint of this store
         relocation.add_options(self.parser)
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
-        image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        from gdb_img.checkpoints import restore_image  # it imports this module
+        image = restore_image(args.file, args.store, _warn(self.name))
         relocation.prepare(image, args)
         _replace_live_process(args.yes)
         with _quiet():
@@ -346,13 +350,16 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
-Usage: img-dump FILE [--format v0|v1] [--progress] [--pack]   (or `img dump ...`)
+Usage: img-dump FILE [--format v0|v1] [--compress] [--progress] [--pack]
+(or `img dump ...`)
 With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
-format; v0 is the seed's. --pack: the executable, libraries and mapped data files go into the
-image too (once each), for a restore on a machine that lacks them."""
+format; v0 is the seed's. --compress stores v1 pages as zstd frames where that pays
+(v1 version 0x201, which binfmt-img before compressed runs refuses; docs/FORMAT.md).
+--pack: the executable, libraries and mapped data files go into the image too (once each),
+for a restore on a machine that lacks them."""
 
     name = "img-dump"
     file_optional = True
@@ -361,6 +368,7 @@ image too (once each), for a restore on a machine that lacks them."""
         super().__init__()
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
         self.parser.add_argument("--progress", action="store_true")
+        self.parser.add_argument("--compress", action="store_true")
         self.parser.add_argument("--pack", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
@@ -370,7 +378,7 @@ image too (once each), for a restore on a machine that lacks them."""
             target = GdbTarget()
             try:
                 result = dump(target, _path(args.file or _default_image_name()), args.format,
-                              line, pack=args.pack)
+                              line, args.compress, pack=args.pack)
             finally:
                 target.sync()
                 target.put_back_stop()
@@ -434,3 +442,5 @@ def register() -> None:
     ImgRestore()
     ImgDump()
     ImgInfo()
+    from gdb_img import checkpoints  # it imports this module
+    checkpoints.register()

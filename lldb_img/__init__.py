@@ -34,3 +34,6 @@ def __lldb_init_module(debugger, internal_dict: dict) -> None:  # the name LLDB 
                                        f"{command.__name__}", command.name):
             continue
         _add(debugger, "-C disk-file ", f"{__name__}.commands.{command.__name__}", command.name)
+    from lldb_img import checkpoints  # raw commands: their options take values
+    for command in checkpoints.COMMANDS:
+        _add(debugger, "", f"{__name__}.checkpoints.{command.__name__}", command.name)

@@ -250,18 +250,19 @@ class Option:
     short: str
     long: str
     help: str
-    choices: tuple[str, ...] = ()  # none: a flag, unless it takes a value
-    value: str = ""  # the name of the value it takes (a path): "" for a flag or choices
-    repeat: bool = False  # given several times: a list of values
+    choices: tuple[str, ...] = ()  # none: a flag (or a value, with `value`)
+    # Takes any string (a path), default None; a str names it in the help ("PATH").
+    value: bool | str = False
+    repeat: bool = False  # given several times: a list of values, default []
 
     @property
     def dest(self) -> str:
         return self.long.replace("-", "_")
 
     @property
-    def default(self) -> str | bool | list[str]:
+    def default(self) -> str | bool | list[str] | None:
         if self.value:
-            return [] if self.repeat else ""
+            return [] if self.repeat else None
         return self.choices[0] if self.choices else False
 
 
@@ -281,13 +282,13 @@ class _Command:
         self.parser = _Parser(prog=self.name, add_help=False)
         self.parser.add_argument(self.argument.lower())
         for option in self.options:
-            if option.choices:
+            if option.value:
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         default=option.default,
+                                         action="append" if option.repeat else "store")
+            elif option.choices:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
                                          default=option.default, choices=option.choices)
-            elif option.value:
-                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
-                                         default=option.default, metavar=option.value,
-                                         action="append" if option.repeat else "store")
             else:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
                                          action="store_true")
@@ -330,7 +331,8 @@ class _Command:
 
 
 class ImgRestore(_Command):
-    """img-restore FILE [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
+    """img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
+[--store DIR]
 
 Replaces the inferior's memory, registers, FPU state, signal state and TLS with the image's,
 then leaves it stopped at the checkpoint with LLDB's modules set to the image's files at the
@@ -339,7 +341,9 @@ first, stopped at its first instruction; a live process is replaced after a conf
 (--yes, batch mode or auto-confirm answer it). State the restore cannot bring back (a pipe to
 another process, children, ...) is listed and the restore refused; --accept-loss restores
 without it, one warning each. Accepts v0 and v1 images and ELF cores: a crash core stops at
-the faulting instruction with its signal raised again."""
+the faulting instruction with its signal raised again. N or NAME, when no such file exists,
+is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STORE, else
+./img-checkpoints."""
 
     name = "img-restore"
     short_help = "Restore a process image into the inferior."
@@ -352,6 +356,8 @@ the faulting instruction with its signal raised again."""
         Option("a", "accept-loss", "Restore without the state that cannot come back, one "
                "warning each, instead of refusing."),
         Option("y", "yes", "Replace a live process without asking."),
+        Option("s", "store", "The checkpoint store FILE may name a checkpoint of (a number or "
+               "a name, when no such file exists).", value=True),
         Option("e", "exe", "The image's executable is at PATH now.", value="PATH"),
         Option("m", "map", "Paths starting with OLD are under NEW now (repeatable).",
                value="OLD=NEW", repeat=True),
@@ -360,7 +366,8 @@ the faulting instruction with its signal raised again."""
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
-        image = image_file.load_any(_path(args.file), warn=result.AppendWarning)
+        from lldb_img.checkpoints import restore_image  # it imports this module
+        image = restore_image(args.file, args.store, result)
         relocation.prepare(debugger, image, args, result)
         with _synchronous(debugger):
             before = debugger.GetSelectedTarget().GetProcess()
@@ -440,7 +447,7 @@ def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
 
 
 class ImgDump(_Command):
-    """img-dump FILE [--format v1|v0] [--progress]
+    """img-dump FILE [--format v1|v0] [--compress] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state and TLS. v1 (the default) is this project's format; v0 is the seed's.
@@ -453,6 +460,7 @@ The process is left as it was and can be continued."""
         Option("f", "format", "The image format: v1, this project's, or v0, the seed's.",
                tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
         Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("c", "compress", "Store v1 pages as zstd frames where that pays."),
         Option("k", "pack", "Put the executable, libraries and mapped data files in the "
                "image too, for a restore where they are missing or different."),
     )
@@ -468,7 +476,8 @@ The process is left as it was and can be continued."""
                 image = plan.collect()
                 relocation.pack(image, args)
                 line = progress.on_stderr("img-dump", args.progress, _batch())
-                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line))
+                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
+                                args.compress)
                 line.finish()
             inferior.memory_changed()
         for warning in plan.report.warnings:

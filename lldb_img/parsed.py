@@ -41,13 +41,13 @@ def _parsed(command: type[commands._Command]) -> type:
         def setup_command_definition(self) -> None:
             parser = self.get_parser()
             for option in options:
-                if option.choices:
+                if option.value:
+                    parser.add_option(option.short, option.long, option.help, option.default,
+                                      dest=option.dest, value_type=lldb.eArgTypePath)
+                elif option.choices:
                     parser.add_option(option.short, option.long, option.help, option.default,
                                       dest=option.dest, value_type=lldb.eArgTypeValue,
                                       enum_values=[[c, c] for c in option.choices])
-                elif option.value:
-                    parser.add_option(option.short, option.long, option.help, option.default,
-                                      dest=option.dest, value_type=lldb.eArgTypePath)
                 else:
                     parser.add_option(option.short, option.long, option.help, False,
                                       dest=option.dest)

@@ -80,7 +80,7 @@ def parse(buf: memoryview) -> Image:
         raise ImageError(f"not an image: magic {magic:#010x}, expected {v0.MAGIC:#010x}", 0)
     if version == v0.VERSION:
         image, offsets = v0.read(buf)
-    elif version == v1.VERSION:
+    elif version in (v1.VERSION, v1.VERSION_COMPRESSED):
         image, offsets = v1.read(buf)
     else:
         raise ImageError(f"unknown image version {version:#x}", 4)
@@ -143,13 +143,18 @@ def _is_core(path: str) -> bool:
 
 
 def save(path: str, image: Image, fmt: str = "v1",
-         pages: Iterable[tuple[int, memoryview | bytes]] | None = None) -> None:
-    """Write an image to a temporary file beside `path`, then rename it into place."""
+         pages: Iterable[tuple[int, memoryview | bytes]] | None = None,
+         compress: bool = False) -> None:
+    """Write an image to a temporary file beside `path`, then rename it into place;
+    `compress`: v1 page runs as zstd frames where that pays."""
     if fmt not in FORMATS:
         raise ImageError(f"unknown format {fmt!r}; choose v0 or v1")
+    if compress and fmt != "v1":
+        raise ImageError("only v1 images hold compressed pages")
     if pages is None:
         pages = ((run.vaddr, b"".join(image.run_data(run)) if run.stride != 4096
-                  else next(image.run_data(run))) for run in image.runs)
+                  or image.reader is not None else next(image.run_data(run)))
+                 for run in image.runs)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory; give a file name")
@@ -163,7 +168,7 @@ def save(path: str, image: Image, fmt: str = "v1",
                 v0.write(out, image, pages)
             else:
                 with DirectWriter(f"/proc/self/fd/{out.fileno()}") as direct:
-                    v1.write(out, image, pages, direct.write)
+                    v1.write(out, image, pages, direct.write, compress)
             out.flush()
             if temporary is None:  # give the finished file a name, then the one asked for
                 temporary = os.path.join(directory, f".img-{os.getpid()}-{id(out):x}")

@@ -220,12 +220,16 @@ class Image:
     packed: list[Any] = field(default_factory=list)
     # Paths a restore substituted (--exe, --map, --sysroot, a packed copy): image's -> used.
     moved: dict[str, str] = field(default_factory=dict)
+    # Where pages come from when they are neither in `source` nor in `fd` (a checkpoint store
+    # entry): an object with read_into(offset, view) filling `view` with the bytes at `offset`
+    # of the image's page space (binfmt_img.store.pages.PageReader).
+    reader: Any = None
     _starts: Any = field(default=None, repr=False, compare=False)
 
     def release(self, offset: int, length: int) -> None:
         """Drop mapped file pages a restore has finished with: the debugger's memory use
         stays flat however large the image."""
-        if self.mapping is not None and length > 0:
+        if self.mapping is not None and length > 0 and self.reader is None:
             start = offset - offset % PAGE_SIZE
             self.mapping.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
 
@@ -254,6 +258,9 @@ class Image:
 
     def run_data(self, run: PageRun) -> Iterator[memoryview]:
         """The bytes of a run: one view when contiguous, else one view per page."""
+        if self.reader is not None:
+            yield from _read_through(self.reader, run.offset, run.count * PAGE_SIZE)
+            return
         assert self.source is not None
         if run.stride == PAGE_SIZE:
             yield self.source[run.offset:run.offset + run.count * PAGE_SIZE]
@@ -293,6 +300,8 @@ class Image:
         if i >= 0 and vaddr < self.runs[i].end:
             run = self.runs[i]
             at = run.offset + (vaddr - run.vaddr) // PAGE_SIZE * run.stride
+            if self.reader is not None:
+                return bytes(next(_read_through(self.reader, at, PAGE_SIZE)))
             if self.fd is not None:
                 return os.pread(self.fd, PAGE_SIZE, at).ljust(PAGE_SIZE, b"\0")
             assert self.source is not None
@@ -301,6 +310,16 @@ class Image:
                                        for v in self.vmas):
             return bytes(PAGE_SIZE)  # v1 leaves zero pages of anonymous memory out
         return None
+
+
+def _read_through(reader: Any, offset: int, size: int,
+                  piece: int = 16 << 20) -> Iterator[memoryview]:
+    """A reader's bytes in pieces of at most `piece` bytes (views of one reused buffer)."""
+    buffer = memoryview(bytearray(min(size, piece)))
+    for at in range(0, size, piece):
+        view = buffer[:min(piece, size - at)]
+        reader.read_into(offset + at, view)
+        yield view
 
 
 def last_stored_page(image: Image, start: int, end: int) -> int | None:

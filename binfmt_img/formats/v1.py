@@ -10,7 +10,9 @@ import mmap
 import os
 import struct
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from construct import (
@@ -30,6 +32,7 @@ from construct import (
 
 from binfmt_img import state
 from binfmt_img.errors import ImageError
+from binfmt_img.formats import packed
 from binfmt_img.formats.identity import ContentId, PackedFile
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
@@ -49,6 +52,9 @@ from binfmt_img.formats.model import (
 from binfmt_img.formats.v0 import MAGIC
 
 VERSION = 0x00000200
+# The same layout, some page runs compressed (binfmt_img.formats.packed): older readers refuse
+# it by its version instead of reading frames as pages.
+VERSION_COMPRESSED = 0x00000201
 
 SECTION_MM = 1
 SECTION_VMAS = 2
@@ -63,7 +69,7 @@ SECTION_NAMES = {SECTION_MM: "mm", SECTION_VMAS: "vmas", SECTION_THREAD: "thread
 
 Header = Struct(
     "magic" / Const(MAGIC, Int32ul),
-    "version" / Const(VERSION, Int32ul),
+    "version" / Int32ul,
     "section_count" / Int32ul,
     "table_crc" / Int32ul,
 )
@@ -168,6 +174,8 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
     if len(buf) < HEADER_SIZE:
         raise ImageError("truncated header", 0)
     header = Header.parse(bytes(buf[:HEADER_SIZE]))
+    if header.version not in (VERSION, VERSION_COMPRESSED):
+        raise ImageError(f"unknown image version {header.version:#x}", 4)
     table_end = HEADER_SIZE + header.section_count * ENTRY_SIZE
     if table_end > len(buf):
         raise ImageError(f"truncated section table: {header.section_count} entries", HEADER_SIZE)
@@ -207,7 +215,8 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
             image.sigactions = [SigAction(s.handler, s.flags, s.restorer, s.mask)
                                 for s in _parse(SignalsSection, payload, entry.offset, what)]
         elif entry.type == SECTION_PAGE_RUNS:
-            _read_runs(image, payload, entry.offset, offsets)
+            _read_runs(image, payload, entry.offset, offsets,
+                       header.version == VERSION_COMPRESSED)
         elif entry.type == SECTION_PROCESS:
             _read_process(image, _parse(ProcessSection, payload, entry.offset, what))
         elif entry.type == SECTION_CONTENTS:
@@ -313,7 +322,7 @@ def _read_thread(rec) -> Thread:
 
 
 def _read_runs(image: Image, payload: memoryview, section_offset: int,
-               offsets: dict[str, list[int]]) -> None:
+               offsets: dict[str, list[int]], compressed: bool = False) -> None:
     if len(payload) < 4:
         raise ImageError("truncated page runs section", section_offset)
     (count,) = RUN_COUNT.unpack_from(payload, 0)
@@ -322,22 +331,47 @@ def _read_runs(image: Image, payload: memoryview, section_offset: int,
                          section_offset)
     size = len(image.source) if image.source is not None else 0
     runs = image.runs
-    for i, (vaddr, pages, offset, crc, _) in enumerate(RUN_RECORD.iter_unpack(payload[4:])):
+    stored: list[packed.StoredRun] = []
+    for i, (vaddr, pages, offset, crc, length) in enumerate(
+            RUN_RECORD.iter_unpack(payload[4:])):
         at = section_offset + 4 + i * RUN_RECORD.size
+        if compressed:
+            run = packed.StoredRun(vaddr, pages, offset, crc, length)
+            if length and not 0 < pages <= packed.RUN_PAGES:
+                raise ImageError(f"compressed page run {vaddr:#x} of {pages} pages (at most "
+                                 f"{packed.RUN_PAGES})", at)
+            if length and offset + length > size:
+                raise ImageError(f"compressed page run {vaddr:#x}: {length} bytes at "
+                                 f"{offset:#x} overrun the file", at)
+            stored.append(run)
+            offsets["runs"].append(at)
+            if length:
+                continue
+        elif length:
+            raise ImageError(f"page run {vaddr:#x} marked compressed in a version "
+                             f"{VERSION:#x} image", at)
         if offset % PAGE_SIZE:
             raise ImageError(f"page run {vaddr:#x}: data offset {offset:#x} not page aligned", at)
         if pages == 0 or offset + pages * PAGE_SIZE > size:
             raise ImageError(f"page run {vaddr:#x}: {pages} pages at {offset:#x} overrun the file",
                              at)
-        runs.append(PageRun(vaddr, pages, offset, PAGE_SIZE, crc))
-        offsets["runs"].append(at)
+        if not compressed:
+            runs.append(PageRun(vaddr, pages, offset, PAGE_SIZE, crc))
+            offsets["runs"].append(at)
+    if compressed:  # every run read through the reader, in its page space
+        image.reader = packed.RunReader(image, stored)
+        image.runs[:] = image.reader.runs()
 
 
 def verify_pages(image: Image) -> list[PageRun]:
     """The runs whose stored checksum does not match their bytes. A file is read through one
     reused buffer: checksumming its mapping would fault in every page, several times slower."""
-    assert image.source is not None
+    if isinstance(image.reader, packed.RunReader):
+        return image.reader.bad_runs()
     checked = [run for run in image.runs if run.checksum is not None]
+    if not checked:
+        return []  # a store's checkpoint: its chunks are checked as they are read
+    assert image.source is not None
     if image.fd is None:
         return [run for run in checked if zlib.crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
@@ -385,10 +419,12 @@ def _nonzero_runs(vaddr: int, data: memoryview,
 
 
 def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | bytes]],
-          write_data: Callable[[int, memoryview], None] | None = None) -> None:
+          write_data: Callable[[int, memoryview], None] | None = None,
+          compress: bool = False) -> None:
     """Write `image` as v1 to a seekable file; `pages` gives (vaddr, data) chunks of whole pages.
     `write_data(offset, bytes)` stores page data (page-aligned offsets and lengths) when the
-    caller has a faster way than `out`, such as O_DIRECT."""
+    caller has a faster way than `out`, such as O_DIRECT. `compress`: runs of pages as zstd
+    frames where that pays (version 0x201, binfmt_img.formats.packed)."""
     metadata = [(SECTION_MM, MmSection.build({
         "fields": [image.mm.get(f, 0) for f in MM_FIELDS],
         "exe_path": image.exe_path or "",
@@ -423,8 +459,8 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
         out.write(payload)
         entries.append((kind, zlib.crc32(payload), at, len(payload)))
         at += len(payload)
-    for packed in image.packed:  # one at a time: a large file is not held with the others
-        payload, crc = _packed_payload(image, packed)
+    for carried in image.packed:  # one at a time: a large file is not held with the others
+        payload, crc = _packed_payload(image, carried)
         out.write(payload)
         entries.append((SECTION_PACKED, crc, at, len(payload)))
         at += len(payload)
@@ -433,13 +469,20 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     out.write(bytes(data_start - at))
     out.flush()
     at = data_start
+    out_write = None
     if write_data is None:
         def write_data(_offset: int, data: memoryview) -> None:
             out.write(data)
+        out_write = write_data
     run_table = bytearray()
     runs = 0
     last_end, last_index = None, -1
     keep_zero = _file_backed(image)
+    if compress:
+        if write_data is out_write:
+            write_data = _positioned(out)
+        at, runs, run_table = _compressed_data(pages, keep_zero, at, write_data)
+        pages = ()
     for vaddr, chunk in pages:
         view = memoryview(chunk).cast("B")
         for run_vaddr, run_data in _nonzero_runs(vaddr, view, keep_zero):
@@ -464,8 +507,55 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     table = b"".join(SectionEntry.build({"type": t, "crc": c, "offset": o, "length": n})
                      for t, c, o, n in entries)
     out.seek(0)
-    out.write(Header.build({"section_count": len(entries), "table_crc": zlib.crc32(table)}))
+    out.write(Header.build({"version": VERSION_COMPRESSED if compress else VERSION,
+                            "section_count": len(entries), "table_crc": zlib.crc32(table)}))
     out.write(table)
+
+
+def _positioned(out: BinaryIO) -> Callable[[int, memoryview], None]:
+    def write_at(offset: int, data: memoryview) -> None:
+        out.seek(offset)
+        out.write(data)
+    return write_at
+
+
+def _compressed_data(pages: Iterable[tuple[int, memoryview | bytes]],
+                     keep_zero: Callable[[int], bool], at: int,
+                     write_data: Callable[[int, memoryview], None]
+                     ) -> tuple[int, int, bytearray]:
+    """The page data as runs of at most packed.RUN_PAGES pages, compressed on helper threads
+    while the next chunk is read; zstd frames packed tight, raw runs page aligned.
+    Returns the end offset, the run count and the run table."""
+    table = bytearray()
+    pending: deque = deque()
+
+    def put(vaddr: int, data: bytes, frame: bytes | None) -> None:
+        nonlocal at
+        if frame is None:
+            at = -(-at // PAGE_SIZE) * PAGE_SIZE
+            stored, length = data, 0
+        else:
+            stored, length = frame, len(frame)
+        write_data(at, memoryview(stored))
+        table.extend(RUN_RECORD.pack(vaddr, len(data) // PAGE_SIZE, at, zlib.crc32(stored),
+                                     length))
+        at += len(stored)
+
+    with ThreadPoolExecutor(max_workers=packed.WORKERS) as pool:
+        for vaddr, chunk in pages:
+            view = memoryview(chunk).cast("B")
+            for run_vaddr, run_data in _nonzero_runs(vaddr, view, keep_zero):
+                for piece_vaddr, piece in packed.split(run_vaddr, run_data):
+                    data = bytes(piece)  # the dump reuses its buffer
+                    pending.append((piece_vaddr, data, pool.submit(packed.compress_run, data)))
+                    while len(pending) > 4 * packed.WORKERS:
+                        piece_vaddr, data, future = pending.popleft()
+                        put(piece_vaddr, data, future.result())
+        while pending:
+            piece_vaddr, data, future = pending.popleft()
+            put(piece_vaddr, data, future.result())
+    at = -(-at // PAGE_SIZE) * PAGE_SIZE  # the run table after, as in a plain image
+    return at, len(table) // RUN_RECORD.size, table
 
 
 def _vma_record(vma: Vma) -> dict:

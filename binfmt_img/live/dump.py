@@ -309,7 +309,8 @@ class DumpPlan:
 
 
 def dump(target: Target, path: str, fmt: str = "v1",
-         progress: Progress | None = None, pack: bool = False) -> DumpReport:
+         progress: Progress | None = None, compress: bool = False,
+         pack: bool = False) -> DumpReport:
     started = time.monotonic()
     if pack and fmt != "v1":
         raise RestoreError("--pack needs the v1 format")
@@ -318,7 +319,7 @@ def dump(target: Target, path: str, fmt: str = "v1",
         image = plan.collect()
         if pack:  # the mapped files themselves, into the image (img-dump --pack)
             image.packed = identity.pack(image)
-        image_file.save(path, image, fmt, plan.pages(progress))
+        image_file.save(path, image, fmt, plan.pages(progress), compress)
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)
         if reload_process is not None:

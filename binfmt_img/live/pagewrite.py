@@ -69,7 +69,7 @@ class PageWriter:
                 put = mem.write
             else:
                 put = self.target.write_memory
-            if self.image.fd is not None:
+            if self.image.fd is not None or self.image.reader is not None:
                 self._staged(todo, put)
             else:
                 for piece, _, _ in todo:
@@ -84,13 +84,16 @@ class PageWriter:
         """The image file read into two reused buffers by a helper thread while the other
         buffer goes to the inferior: the read hides behind the write. (A pwrite straight from
         the file's mapping would fault in every source page, several times slower.)"""
-        fd = self.image.fd
-        assert fd is not None
+        fd, source = self.image.fd, self.image.reader
         piece_size = max(p.count for p, _, _ in todo) * PAGE_SIZE if todo else 0
         buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE))) for _ in range(2)]
 
         def load(i: int) -> memoryview:
             piece, buffer = todo[i][0], buffers[i % 2]
+            if source is not None:  # a store's pages: decompressed on its helper threads
+                source.read_into(piece.offset, buffer[:piece.count * PAGE_SIZE])
+                return buffer[:piece.count * PAGE_SIZE]
+            assert fd is not None
             # Contiguous runs in one read; v0's per-page records one page at a time.
             parts = ([(0, piece.offset, piece.count * PAGE_SIZE)] if piece.stride == PAGE_SIZE
                      else [(j * PAGE_SIZE, piece.offset + j * piece.stride, PAGE_SIZE)

@@ -1,0 +1,278 @@
+"""Pages stored once, by content: the store's page index, its pack files of compressed chunks,
+and the page reader a restore takes its pages from (docs/STORE.md)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import xxhash
+import zstandard
+
+from binfmt_img.errors import ImageError
+from binfmt_img.formats.model import PAGE_SIZE
+
+CHUNK_PAGES = 64  # new pages are compressed together in chunks of this many
+LEVEL = -1  # zstd fast mode: twice the speed of level 1 both ways, a tenth larger
+RAW_ABOVE = 0.9  # a chunk compressing to more than this fraction is stored raw
+# One record of pages.idx per stored page: its hash, then where it is (pack file number,
+# chunk offset and stored length in that pack, slot in the chunk, flags).
+INDEX_RECORD = struct.Struct("<16sIQIHH")
+FLAG_ZSTD = 1
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def page_hash(page: memoryview | bytes) -> bytes:
+    return xxhash.xxh3_128_digest(page)
+
+
+def compress(data: memoryview | bytes, level: int = LEVEL) -> tuple[bytes, int]:
+    """(stored bytes, flags): zstd when it pays, else the bytes as they are."""
+    packed = zstandard.ZstdCompressor(level=level).compress(data)
+    if len(packed) > RAW_ABOVE * len(data):
+        return bytes(data), 0
+    return packed, FLAG_ZSTD
+
+
+def decompress(stored: bytes, flags: int, limit: int) -> bytes:
+    """A chunk's bytes, at most `limit` of them (an image is untrusted input)."""
+    if not flags & FLAG_ZSTD:
+        return stored[:limit]
+    try:
+        params = zstandard.get_frame_parameters(stored)
+        if params.content_size > limit:
+            raise ImageError(f"a compressed chunk claims {params.content_size} bytes, more "
+                             f"than {limit}")
+        return zstandard.ZstdDecompressor().decompress(stored, max_output_size=limit)
+    except zstandard.ZstdError as error:
+        raise ImageError(f"a compressed chunk does not decompress: {error}") from None
+
+
+class Location:
+    """Where one stored page is: pack number, chunk offset and length, slot, flags."""
+
+    __slots__ = ("pack", "offset", "length", "slot", "flags")
+
+    def __init__(self, pack: int, offset: int, length: int, slot: int, flags: int) -> None:
+        self.pack, self.offset, self.length = pack, offset, length
+        self.slot, self.flags = slot, flags
+
+
+class PageIndex:
+    """pages.idx: page id (its record number) -> hash and location; hash -> id for pages
+    whose pack file still exists (ids of removed packs are dead: never matched again)."""
+
+    def __init__(self, path: str, packs: set[int]) -> None:
+        self.path = path
+        self.records: list[tuple[bytes, int, int, int, int, int]] = []
+        self.by_hash: dict[bytes, int] = {}
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        whole = len(data) - len(data) % INDEX_RECORD.size  # a torn last append is ignored
+        self.records = list(INDEX_RECORD.iter_unpack(memoryview(data)[:whole]))
+        self.valid_size = whole
+        for number, record in enumerate(self.records):
+            if record[1] in packs:
+                self.by_hash[record[0]] = number
+
+    def location(self, page_id: int) -> Location:
+        if not 0 <= page_id < len(self.records):
+            raise ImageError(f"page id {page_id} is not in the store's page index")
+        _, pack, offset, length, slot, flags = self.records[page_id]
+        return Location(pack, offset, length, slot, flags)
+
+    def append(self, records: list[tuple[bytes, int, int, int, int, int]]) -> None:
+        with open(self.path, "r+b" if os.path.exists(self.path) else "wb") as f:
+            f.truncate(self.valid_size)
+            f.seek(self.valid_size)
+            f.write(b"".join(INDEX_RECORD.pack(*r) for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+        self.valid_size += len(records) * INDEX_RECORD.size
+        for record in records:
+            self.by_hash[record[0]] = len(self.records)
+            self.records.append(record)
+
+
+class PackWriter:
+    """Collects a checkpoint's new pages into chunks, compresses them on helper threads and
+    appends them to one pack file. Page ids are given as pages arrive; their records reach
+    the index only when the pack is complete (`finish`)."""
+
+    def __init__(self, path: str, number: int, index: PageIndex, level: int = LEVEL) -> None:
+        self.path, self.number, self.index, self.level = path, number, index, level
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by finish/abort
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS)
+        self.pending: list = []  # futures of compressed chunks, in order
+        self.chunk = bytearray()
+        self.hashes: list[bytes] = []  # of the pages in the current chunk
+        self.new: dict[bytes, int] = {}  # hash -> id, for pages added by this checkpoint
+        self.records: list[tuple[bytes, int, int, int, int, int]] = []
+        self.at = 0
+        self.new_pages = 0
+        self.stored_bytes = 0
+
+    def page_id(self, page: memoryview, digest: bytes) -> int:
+        """The id of a page with this content, stored now when the store lacks it."""
+        known = self.index.by_hash.get(digest)
+        if known is None:
+            known = self.new.get(digest)
+        if known is not None:
+            return known
+        page_id = len(self.index.records) + self.new_pages
+        self.new[digest] = page_id
+        self.new_pages += 1
+        self.chunk += page
+        self.hashes.append(digest)
+        if len(self.hashes) == CHUNK_PAGES:
+            self._flush()
+        return page_id
+
+    def _flush(self) -> None:
+        if not self.hashes:
+            return
+        data, hashes = bytes(self.chunk), self.hashes
+        self.pending.append((self.pool.submit(compress, data, self.level), hashes))
+        self.chunk, self.hashes = bytearray(), []
+        while len(self.pending) > 2 * WORKERS or (self.pending and self.pending[0][0].done()):
+            self._write_one()
+
+    def _write_one(self) -> None:
+        future, hashes = self.pending.pop(0)
+        stored, flags = future.result()
+        self.file.write(stored)
+        for slot, digest in enumerate(hashes):
+            self.records.append((digest, self.number, self.at, len(stored), slot, flags))
+        self.at += len(stored)
+        self.stored_bytes += len(stored)
+
+    def finish(self) -> None:
+        self._flush()
+        while self.pending:
+            self._write_one()
+        self.pool.shutdown()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if self.records:
+            self.index.append(self.records)
+        else:
+            os.unlink(self.path)
+
+    def abort(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        self.file.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def pack_path(directory: str, number: int) -> str:
+    return os.path.join(directory, "packs", f"{number:06d}.pack")
+
+
+class PageReader:
+    """A checkpoint's pages as one page space: page i (of the checkpoint's page map) at byte
+    i * 4096. read_into decompresses the chunks a piece needs on helper threads, keeping the
+    last ones: a restore reads pieces in order, a chunk serves many consecutive pages."""
+
+    def __init__(self, directory: str, index: PageIndex, ids: list[int]) -> None:
+        self.directory, self.index, self.ids = directory, index, ids
+        self.cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.files: dict[int, int] = {}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _fd(self, pack: int) -> int:
+        with self.lock:
+            fd = self.files.get(pack)
+            if fd is None:
+                try:
+                    fd = os.open(pack_path(self.directory, pack), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as error:
+                    raise ImageError(f"pack {pack} of the store: {error.strerror}") from None
+                self.files[pack] = fd
+            return fd
+
+    def _chunk(self, where: Location) -> bytes:
+        stored = os.pread(self._fd(where.pack), where.length, where.offset)
+        if len(stored) != where.length:
+            raise ImageError(f"pack {where.pack} of the store ends inside a chunk at "
+                             f"{where.offset:#x}")
+        data = decompress(stored, where.flags, CHUNK_PAGES * PAGE_SIZE)
+        if len(data) % PAGE_SIZE:
+            raise ImageError(f"a chunk of pack {where.pack} holds {len(data)} bytes, not "
+                             "whole pages")
+        return data
+
+    def _pages(self, first: int, count: int) -> list[Location]:
+        if first < 0 or first + count > len(self.ids):
+            raise ImageError(f"pages {first}..{first + count} outside the checkpoint's "
+                             f"{len(self.ids)}")
+        return [self.index.location(i) for i in self.ids[first:first + count]]
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        if offset % PAGE_SIZE or len(view) % PAGE_SIZE:
+            raise ImageError(f"unaligned read of the page space at {offset:#x}")
+        places = self._pages(offset // PAGE_SIZE, len(view) // PAGE_SIZE)
+        wanted = list(dict.fromkeys((p.pack, p.offset) for p in places
+                                    if (p.pack, p.offset) not in self.cache))
+        chunks = dict(self.cache)
+        if wanted:
+            first = {(p.pack, p.offset): p for p in reversed(places)}
+            if len(wanted) > 1:
+                if self.pool is None:
+                    self.pool = ThreadPoolExecutor(max_workers=WORKERS)
+                made = self.pool.map(lambda key: self._chunk(first[key]), wanted)
+            else:
+                made = [self._chunk(first[wanted[0]])]
+            for key, data in zip(wanted, made):
+                chunks[key] = data
+                self.cache[key] = data
+                if len(self.cache) > 4 * CHUNK_PAGES:
+                    self.cache.popitem(last=False)
+        for i, place in _spans(places):
+            data = chunks[(place[0].pack, place[0].offset)]
+            start = place[0].slot * PAGE_SIZE
+            size = len(place) * PAGE_SIZE
+            if start + size > len(data):
+                raise ImageError(f"slot {place[-1].slot} past the end of its chunk")
+            view[i * PAGE_SIZE:i * PAGE_SIZE + size] = memoryview(data)[start:start + size]
+
+
+def _spans(places: list[Location]) -> Iterator[tuple[int, list[Location]]]:
+    """Consecutive pages that are consecutive slots of one chunk: copied in one go."""
+    start = 0
+    for i in range(1, len(places) + 1):
+        if i == len(places) or not (
+                places[i].pack == places[i - 1].pack and places[i].offset == places[i - 1].offset
+                and places[i].slot == places[i - 1].slot + 1):
+            yield start, places[start:i]
+            start = i
+
+
+def page_views(chunks: Iterable[tuple[int, memoryview]]) -> Iterator[tuple[int, memoryview]]:
+    """(vaddr, page) for every page of (vaddr, data) chunks."""
+    for vaddr, data in chunks:
+        view = memoryview(data).cast("B")
+        for at in range(0, len(view), PAGE_SIZE):
+            yield vaddr + at, view[at:at + PAGE_SIZE]
