@@ -178,10 +178,11 @@ needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="unshare -m is not
 @needs_gdb
 @needs_unshare
 def test_packed_image_in_mount_namespace_gdb(tmp_path: Path) -> None:
-    """Dumped with --pack; restored where libc is another file and the executable and the
-    mapped data file are gone: from the cache, resuming exactly, with symbols."""
+    """Dumped with --pack (and checkpointed twice into a store with --pack: each file one
+    blob); restored where libc is another file and the executable and the mapped data file
+    are gone: from the cache, resuming exactly, with symbols; the store's checkpoint too."""
     lib, bin_dir, binary = _packed_program(tmp_path)
-    image = tmp_path / "identity.img"
+    image, store = tmp_path / "identity.img", tmp_path / "store"
     data = bin_dir / "data"
     data.write_bytes(b"identity-data".ljust(4096, b"."))
     gdb = Gdb(str(binary))
@@ -190,22 +191,28 @@ def test_packed_image_in_mount_namespace_gdb(tmp_path: Path) -> None:
         gdb.console("break checkpoint")
         gdb.until_stopped(f"run {data} > {tmp_path / 'part1'}")
         gdb.console(f"img-dump {image} --pack")
+        for _ in range(2):  # into a store: the files once, as blobs
+            gdb.console(f"img-checkpoint --store {store} --pack")
         gdb.console("kill")
     finally:
         gdb.close()
     packed = image_file.load(str(image)).packed
     assert {str(binary), str(lib / "libc.so.6"), str(data)} <= {p for f in packed
                                                                   for p in f.paths}
-    out = tmp_path / "out"
+    blobs = [name for _, _, names in os.walk(store / "blobs") for name in names]
+    assert len(blobs) == len(packed), blobs
+    out, out2 = tmp_path / "out", tmp_path / "out2"
     root = Path(__file__).parent.parent
     done = _namespace(tmp_path, lib, bin_dir, [
         shutil.which("gdb") or "gdb", "-nx", "-q", "-batch",
         "-ex", f"source {root / 'gdb_img' / 'init.py'}", "-ex", GDB_SIGNALS,
         "-ex", f"set args > {out}", "-ex", f"img-restore {image}", "-ex", "bt",
-        "-ex", "info sharedlibrary", "-ex", "continue"])
+        "-ex", "info sharedlibrary", "-ex", "continue", "-ex", f"set args > {out2}",
+        "-ex", f"img-restore 2 --store {store}", "-ex", "continue"])
     text = done.stdout + done.stderr
-    assert "exited normally" in text, text
+    assert text.count("exited normally") == 2, text
     passes(out.read_text(), CHECKS + 1)
+    passes(out2.read_text(), CHECKS + 1)
     assert "inner_function" in text and "outer_function" in text and "main" in text, text
     cache = str(tmp_path / "cache" / "binfmt-img")
     libc_lines = [line for line in text.splitlines() if "libc.so.6" in line and "0x" in line]

@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from binfmt_img.errors import ImageError
@@ -176,9 +176,14 @@ class PackedFile:
     paths: list[str]
     offset: int = -1
     origin: str | None = None
+    # In a checkpoint store's metadata: the bytes are the store's blob of this hash, not in
+    # the section (written so when by_reference); fetch() gets them (set by the store).
+    blob: str = ""
+    by_reference: bool = False
+    fetch: Callable[[], bytes] | None = None
 
     def data(self, image: Image) -> bytes:
-        """The file's bytes; from the image checked against the digest."""
+        """The file's bytes; from the image (or the store) checked against the digest."""
         if self.origin is not None:
             fd = os.open(self.origin, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
@@ -191,7 +196,12 @@ class PackedFile:
                 return bytes(out)
             finally:
                 os.close(fd)
-        if image.fd is not None:
+        if self.offset < 0:
+            if self.fetch is None:
+                raise ImageError(f"packed file {self.paths[0]}: its bytes are in a checkpoint "
+                                 f"store (blob {self.blob}), not in this image")
+            raw = self.fetch()
+        elif image.fd is not None:
             raw = os.pread(image.fd, self.size, self.offset)
         else:
             assert image.source is not None

@@ -139,6 +139,7 @@ PackedHeader = Struct(
     "digest" / Prefixed(Int8ul, GreedyBytes),
     "size" / Int64ul,
     "paths" / PrefixedArray(Int32ul, Text),
+    "blob" / Text,  # a checkpoint store's blob holding the bytes, which then do not follow
 )
 HEADER_LENGTH = struct.Struct("<I")
 RUN_RECORD = struct.Struct("<QQQII")  # vaddr, page count, file offset, crc32, reserved
@@ -246,17 +247,21 @@ def _read_packed(buf: memoryview, entry) -> PackedFile:
     if zlib.crc32(head) != entry.crc:
         raise ImageError(f"checksum mismatch in {what} section", entry.offset)
     rec = _parse(PackedHeader, head, entry.offset, what)
-    if start + length + rec.size != end or not rec.paths:
-        raise ImageError(f"malformed {what} section: {rec.size} bytes in "
+    carried = 0 if rec.blob else rec.size
+    if start + length + carried != end or not rec.paths:
+        raise ImageError(f"malformed {what} section: {carried} bytes in "
                          f"{entry.length - length - HEADER_LENGTH.size}", entry.offset)
-    return PackedFile(bytes(rec.digest), rec.size, list(rec.paths), start + length)
+    return PackedFile(bytes(rec.digest), rec.size, list(rec.paths),
+                      -1 if rec.blob else start + length, blob=rec.blob)
 
 
 def _packed_payload(image: Image, packed: PackedFile) -> tuple[bytes, int]:
     """(payload, crc of the header) of one packed file section."""
+    blob = packed.blob if packed.by_reference else ""
     head = PackedHeader.build({"digest": packed.digest, "size": packed.size,
-                               "paths": packed.paths})
-    return HEADER_LENGTH.pack(len(head)) + head + packed.data(image), zlib.crc32(head)
+                               "paths": packed.paths, "blob": blob})
+    data = b"" if blob else packed.data(image)
+    return HEADER_LENGTH.pack(len(head)) + head + data, zlib.crc32(head)
 
 
 def _read_state(image: Image, buf: memoryview, entry, table_at: int) -> None:
