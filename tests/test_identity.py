@@ -74,8 +74,9 @@ def test_identity_by_build_id_and_hash(tmp_path: Path) -> None:
 
 @needs_gdb
 def test_copied_executable_accepted_other_build_refused_gdb(tmp_path: Path) -> None:
-    """mv away: refused naming the path and the options; --exe to the copy: restored; mv
-    back: restored; a rebuild with other code in its place: refused naming the build-ids."""
+    """Copied away (the original gone): refused naming the path and the options; --exe to
+    the copy: restored; the copy moved back: restored; a rebuild with other code in its
+    place: refused naming the build-ids; img-pack packs, and then refuses the rebuild."""
     binary = compile_program("identity", tmp_path)
     image = tmp_path / "identity.img"
     dump_at_checkpoint(binary, image, setup=(GDB_SIGNALS,))
@@ -84,7 +85,8 @@ def test_copied_executable_accepted_other_build_refused_gdb(tmp_path: Path) -> N
     assert str(binary) in {p for f in image_file.load(str(packed)).packed for p in f.paths}
     moved = tmp_path / "moved" / "identity"
     moved.parent.mkdir()
-    shutil.move(binary, moved)
+    shutil.copy(binary, moved)  # another inode and mtime: the same content
+    binary.unlink()
     gdb = Gdb()
     try:
         gdb.console(GDB_SIGNALS)
@@ -243,7 +245,8 @@ def test_copied_executable_accepted_other_build_refused_lldb(tmp_path: Path) -> 
     _lldb_dump(binary, image)
     moved = tmp_path / "moved" / "identity"
     moved.parent.mkdir()
-    shutil.move(binary, moved)
+    shutil.copy(binary, moved)
+    binary.unlink()
     text = _lldb_restore(image, tmp_path / "out0")
     assert f"executable {binary} is gone" in text and "--exe" in text, text
     text = _lldb_restore(image, tmp_path / "out1", f"--exe {moved} --map /nowhere=/else",
