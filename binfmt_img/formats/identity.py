@@ -256,3 +256,36 @@ def pack(image: Image) -> list[PackedFile]:
         entry = by_digest.setdefault(digest, PackedFile(digest, size, [], origin=path))
         entry.paths.append(path)
     return list(by_digest.values())
+
+
+def describe(image: Image) -> list[str]:
+    """img-info's lines: each mapped file's identity by content, and the packed files."""
+    if not image.contents and not image.packed:
+        return []
+    packed = {p: f for f in image.packed for p in f.paths}
+    lines = [f"mapped files by content: {len(image.contents)}"
+             + (f", {len(image.packed)} packed ({sum(f.size for f in image.packed)} bytes)"
+                if image.packed else "")]
+    for path in sorted(set(image.contents) | set(packed)):
+        lines.append(f"  {path}: {_id_text(image.contents.get(path))}"
+                     + (" [packed]" if path in packed else ""))
+    return lines
+
+
+def _id_text(content: ContentId | None) -> str:
+    if content is None:
+        return "no identity recorded"
+    if content.build_id:
+        return f"build-id {content.build_id.hex()}"
+    return f"{ALGO_NAMES.get(content.algo, content.algo)} {content.digest.hex()}"
+
+
+def describe_json(image: Image) -> list[dict[str, object]]:
+    packed = {p: f for f in image.packed for p in f.paths}
+    return [{"path": path,
+             "build_id": image.contents[path].build_id.hex() if path in image.contents else None,
+             "hash": (ALGO_NAMES.get(image.contents[path].algo),
+                      image.contents[path].digest.hex()) if path in image.contents
+             and image.contents[path].digest else None,
+             "packed_size": packed[path].size if path in packed else None}
+            for path in sorted(set(image.contents) | set(packed))]
