@@ -282,3 +282,70 @@ def test_packed_image_in_mount_namespace_lldb(tmp_path: Path) -> None:
     listed = [line for line in text.splitlines() if line.lstrip().startswith("[")]
     assert any(cache in line for line in listed), text  # the executable and libc
     assert sum(cache in line for line in listed) >= 2, text
+
+
+# ---- packed files and identities as untrusted input (no debugger) ----
+
+def _packed_image(tmp_path: Path, content: bytes, paths: list[str]) -> Path:
+    """A synthetic image carrying `content` as a packed file under `paths`."""
+    import synthetic  # noqa: PLC0415 - the tests' image builder
+
+    source = tmp_path / "source"
+    source.write_bytes(content)
+    image = synthetic.make_image()
+    fd = os.open(source, os.O_RDONLY)
+    digest = identity.whole_file_digest(fd)
+    os.close(fd)
+    image.packed = [identity.PackedFile(digest, len(content), paths, origin=str(source))]
+    image.contents = {paths[0]: identity.ContentId(build_id=b"\x01" * 20)}
+    out = tmp_path / "packed.img"
+    out.write_bytes(synthetic.encode(image, "v1"))
+    return out
+
+
+def test_packed_file_round_trip_and_cache_names(tmp_path: Path) -> None:
+    """Written and read back; materialised under files/HASH/NAME, a hostile name replaced,
+    an existing copy reused; the contents section survives."""
+    from binfmt_img.live import relocate  # noqa: PLC0415
+
+    path = _packed_image(tmp_path, b"\x7fELF-not-really" * 100, ["/opt/x/../../etc/passwd",
+                                                                   "/opt/app/libfoo.so"])
+    image = image_file.load(str(path))
+    assert image.contents["/opt/x/../../etc/passwd"].build_id == b"\x01" * 20
+    (carried,) = image.packed
+    assert carried.paths == ["/opt/x/../../etc/passwd", "/opt/app/libfoo.so"]
+    cached = relocate.materialise(image, carried, carried.paths[0])
+    assert cached.startswith(str(tmp_path / "cache" / "binfmt-img" / "files" /
+                                 carried.digest.hex()))
+    assert os.path.basename(cached) == "passwd" and Path(cached).read_bytes() == \
+        b"\x7fELF-not-really" * 100
+    assert relocate.materialise(image, carried, "/a/..").endswith("/file")
+    other = relocate.materialise(image, carried, carried.paths[1])
+    assert os.stat(other).st_ino == os.stat(cached).st_ino  # a hard link, not a second copy
+    image.moved = {"/opt/x/../../etc/passwd": "/tmp/a", "/opt/app/libfoo.so": "/tmp/b"}
+    root = relocate.debugger_root(image)  # no ".." path in the debugger's tree
+    assert root is not None and not (Path(root) / "etc").exists()
+    assert os.readlink(Path(root) / "opt" / "app" / "libfoo.so") == "/tmp/b"
+
+
+def test_packed_file_damage_refused(tmp_path: Path) -> None:
+    """Bytes that do not match the digest are refused when used; a size overrunning the
+    section at load."""
+    import synthetic  # noqa: PLC0415
+
+    from binfmt_img.errors import ImageError  # noqa: PLC0415
+    from binfmt_img.formats import v1  # noqa: PLC0415
+
+    path = _packed_image(tmp_path, b"A" * 5000, ["/opt/app/data"])
+    data = bytearray(path.read_bytes())
+    offset, _ = synthetic.section(bytes(data), v1.SECTION_PACKED)
+    at = data.index(b"A" * 5000, offset)
+    data[at] = ord("B")
+    path.write_bytes(data)
+    image = image_file.load(str(path))
+    with pytest.raises(ImageError, match="do not match its hash"):
+        image.packed[0].data(image)
+    grown = synthetic.patch_section(bytes(data), v1.SECTION_PACKED, lambda p: p + b"extra")
+    path.write_bytes(grown)
+    with pytest.raises(ImageError, match="packed file section"):
+        image_file.load(str(path))
