@@ -25,7 +25,10 @@ def prepare(image: Image, args: argparse.Namespace) -> None:
         exe=os.path.expanduser(args.exe) if args.exe else None,
         maps=[relocate.parse_map(os.path.expanduser(m)) for m in args.map],
         sysroot=os.path.expanduser(args.sysroot) if args.sysroot else None)
-    for note in relocate.prepare(image, how):
+    # Connected to a remote target (gdbserver): the files are on its machine, not here.
+    connection = getattr(gdb.selected_inferior(), "connection", None)
+    local = connection is None or connection.type == "native"
+    for note in relocate.prepare(image, how, local):
         gdb.write(f"img-restore: {note}\n")
 
 
