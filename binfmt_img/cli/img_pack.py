@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                   "the files are packed as they are now", file=sys.stderr)
         kept = {p for f in image.packed for p in f.paths}
         image.packed += [f for f in identity.pack(image) if not kept & set(f.paths)]
-        image_file.save(output, image, "v1")
+        # A compressed image (its pages read through a reader) stays compressed.
+        image_file.save(output, image, "v1", compress=image.reader is not None)
     except ImageError as error:
         print("img-pack: " + " ".join(str(error).splitlines()), file=sys.stderr)
         return 2
