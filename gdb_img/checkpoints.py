@@ -57,9 +57,17 @@ def restore_image(argument: str, store: str | None, warn: Callable[[str], None])
     return image_file.load_any(os.path.abspath(os.path.expanduser(argument)), warn=warn)
 
 
+class _HelpShown(Exception):
+    pass
+
+
 def _parse(parser, argument: str):
     try:
-        return parser.parse_args(shlex.split(argument))
+        words = shlex.split(argument)
+        if "-h" in words or "--help" in words:
+            gdb.execute(f"help {parser.prog}")
+            raise _HelpShown
+        return parser.parse_args(words)
     except ValueError as error:
         raise gdb.GdbError(f"{parser.prog}: {error}") from None
     except frontend.ArgumentError as error:
@@ -73,7 +81,7 @@ Usage: img-checkpoint [NAME] [--store DIR] [--progress] [--pack]
        img-checkpoint --delete N|NAME     remove a checkpoint
        img-checkpoint --prune KEEP        remove all but the last KEEP checkpoints
        img-checkpoint --export N|NAME FILE   write one checkpoint as a single image file
-       img-checkpoint --import FILE [NAME]   add a single image (or core-free v1/v0 image)
+       img-checkpoint --import FILE [NAME]   add a single image file (v0 or v1)
 
 The store is the directory --store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints.
 Each checkpoint gets a number and an optional NAME; its pages are stored once by content
@@ -85,7 +93,10 @@ store (img-dump --pack)."""
         super().__init__("img-checkpoint", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        args = _parse(frontend.checkpoint_parser(), argument)
+        try:
+            args = _parse(frontend.checkpoint_parser(), argument)
+        except _HelpShown:
+            return
         try:
             message = frontend.manage(args)
             if message is None:
@@ -130,7 +141,10 @@ the bytes new in each checkpoint (pages the store did not hold before it)."""
         super().__init__("img-checkpoints", gdb.COMMAND_DATA, gdb.COMPLETE_NONE)
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        args = _parse(frontend.list_parser(), argument)
+        try:
+            args = _parse(frontend.list_parser(), argument)
+        except _HelpShown:
+            return
         try:
             store = frontend.open_store(args, create=False)
             if args.json:

@@ -360,3 +360,77 @@ def test_lldb_compressed_image(tmp_path: Path) -> None:
     text = read(tmp_path / "out")
     assert text.startswith("resumed after checkpoint 2\n"), text
     passes(text, 3)
+
+
+def test_many_pages_across_chunks(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s"))
+    count = 3 * store_pages.CHUNK_PAGES + 5
+    heap = b"".join(page(BIG + i % (count - 7)) for i in range(count))  # 7 repeat earlier ones
+    image = make_image()
+    image.vmas.append(Vma(BIG, BIG + 256 * PAGE_SIZE, 3, MAP_PRIVATE | MAP_ANONYMOUS))
+    entry = store.add(image, pages=[(BIG, heap)])
+    assert (entry.pages, entry.new_pages) == (count, count - 7)
+    loaded = store.load(1)
+    view = memoryview(bytearray(count * PAGE_SIZE))
+    loaded.reader.read_into(0, view)
+    assert bytes(view) == heap
+    piece = memoryview(bytearray(70 * PAGE_SIZE))  # a piece starting inside a chunk
+    loaded.reader.read_into(60 * PAGE_SIZE, piece)
+    assert bytes(piece) == heap[60 * PAGE_SIZE:130 * PAGE_SIZE]
+
+
+def test_restore_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from binfmt_img.store import frontend
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BINFMT_IMG_STORE", raising=False)
+    assert frontend.restore_source("1", None) is None  # no store here: a file name
+    Store(str(tmp_path / "img-checkpoints")).add(make_image(), "x", pages=pages())
+    image, what = frontend.restore_source("x", None)
+    assert what == "checkpoint 1 (x)" and image.page_at(0x400000) == page(0x400000)
+    (tmp_path / "x").write_bytes(b"")
+    assert frontend.restore_source("x", None) is None  # a path that exists wins
+    with pytest.raises(ImageError, match="no such checkpoint store"):
+        frontend.restore_source("1", str(tmp_path / "elsewhere"))
+
+
+@needs_lldb
+def test_lldb_manage(tmp_path: Path) -> None:
+    binary = compile_program("store_threads", tmp_path)
+    store, image = tmp_path / "store", tmp_path / "b.img"
+    done = lldb_batch(f"settings set target.output-path {tmp_path / 'part1'}",
+                      "breakpoint set -n checkpoint", "run",
+                      f"img-checkpoint a --store {store}", f"img-checkpoint b --store {store}",
+                      f"img-checkpoint --delete a --store {store}",
+                      f"img-checkpoint --export b {image} --store {store}",
+                      f"img-checkpoint --import {image} c --store {store}",
+                      f"img-checkpoint --prune 1 --store {store}",
+                      f"img-checkpoints --store {store}", "kill", program=binary)
+    out = done.stdout + done.stderr
+    assert "error:" not in out, out
+    for said in ("deleted checkpoint 1 (a)", f"checkpoint 2 (b) exported to {image}",
+                 "as checkpoint 3 (c) (0 B new)", "deleted 1 checkpoints (2 (b))"):
+        assert said in out, out
+    table = out[out.index("img-checkpoints --store"):]
+    assert "\n3    c " in table and " b " not in table, table
+
+
+def test_save_a_reader_image_with_long_runs(tmp_path: Path) -> None:
+    """image_file.save's own page chunks of an image read through a reader: runs longer
+    than one 16 MiB piece come out whole."""
+    from binfmt_img.formats import model
+
+    store = Store(str(tmp_path / "s"))
+    image = make_image()
+    image.vmas.append(Vma(BIG, BIG + 256 * PAGE_SIZE, 3, MAP_PRIVATE | MAP_ANONYMOUS))
+    heap = b"".join(page(BIG + i) for i in range(40))
+    store.add(image, pages=[(BIG, heap)])
+    loaded = store.load(1)
+    real = model._read_through
+    try:  # pieces of 16 pages stand for 16 MiB ones
+        model._read_through = lambda r, o, s, piece=16 * PAGE_SIZE: real(r, o, s, piece)
+        image_file.save(str(tmp_path / "x.img"), loaded)
+    finally:
+        model._read_through = real
+    saved = image_file.load(str(tmp_path / "x.img"))
+    assert b"".join(bytes(c) for r in saved.runs for c in saved.run_data(r)) == heap

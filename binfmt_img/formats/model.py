@@ -314,10 +314,10 @@ class Image:
 
 def _read_through(reader: Any, offset: int, size: int,
                   piece: int = 16 << 20) -> Iterator[memoryview]:
-    """A reader's bytes in pieces of at most `piece` bytes (views of one reused buffer)."""
-    buffer = memoryview(bytearray(min(size, piece)))
+    """A reader's bytes in pieces of at most `piece` bytes, each its own buffer (a caller
+    may keep them all, as b"".join does)."""
     for at in range(0, size, piece):
-        view = buffer[:min(piece, size - at)]
+        view = memoryview(bytearray(min(piece, size - at)))
         reader.read_into(offset + at, view)
         yield view
 

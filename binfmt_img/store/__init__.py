@@ -300,7 +300,7 @@ class Store:
         index = PageIndex(self._dir("pages.idx"), self._packs())
         for entry in self.entries():
             ids = _parse_map(self._read_manifest(entry.number)[2], entry.label)[1]
-            used.update(index.records[i][1] for i in set(ids) if i < len(index.records))
+            used.update(index.pack_of(i) for i in set(ids))
         for pack in self._packs() - used:
             os.unlink(pack_path(self.path, pack))
         self._index = None
@@ -361,8 +361,6 @@ def _write_atomic(path: str, data: bytes) -> None:
     temporary = f"{path}.tmp{os.getpid()}"
     with open(temporary, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(temporary, path)
 
 

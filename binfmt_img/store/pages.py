@@ -22,6 +22,7 @@ RAW_ABOVE = 0.9  # a chunk compressing to more than this fraction is stored raw
 # One record of pages.idx per stored page: its hash, then where it is (pack file number,
 # chunk offset and stored length in that pack, slot in the chunk, flags).
 INDEX_RECORD = struct.Struct("<16sIQIHH")
+HASH_AND_PACK = struct.Struct("<16sI16x")  # the same record, its first two fields
 FLAG_ZSTD = 1
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -68,37 +69,45 @@ class PageIndex:
 
     def __init__(self, path: str, packs: set[int]) -> None:
         self.path = path
-        self.records: list[tuple[bytes, int, int, int, int, int]] = []
-        self.by_hash: dict[bytes, int] = {}
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             data = b""
         whole = len(data) - len(data) % INDEX_RECORD.size  # a torn last append is ignored
-        self.records = list(INDEX_RECORD.iter_unpack(memoryview(data)[:whole]))
-        self.valid_size = whole
-        for number, record in enumerate(self.records):
-            if record[1] in packs:
-                self.by_hash[record[0]] = number
+        # The records stay packed (36 bytes a page, not a Python tuple): unpacked when used.
+        self.data = bytearray(memoryview(data)[:whole])
+        self.by_hash: dict[bytes, int] = {}
+        for number, (digest, pack) in enumerate(HASH_AND_PACK.iter_unpack(self.data)):
+            if pack in packs:
+                self.by_hash[digest] = number
+
+    @property
+    def count(self) -> int:
+        return len(self.data) // INDEX_RECORD.size
 
     def location(self, page_id: int) -> Location:
-        if not 0 <= page_id < len(self.records):
+        if not 0 <= page_id < self.count:
             raise ImageError(f"page id {page_id} is not in the store's page index")
-        _, pack, offset, length, slot, flags = self.records[page_id]
+        _, pack, offset, length, slot, flags = INDEX_RECORD.unpack_from(
+            self.data, page_id * INDEX_RECORD.size)
         return Location(pack, offset, length, slot, flags)
 
+    def pack_of(self, page_id: int) -> int | None:
+        if not 0 <= page_id < self.count:
+            return None
+        return HASH_AND_PACK.unpack_from(self.data, page_id * INDEX_RECORD.size)[1]
+
     def append(self, records: list[tuple[bytes, int, int, int, int, int]]) -> None:
+        packed = b"".join(INDEX_RECORD.pack(*r) for r in records)
         with open(self.path, "r+b" if os.path.exists(self.path) else "wb") as f:
-            f.truncate(self.valid_size)
-            f.seek(self.valid_size)
-            f.write(b"".join(INDEX_RECORD.pack(*r) for r in records))
+            f.truncate(len(self.data))
+            f.seek(len(self.data))
+            f.write(packed)
             f.flush()
-            os.fsync(f.fileno())
-        self.valid_size += len(records) * INDEX_RECORD.size
         for record in records:
-            self.by_hash[record[0]] = len(self.records)
-            self.records.append(record)
+            self.by_hash[record[0]] = self.count
+            self.data += INDEX_RECORD.pack(*record)
 
 
 class PackWriter:
@@ -126,7 +135,7 @@ class PackWriter:
             known = self.new.get(digest)
         if known is not None:
             return known
-        page_id = len(self.index.records) + self.new_pages
+        page_id = self.index.count + self.new_pages
         self.new[digest] = page_id
         self.new_pages += 1
         self.chunk += page
@@ -141,7 +150,7 @@ class PackWriter:
         data, hashes = bytes(self.chunk), self.hashes
         self.pending.append((self.pool.submit(compress, data, self.level), hashes))
         self.chunk, self.hashes = bytearray(), []
-        while len(self.pending) > 2 * WORKERS or (self.pending and self.pending[0][0].done()):
+        while len(self.pending) > 4 * WORKERS or (self.pending and self.pending[0][0].done()):
             self._write_one()
 
     def _write_one(self) -> None:
@@ -158,9 +167,8 @@ class PackWriter:
         while self.pending:
             self._write_one()
         self.pool.shutdown()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        self.file.close()  # no fsync, as img-dump: a crash of the machine may lose the last
+        # checkpoints, which then fail to load with one line
         if self.records:
             self.index.append(self.records)
         else:
