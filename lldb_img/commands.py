@@ -474,7 +474,7 @@ The process is left as it was and can be continued."""
             with _breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
                 image = plan.collect()
-                relocation.pack(image, args)
+                relocation.pack(image, args, plan.sources)
                 line = progress.on_stderr("img-dump", args.progress, _batch())
                 image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
                                 args.compress)

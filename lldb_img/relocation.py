@@ -25,12 +25,13 @@ def prepare(debugger: lldb.SBDebugger, image: Image, args: argparse.Namespace,
         result.AppendMessage(f"img-restore: {note}")
 
 
-def pack(image: Image, args: argparse.Namespace) -> None:
-    """img-dump --pack: the files the image needs, into it."""
+def pack(image: Image, args: argparse.Namespace, sources: dict[str, str]) -> None:
+    """img-dump --pack: the files the image needs, into it (read from `sources`, the
+    dump's DumpPlan.sources, where it names them)."""
     if getattr(args, "pack", False):
         if image.format != "v1":
             raise ValueError("--pack needs the v1 format")
-        image.packed = identity.pack(image)
+        image.packed = identity.pack(image, sources)
 
 
 def add_module(target: lldb.SBTarget, image: Image, path: str) -> lldb.SBModule:

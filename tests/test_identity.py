@@ -349,3 +349,33 @@ def test_packed_file_damage_refused(tmp_path: Path) -> None:
     path.write_bytes(grown)
     with pytest.raises(ImageError, match="packed file section"):
         image_file.load(str(path))
+
+
+@needs_gdb
+def test_rebuilt_while_running_packs_the_mapped_file_gdb(tmp_path: Path) -> None:
+    """The program rebuilt (other code) while it runs: the dump records and packs the file
+    the process maps (/proc/PID/map_files), not the new build at its path; the restore
+    then runs the packed copy, and resumes exactly."""
+    binary = compile_program("identity", tmp_path)
+    image = tmp_path / "identity.img"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console("break checkpoint")
+        gdb.until_stopped(f"run > {tmp_path / 'part1'}")
+        compile_program("identity", tmp_path, "-DVARIANT=2")  # a new file at the path
+        gdb.console(f"img-dump {image} --pack")
+        gdb.console("kill")
+    finally:
+        gdb.close()
+    gdb = Gdb()
+    try:
+        gdb.console(GDB_SIGNALS)
+        gdb.console(f"set args > {tmp_path / 'out'}")
+        said = gdb.console(f"img-restore {image}")
+        assert f"{binary}: the image's packed copy" in said, said
+        stop = gdb.until_stopped("continue")
+        assert stop.get("reason") == "exited-normally", stop
+    finally:
+        gdb.close()
+    passes((tmp_path / "out").read_text(), CHECKS)

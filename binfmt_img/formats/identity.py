@@ -219,32 +219,36 @@ def needed_paths(image: Image) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def record_contents(image: Image) -> None:
-    """At a dump: each mapped file's identity by content, into image.contents. A file gone
+def record_contents(image: Image, sources: dict[str, str] | None = None) -> None:
+    """At a dump: each mapped file's identity by content, into image.contents, read from
+    `sources[path]` where given (the mapped file itself), else from the path. A file gone
     meanwhile is left out (the restore names it)."""
     for path in dict.fromkeys(v.path for v in image.vmas if v.path):
         if path == "/dev/zero":
             continue
         try:
-            image.contents[path] = content_id(path, mapped_ranges(image, path))
+            image.contents[path] = content_id((sources or {}).get(path, path),
+                                              mapped_ranges(image, path))
         except OSError:
             pass
 
 
-def pack(image: Image) -> list[PackedFile]:
-    """Every file the image needs, once per distinct content, read from where the image
-    names it; a file that is no longer the one the image recorded is refused."""
+def pack(image: Image, sources: dict[str, str] | None = None) -> list[PackedFile]:
+    """Every file the image needs, once per distinct content, read from `sources[path]`
+    where given (at a dump: the mapped file itself), else from where the image names it; a
+    file that is no longer the one the image recorded is refused."""
     by_digest: dict[bytes, PackedFile] = {}
     for path in needed_paths(image):
         recorded = image.contents.get(path)
+        origin = (sources or {}).get(path, path)
         try:
             if recorded is not None:
-                now = content_id(path, mapped_ranges(image, path), recorded.algo or None,
+                now = content_id(origin, mapped_ranges(image, path), recorded.algo or None,
                                  need_digest=not recorded.build_id)
                 change = recorded.differs(now)
                 if change is not None:
                     raise ImageError(f"cannot pack {path}: changed since the dump: {change}")
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(origin, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     continue
@@ -253,7 +257,7 @@ def pack(image: Image) -> list[PackedFile]:
                 os.close(fd)
         except OSError as error:
             raise ImageError(f"cannot pack {path}: {error.strerror}") from None
-        entry = by_digest.setdefault(digest, PackedFile(digest, size, [], origin=path))
+        entry = by_digest.setdefault(digest, PackedFile(digest, size, [], origin=origin))
         entry.paths.append(path)
     return list(by_digest.values())
 

@@ -111,7 +111,7 @@ def take(target: Target, store: Store, name: str | None, describe: Describe,
     try:
         image = plan.collect()
         if pack:  # img-checkpoint --pack: the files, stored once in the store's blobs
-            image.packed = identity.pack(image)
+            image.packed = identity.pack(image, plan.sources)
         label = describe(image.registers.get("rip", 0))
         chunks = pages(plan) if pages is not None else plan.pages(progress)
         entry = store.add(image, name, chunks, pc_label=label)
