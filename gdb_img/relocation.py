@@ -32,12 +32,24 @@ def prepare(image: Image, args: argparse.Namespace) -> None:
         gdb.write(f"img-restore: {note}\n")
 
 
+# GDB's sysroot and solib-search-path before a restore changed them, to put back for the
+# next restore that moved nothing.
+_saved: tuple[str, str] | None = None
+
+
 def point_symbols(image: Image) -> None:
     """Where files moved, GDB reads the libraries the restored link map names (the
     original paths) from the tree of the files used."""
+    global _saved
     root = relocate.debugger_root(image)
     if root is None:
+        if _saved is not None:
+            for name, value in zip(("sysroot", "solib-search-path"), _saved):
+                gdb.execute(f"set {name} {value}", to_string=True)
+            _saved = None
         return
+    if _saved is None:
+        _saved = (gdb.parameter("sysroot") or "", gdb.parameter("solib-search-path") or "")
     gdb.execute(f"set sysroot {gdb_quoted(root)}", to_string=True)
     gdb.execute(f"set solib-search-path {gdb_quoted(relocate.flat_dir(root))}",
                 to_string=True)

@@ -93,8 +93,10 @@ def test_copied_executable_accepted_other_build_refused_gdb(tmp_path: Path) -> N
         message = _refused(gdb, f"img-restore {image}")
         assert f"executable {binary} is gone" in message and "--exe" in message, message
         passes(_restore_and_finish(gdb, image, tmp_path / "out1", f"--exe {moved}"), CHECKS)
+        assert "binfmt-img" in gdb.console("show sysroot")  # the tree of the files used
         shutil.move(moved, binary)
         passes(_restore_and_finish(gdb, image, tmp_path / "out2"), CHECKS)
+        assert "binfmt-img" not in gdb.console("show sysroot")  # nothing moved: put back
         compile_program("identity", tmp_path, "-DVARIANT=2")  # the same path, other code
         message = _refused(gdb, f"img-restore {image}")
         assert f"mapped file {binary} changed since the dump: build-id " in message, message
