@@ -255,6 +255,12 @@ def test_copied_executable_accepted_other_build_refused_lldb(tmp_path: Path) -> 
                          then=("bt",))
     assert "exited with status = 0" in text and "inner_function" in text, text
     passes(read(tmp_path / "out1"), CHECKS)
+    root = tmp_path / "root"
+    (root / str(binary).lstrip("/")).parent.mkdir(parents=True)
+    shutil.copy(moved, root / str(binary).lstrip("/"))
+    text = _lldb_restore(image, tmp_path / "out3", f"--sysroot {root}", then=("image list",))
+    assert "exited with status = 0" in text and str(root) in text, text
+    passes(read(tmp_path / "out3"), CHECKS)
     shutil.move(moved, binary)
     compile_program("identity", tmp_path, "-DVARIANT=2")
     text = _lldb_restore(image, tmp_path / "out2")
