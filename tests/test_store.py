@@ -133,6 +133,18 @@ def test_damage_is_refused(tmp_path: Path) -> None:
     image = store.load(2)
     with pytest.raises(ImageError):
         image.page_at(0x400000)
+    (tmp_path / "s" / "packs" / "000001.pack").unlink()
+    with pytest.raises(ImageError, match="pack 1 of the store: No such file"):
+        store.load(2)  # before a restore starts anything
+
+
+def test_loaded_checkpoint_outlives_a_prune(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s"))
+    store.add(make_image(), pages=pages())
+    image = store.load(1)
+    Store(str(tmp_path / "s")).prune(0)  # another debugger
+    assert not list((tmp_path / "s" / "packs").iterdir())
+    assert image.page_at(0x400000) == page(0x400000)
 
 
 def test_compression_per_chunk(tmp_path: Path) -> None:

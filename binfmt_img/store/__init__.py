@@ -17,6 +17,9 @@ API (no debugger; binfmt_img.store may import binfmt_img.formats, never the reve
     store.resolve(ref: str | int) -> Entry      a number ("3", 3) or a name; ImageError if none
     store.load(ref) -> Image                    the checkpoint as an Image; its pages are read
                                                 through image.reader (a PageReader)
+    store.page_ids(ref) -> list[int]            one id per stored page, in the order of the
+                                                image's runs: equal ids mean equal pages (a
+                                                diff finds changed pages without reading them)
     store.delete(ref) -> Entry                  removes it; packs no checkpoint uses go too
     store.prune(keep: int) -> list[Entry]       deletes all but the last `keep`
     store.export(ref, path, compress=True) -> Entry  a single v1 image of one checkpoint
@@ -24,6 +27,8 @@ API (no debugger; binfmt_img.store may import binfmt_img.formats, never the reve
     store.put_blob(data: bytes) -> str          a whole file, stored once by content (hex hash)
     store.get_blob(hash: str) -> bytes          ImageError when absent or damaged
     store.has_blob(hash: str) -> bool
+
+The live checkpoint (img-dump's collection, into a store) is binfmt_img.store.frontend.take.
 
 Entry fields: number, name, time (seconds since the epoch), threads, pc, pc_label (what the
 debugger said of the pc at the checkpoint, may be ""), pages (stored pages in all), size (bytes
@@ -60,7 +65,6 @@ from binfmt_img.store.pages import (
     decompress,
     pack_path,
     page_hash,
-    page_views,
 )
 
 ENV = "BINFMT_IMG_STORE"
@@ -261,6 +265,9 @@ class Store:
         image.runs = runs
         image.source = None
         image.reader = PageReader(self.path, self.index(), ids)
+        # Every pack opened now: a missing one is refused before a process is started for
+        # the restore, and a prune meanwhile (another debugger) cannot take them away.
+        image.reader.open_packs()
         packed_files.attach(self, image)
         image.path = self._manifest_path(entry.number)
         offsets["runs"] = []
@@ -380,25 +387,34 @@ def image_chunks(image: Image) -> Iterator[tuple[int, memoryview]]:
 def _page_map(image: Image, chunks: Iterable[tuple[int, memoryview | bytes]],
               writer: PackWriter) -> tuple[list[tuple[int, int]], list[int]]:
     """Runs (vaddr, count) and one page id per page; zero pages of anonymous memory are
-    left out, as a v1 image leaves them out."""
+    left out, as a v1 image leaves them out. The loop runs once per page: kept lean."""
     keep_zero = v1._file_backed(image)  # noqa: SLF001 - the same rule as v1's writer
-    runs: list[tuple[int, int]] = []
+    runs: list[list[int]] = []  # [vaddr, count]
     ids: list[int] = []
     zero_hash = page_hash(v1.ZERO_PAGE)
-    last = -1
-    for vaddr, page in page_views(chunks):
+    known = writer.index.by_hash.get
+    digest_of = xxhash.xxh3_128_digest
+    add = ids.append
+    last, run_end = -1, -1
+    for vaddr, data in chunks:
         if vaddr <= last:
             raise ImageError(f"page {vaddr:#x} given twice or out of address order")
-        last = vaddr
-        digest = page_hash(page)
-        if digest == zero_hash and page == v1.ZERO_PAGE and not keep_zero(vaddr):
-            continue
-        ids.append(writer.page_id(page, digest))
-        if runs and runs[-1][0] + runs[-1][1] * PAGE_SIZE == vaddr:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((vaddr, 1))
-    return runs, ids
+        view = memoryview(data).cast("B")
+        for at in range(0, len(view), PAGE_SIZE):
+            page = view[at:at + PAGE_SIZE]
+            digest = digest_of(page)
+            addr = vaddr + at
+            if digest == zero_hash and page == v1.ZERO_PAGE and not keep_zero(addr):
+                continue
+            page_id = known(digest)
+            add(writer.page_id(page, digest) if page_id is None else page_id)
+            if addr == run_end:
+                runs[-1][1] += 1
+            else:
+                runs.append([addr, 1])
+            run_end = addr + PAGE_SIZE
+        last = vaddr + len(view) - PAGE_SIZE
+    return [(v, c) for v, c in runs], ids
 
 
 def _manifest(entry: Entry, image: Image, runs: list[tuple[int, int]], ids: list[int],

@@ -7,7 +7,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import xxhash
@@ -197,6 +197,14 @@ class PageReader:
         self.pool: ThreadPoolExecutor | None = None
         self.files: dict[int, int] = {}
 
+    def open_packs(self) -> None:
+        packs = {self.index.pack_of(i) for i in set(self.ids)}
+        if None in packs:
+            raise ImageError(f"page ids past the end of the store's index of "
+                             f"{self.index.count} pages (a damaged or incomplete store)")
+        for pack in sorted(packs):
+            self._fd(pack)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
@@ -276,11 +284,3 @@ def _spans(places: list[Location]) -> Iterator[tuple[int, list[Location]]]:
                 and places[i].slot == places[i - 1].slot + 1):
             yield start, places[start:i]
             start = i
-
-
-def page_views(chunks: Iterable[tuple[int, memoryview]]) -> Iterator[tuple[int, memoryview]]:
-    """(vaddr, page) for every page of (vaddr, data) chunks."""
-    for vaddr, data in chunks:
-        view = memoryview(data).cast("B")
-        for at in range(0, len(view), PAGE_SIZE):
-            yield vaddr + at, view[at:at + PAGE_SIZE]
