@@ -11,7 +11,7 @@ from typing import Any
 from tabulate import tabulate
 
 from binfmt_img import state
-from binfmt_img.formats import symbols, v0, v1
+from binfmt_img.formats import identity, symbols, v0, v1
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
     FD_DEVICE,
@@ -221,6 +221,8 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
                         "flags": s.flags, "restorer": s.restorer, "mask": s.mask}
                        for i, s in enumerate(image.sigactions) if s.handler != 0],
     }
+    if image.contents or image.packed:
+        result["mapped_files"] = identity.describe_json(image)
     if image.format == "v0":
         result["exe_fd"] = image.exe_fd
     if image.core_kind is not None:
@@ -428,7 +430,7 @@ def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = 
             f"{plural(len(image.threads), 'thread')}")
     lines = [head]
     for part in (_stop_text, _registers_text, _mm_text, _vmas_text, _signals_text, _threads_text,
-                 _files_text, _states_text, _code_text):
+                 _files_text, identity.describe, _states_text, _code_text):
         lines += part(image)
     if verify:
         lines += _verify_text(bad if bad is not None else bad_runs(image), len(image.runs))

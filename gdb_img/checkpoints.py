@@ -78,7 +78,7 @@ def _parse(parser, argument: str):
 class ImgCheckpoint(gdb.Command):
     """Save the stopped process as a checkpoint in a store, or manage the store.
 
-Usage: img-checkpoint [NAME] [--store DIR] [--progress]
+Usage: img-checkpoint [NAME] [--store DIR] [--progress] [--pack]
        img-checkpoint --delete N|NAME     remove a checkpoint
        img-checkpoint --prune KEEP        remove all but the last KEEP checkpoints
        img-checkpoint --export N|NAME FILE   write one checkpoint as a single image file
@@ -87,7 +87,8 @@ Usage: img-checkpoint [NAME] [--store DIR] [--progress]
 The store is the directory --store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints.
 Each checkpoint gets a number and an optional NAME; its pages are stored once by content
 (pages already in the store cost nothing) and compressed. `img-checkpoints` lists them,
-`img-restore N|NAME` restores one."""
+`img-restore N|NAME` restores one. --pack: the mapped files too, each stored once in the
+store (img-dump --pack)."""
 
     def __init__(self) -> None:
         super().__init__("img-checkpoint", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
@@ -118,7 +119,8 @@ Each checkpoint gets a number and an optional NAME; its pages are stored once by
             target = GdbTarget()
             try:
                 entry, result = frontend.take(target, store, args.words[0] if args.words
-                                              else None, describe_pc, line)
+                                              else None, describe_pc, line,
+                                              pack=args.pack)
             finally:
                 target.sync()
                 target.put_back_stop()

@@ -23,7 +23,7 @@ from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
-from gdb_img import compare
+from gdb_img import compare, relocation
 from gdb_img.mi import final_stop, one_answer, start_unseen
 from gdb_img.target import (
     GdbTarget,
@@ -247,7 +247,8 @@ class ImgRestore(_ImgCommand):
     """Restore a process image into the inferior, stopped at the checkpoint.
 
 Usage: img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss]
-                   [--yes] [--store DIR]   (or `img restore ...`)
+                   [--yes] [--store DIR] [--exe PATH] [--map OLD=NEW]... [--sysroot DIR]
+(or `img restore ...`)
 
 Replaces the inferior's memory, registers, FPU state, signal state, TLS, threads and open
 files with the image's, then leaves it stopped at the checkpoint with symbols reloaded. With
@@ -260,7 +261,12 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
 the restore refused before any change; --accept-loss restores without it, one warning each.
 A live process is replaced after a question, as `run` asks (--yes, batch mode or `set
-confirm off` answer it); one with several threads is killed and a fresh one started."""
+confirm off` answer it); one with several threads is killed and a fresh one started.
+Mapped files are compared with the image by content (ELF build-id, else a hash): a copy is
+accepted, another build refused. --exe PATH: the executable is there now; --map OLD=NEW
+(repeatable): paths starting with OLD are under NEW; --sysroot DIR: files are looked up
+under DIR first. A packed image (img-dump --pack) brings its own copy of a file missing or
+different here, kept in ~/.cache/binfmt-img/files; GDB's sysroot then points at them."""
 
     name, category = "img-restore", gdb.COMMAND_RUNNING
 
@@ -271,14 +277,17 @@ confirm off` answer it); one with several threads is killed and a fresh one star
         self.parser.add_argument("--accept-loss", action="store_true")
         self.parser.add_argument("--yes", "-y", action="store_true")
         self.parser.add_argument("--store")  # FILE may name a checkpoint of this store
+        relocation.add_options(self.parser)
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
         from gdb_img.checkpoints import restore_image  # it imports this module
         image = restore_image(args.file, args.store, _warn(self.name))
+        relocation.prepare(image, args)
         _replace_live_process(args.yes)
         with _quiet():
             started = _ensure_process(image)
+            relocation.point_symbols(image)
         target = GdbTarget(image.exe_path)
         plan = RestorePlan(target, image, via=args.via,
                            progress=_progress(self.name, args.progress),
@@ -346,13 +355,16 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
-Usage: img-dump FILE [--format v0|v1] [--compress] [--progress]   (or `img dump ...`)
+Usage: img-dump FILE [--format v0|v1] [--compress] [--progress] [--pack]
+(or `img dump ...`)
 With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
 format; v0 is the seed's. --compress stores v1 pages as zstd frames where that pays
-(v1 version 0x201, which binfmt-img before compressed runs refuses; docs/FORMAT.md)."""
+(v1 version 0x201, which binfmt-img before compressed runs refuses; docs/FORMAT.md).
+--pack: the executable, libraries and mapped data files go into the image too (once each),
+for a restore on a machine that lacks them."""
 
     name = "img-dump"
     file_optional = True
@@ -362,6 +374,7 @@ format; v0 is the seed's. --compress stores v1 pages as zstd frames where that p
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
         self.parser.add_argument("--progress", action="store_true")
         self.parser.add_argument("--compress", action="store_true")
+        self.parser.add_argument("--pack", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
@@ -370,7 +383,7 @@ format; v0 is the seed's. --compress stores v1 pages as zstd frames where that p
             target = GdbTarget()
             try:
                 result = dump(target, _path(args.file or _default_image_name()), args.format,
-                              line, args.compress)
+                              line, args.compress, pack=args.pack)
             finally:
                 target.sync()
                 target.put_back_stop()

@@ -86,11 +86,11 @@ class _Raw:
 
 
 class ImgCheckpoint(_Raw):
-    """img-checkpoint [NAME] [--store DIR] [--progress] saves the stopped process as the next
-    checkpoint of the store (--store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints);
+    """img-checkpoint [NAME] [--store DIR] [--progress] [--pack] saves the stopped process as
+    the next checkpoint of the store (--store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints);
     pages already in the store cost nothing. img-checkpoint --delete N|NAME, --prune KEEP
     (all but the last KEEP go), --export N|NAME FILE (a single image file), --import FILE
-    [NAME] (a single image into the store)."""
+    [NAME] (a single image into the store). --pack: the mapped files too, stored once."""
 
     name = "img-checkpoint"
     short_help = "Save the stopped process as a checkpoint in a store, or manage the store."
@@ -117,7 +117,8 @@ class ImgCheckpoint(_Raw):
                     inferior, store, args.words[0] if args.words else None,
                     lambda pc: describe_pc(target, pc), line,
                     pages=lambda plan: commands._masked_pages(plan, inferior,  # noqa: SLF001
-                                                              line))
+                                                              line),
+                    pack=args.pack)
                 line.finish()
             inferior.memory_changed()
         for warning in report.warnings:

@@ -22,6 +22,7 @@ from binfmt_img.live.dump import DumpPlan
 from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
+from lldb_img import relocation
 from lldb_img.allocations import lldb_memory, put_back, without_lldb_memory
 from lldb_img.modules import sync_modules
 from lldb_img.pidlaunch import launch_with_pid
@@ -225,16 +226,18 @@ class Option:
     long: str
     help: str
     choices: tuple[str, ...] = ()  # none: a flag (or a value, with `value`)
-    value: bool = False  # takes any string (a directory), default None
+    # Takes any string (a path), default None; a str names it in the help ("PATH").
+    value: bool | str = False
+    repeat: bool = False  # given several times: a list of values, default []
 
     @property
     def dest(self) -> str:
         return self.long.replace("-", "_")
 
     @property
-    def default(self) -> str | bool | None:
+    def default(self) -> str | bool | list[str] | None:
         if self.value:
-            return None
+            return [] if self.repeat else None
         return self.choices[0] if self.choices else False
 
 
@@ -255,7 +258,9 @@ class _Command:
         self.parser.add_argument(self.argument.lower())
         for option in self.options:
             if option.value:
-                self.parser.add_argument(f"--{option.long}", f"-{option.short}")
+                self.parser.add_argument(f"--{option.long}", f"-{option.short}",
+                                         default=option.default,
+                                         action="append" if option.repeat else "store")
             elif option.choices:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
                                          default=option.default, choices=option.choices)
@@ -275,7 +280,8 @@ class _Command:
         else:  # the raw fallback: the options are said here
             paragraphs[0] = f"{self.short_help} Usage: {paragraphs[0]}"
             paragraphs += [f"--{o.long} (-{o.short})"
-                           + (f" {'|'.join(o.choices)}" if o.choices else "") + f": {o.help}"
+                           + (f" {'|'.join(o.choices)}" if o.choices else "")
+                           + (f" {o.value}" if o.value else "") + f": {o.help}"
                            for o in self.options]
         return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
@@ -327,12 +333,17 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
         Option("y", "yes", "Replace a live process without asking."),
         Option("s", "store", "The checkpoint store FILE may name a checkpoint of (a number or "
                "a name, when no such file exists).", value=True),
+        Option("e", "exe", "The image's executable is at PATH now.", value="PATH"),
+        Option("m", "map", "Paths starting with OLD are under NEW now (repeatable).",
+               value="OLD=NEW", repeat=True),
+        Option("R", "sysroot", "Look the image's files up under DIR first.", value="DIR"),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
         from lldb_img.checkpoints import restore_image  # it imports this module
         image = restore_image(args.file, args.store, result)
+        relocation.prepare(debugger, image, args, result)
         with _synchronous(debugger):
             before = debugger.GetSelectedTarget().GetProcess()
             before_pid = before.GetProcessID() if before.IsValid() else None
@@ -434,6 +445,8 @@ The process is left as it was and can be continued."""
                tuple(sorted(image_file.FORMATS, key=lambda f: f != "v1"))),
         Option("P", "progress", "Show a progress line, in batch mode too."),
         Option("c", "compress", "Store v1 pages as zstd frames where that pays."),
+        Option("k", "pack", "Put the executable, libraries and mapped data files in the "
+               "image too, for a restore where they are missing or different."),
     )
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
@@ -446,6 +459,7 @@ The process is left as it was and can be continued."""
                 plan = DumpPlan(inferior, args.format)
                 plan.maps = without_lldb_memory(plan.maps, inferior.process)
                 image = plan.collect()
+                relocation.pack(image, args, plan.sources)
                 line = progress.on_stderr("img-dump", args.progress, _batch())
                 image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
                                 args.compress)

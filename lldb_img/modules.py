@@ -19,6 +19,7 @@ import lldb
 from binfmt_img.formats.model import PAGE_SIZE, Image, Vma
 from binfmt_img.live.procfs import read_auxv
 from binfmt_img.safeio import open_regular_file
+from lldb_img import relocation
 
 VDSO = "[vdso]"
 AT_PHDR, AT_PHNUM, AT_BASE = 3, 5, 7
@@ -131,6 +132,18 @@ def _slide(module: lldb.SBModule, vmas: list[Vma]) -> int | None:
     return None
 
 
+def _moved(image: Image, name: str) -> str:
+    """The file a restore used for a link map name: the name itself unless --exe, --map,
+    --sysroot or a packed copy moved it (the link map may say /lib/... for /usr/lib/...)."""
+    if not name or not image.moved:
+        return name
+    if name in image.moved:
+        return image.moved[name]
+    base = os.path.basename(name)
+    found = {new for old, new in image.moved.items() if os.path.basename(old) == base}
+    return found.pop() if len(found) == 1 else name
+
+
 def _plan(target: lldb.SBTarget, image: Image,
           auxv: dict[int, int]) -> list[tuple[str, Key, int | None]]:
     """(path to load, file identity, l_addr if known) in load order, the executable first."""
@@ -140,11 +153,14 @@ def _plan(target: lldb.SBTarget, image: Image,
     plan: list[tuple[str, Key, int | None]] = []
     if entries:
         for name, l_addr in entries:
+            used = _moved(image, name)
             if not name:
                 if exe:
                     plan.append((exe, _identity(exe), l_addr))
-            elif os.path.isabs(name) and os.path.exists(name):
-                plan.append((name, _identity(name), l_addr))
+            elif os.path.isabs(used) and os.path.exists(used):
+                # A moved file under its link map name, which LLDB's search paths lead to
+                # the file used: the loader plugin then finds it rather than adding another.
+                plan.append((used, _identity(used), l_addr))
             elif name.startswith("linux-vdso") or name.startswith("linux-gate"):
                 plan.append((VDSO, VDSO, l_addr))
     else:  # a static executable, or no readable link map: every mapped ELF file
@@ -183,7 +199,7 @@ def sync_modules(target: lldb.SBTarget, image: Image) -> list[str]:
         elif key == VDSO:
             continue  # LLDB read no vDSO at launch: nothing to add back
         else:
-            module = target.AddModule(path, None, None)
+            module = relocation.add_module(target, image, path)
             if not module.IsValid():
                 warnings.append(f"LLDB could not load {path}")
                 continue

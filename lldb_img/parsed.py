@@ -42,7 +42,7 @@ def _parsed(command: type[commands._Command]) -> type:
             parser = self.get_parser()
             for option in options:
                 if option.value:
-                    parser.add_option(option.short, option.long, option.help, None,
+                    parser.add_option(option.short, option.long, option.help, option.default,
                                       dest=option.dest, value_type=lldb.eArgTypePath)
                 elif option.choices:
                     parser.add_option(option.short, option.long, option.help, option.default,
@@ -62,6 +62,8 @@ def _parsed(command: type[commands._Command]) -> type:
             if option is None:
                 return False
             parser = self.get_parser()
+            if option.repeat:  # a new list: the default one is shared between runs
+                value = [*getattr(parser, option.dest), value]
             object.__setattr__(parser, option.dest,
                                value if option.choices or option.value else True)
             parser.options_dict[name]["_value_set"] = True

@@ -227,6 +227,13 @@ class Image:
     # file, whatever happens to its path meanwhile, and with pread (a file truncated under
     # a mapping would kill the debugger with SIGBUS).
     fd: int | None = None
+    # v1 "file contents" section (binfmt_img/formats/identity.py): mapped path -> ContentId.
+    # Empty in older images: their files keep the inode, size and mtime check.
+    contents: dict[str, Any] = field(default_factory=dict)
+    # v1 "packed file" sections (img-dump --pack): identity.PackedFile, the files themselves.
+    packed: list[Any] = field(default_factory=list)
+    # Paths a restore substituted (--exe, --map, --sysroot, a packed copy): image's -> used.
+    moved: dict[str, str] = field(default_factory=dict)
     # Where pages come from when they are neither in `source` nor in `fd` (a checkpoint store
     # entry): an object with read_into(offset, view) filling `view` with the bytes at `offset`
     # of the image's page space (binfmt_img.store.pages.PageReader).

@@ -32,6 +32,7 @@ from construct import (
 
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import fastbuild, packed
+from binfmt_img.formats.identity import ContentId, PackedFile
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
     MM_FIELDS,
@@ -125,6 +126,27 @@ ProcessSection = Struct(
     "cwd" / Text,
     "files" / PrefixedArray(Int32ul, FileRecord),
 )
+# Mapped files by content (binfmt_img/formats/identity.py): one record per mapped path.
+SECTION_CONTENTS = 0x20
+SECTION_NAMES[SECTION_CONTENTS] = "file contents"
+ContentsSection = PrefixedArray(Int32ul, Struct(
+    "path" / Text,
+    "build_id" / Prefixed(Int8ul, GreedyBytes),
+    "algo" / Int8ul,
+    "digest" / Prefixed(Int8ul, GreedyBytes),
+))
+# A mapped file carried in the image (img-dump --pack): one section per distinct content.
+# Payload: u32 header length, the header, then the file's bytes. The section's crc covers
+# the header; the bytes are checked against the digest when a restore uses them.
+SECTION_PACKED = 0x21
+SECTION_NAMES[SECTION_PACKED] = "packed file"
+PackedHeader = Struct(
+    "digest" / Prefixed(Int8ul, GreedyBytes),
+    "size" / Int64ul,
+    "paths" / PrefixedArray(Int32ul, Text),
+    "blob" / Text,  # a checkpoint store's blob holding the bytes, which then do not follow
+)
+HEADER_LENGTH = struct.Struct("<I")
 RUN_RECORD = struct.Struct("<QQQII")  # vaddr, page count, file offset, crc32, reserved
 RUN_COUNT = struct.Struct("<I")
 
@@ -182,6 +204,9 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
         if entry.type not in SECTION_NAMES:
             continue  # a later version's section: skip it
         what = SECTION_NAMES[entry.type]
+        if entry.type == SECTION_PACKED:
+            image.packed.append(_read_packed(buf, entry))
+            continue
         if entry.type != SECTION_THREAD and entry.type in seen:
             raise ImageError(f"second {what} section", HEADER_SIZE + i * ENTRY_SIZE)
         seen.add(entry.type)
@@ -201,6 +226,9 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
                        header.version == VERSION_COMPRESSED)
         elif entry.type == SECTION_PROCESS:
             _read_process(image, _parse(ProcessSection, payload, entry.offset, what))
+        elif entry.type == SECTION_CONTENTS:
+            image.contents = {r.path: ContentId(bytes(r.build_id), r.algo, bytes(r.digest))
+                              for r in _parse(ContentsSection, payload, entry.offset, what)}
         elif entry.type == SECTION_STOP_SIGNAL:
             rec = _parse(StopSignalSection, payload, entry.offset, what)
             image.signal = Signal(rec.number, rec.code, rec.errno, rec.address,
@@ -209,6 +237,37 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
         if needed not in seen:
             raise ImageError(f"no {SECTION_NAMES[needed]} section", HEADER_SIZE)
     return image, offsets
+
+
+def _read_packed(buf: memoryview, entry) -> PackedFile:
+    """A packed file's header; its bytes stay in the image file until a restore needs them."""
+    what = "packed file"
+    end = entry.offset + entry.length
+    if end > len(buf) or entry.length < HEADER_LENGTH.size:
+        raise ImageError(f"truncated {what} section", entry.offset)
+    (length,) = HEADER_LENGTH.unpack_from(buf, entry.offset)
+    start = entry.offset + HEADER_LENGTH.size
+    if length > entry.length - HEADER_LENGTH.size:
+        raise ImageError(f"malformed {what} section: header of {length} bytes", entry.offset)
+    head = buf[start:start + length]
+    if zlib.crc32(head) != entry.crc:
+        raise ImageError(f"checksum mismatch in {what} section", entry.offset)
+    rec = _parse(PackedHeader, head, entry.offset, what)
+    carried = 0 if rec.blob else rec.size
+    if start + length + carried != end or not rec.paths:
+        raise ImageError(f"malformed {what} section: {carried} bytes in "
+                         f"{entry.length - length - HEADER_LENGTH.size}", entry.offset)
+    return PackedFile(bytes(rec.digest), rec.size, list(rec.paths),
+                      -1 if rec.blob else start + length, blob=rec.blob)
+
+
+def _packed_payload(image: Image, packed: PackedFile) -> tuple[bytes, int]:
+    """(payload, crc of the header) of one packed file section."""
+    blob = packed.blob if packed.by_reference else ""
+    head = PackedHeader.build({"digest": packed.digest, "size": packed.size,
+                               "paths": packed.paths, "blob": blob})
+    data = b"" if blob else packed.data(image)
+    return HEADER_LENGTH.pack(len(head)) + head + data, zlib.crc32(head)
 
 
 def _read_mm(image: Image, mm) -> None:
@@ -385,16 +444,25 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
 
     if image.files is not None:
         metadata.append((SECTION_PROCESS, _process_record(image)))
+    if image.contents:
+        metadata.append((SECTION_CONTENTS, ContentsSection.build(
+            [{"path": path, "build_id": c.build_id, "algo": c.algo, "digest": c.digest}
+             for path, c in sorted(image.contents.items())])))
     for section, _offset, payload in image.raw_states:
         metadata.append((section, payload))
 
     entries: list[tuple[int, int, int, int]] = []  # type, crc, offset, length
-    table_size = (len(metadata) + 2) * ENTRY_SIZE
+    table_size = (len(metadata) + len(image.packed) + 2) * ENTRY_SIZE
     at = HEADER_SIZE + table_size
     out.seek(at)
     for kind, payload in metadata:
         out.write(payload)
         entries.append((kind, zlib.crc32(payload), at, len(payload)))
+        at += len(payload)
+    for carried in image.packed:  # one at a time: a large file is not held with the others
+        payload, crc = _packed_payload(image, carried)
+        out.write(payload)
+        entries.append((SECTION_PACKED, crc, at, len(payload)))
         at += len(payload)
 
     data_start = -(-at // PAGE_SIZE) * PAGE_SIZE

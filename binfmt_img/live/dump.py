@@ -13,7 +13,7 @@ from typing import Any
 
 from binfmt_img import state
 from binfmt_img.errors import RestoreError
-from binfmt_img.formats import image_file
+from binfmt_img.formats import identity, image_file
 from binfmt_img.formats.model import (
     MAP_SHARED,
     PAGE_SIZE,
@@ -26,6 +26,7 @@ from binfmt_img.formats.model import (
     Vma,
     Xsave,
 )
+from binfmt_img.live import mapped_files
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.files import read_open_files
 from binfmt_img.live.inject import RESERVED, Injector, check_not_in_syscall_entry, free_area
@@ -140,6 +141,7 @@ class DumpPlan:
         self.maps = read_maps(pid)
         self.injector = Injector(self.target)
         self.threads: list[Thread] = []
+        self.sources: dict[str, str] = {}  # mapped path -> /proc/PID/map_files/... (v1)
 
     def each_thread(self, action: Callable[[Thread], Any]) -> dict[int, Any]:
         """action(thread) with each thread selected in turn (for system calls that only the
@@ -251,6 +253,9 @@ class DumpPlan:
         if self.fmt == "v0":
             for vma in image.vmas:  # v0 has no paths: the seed's dumper wrote fd 0
                 vma.path, vma.file = None, None
+        else:  # the mapped files themselves, where /proc lets us open them
+            self.sources = mapped_files.sources(self.pid, image)
+            identity.record_contents(image, self.sources)
         self.report.vmas = len(image.vmas)
         return image
 
@@ -335,12 +340,17 @@ class DumpPlan:
 
 
 def dump(target: Target, path: str, fmt: str = "v1",
-         progress: Progress | None = None, compress: bool = False) -> DumpReport:
+         progress: Progress | None = None, compress: bool = False,
+         pack: bool = False) -> DumpReport:
     started = time.monotonic()
+    if pack and fmt != "v1":
+        raise RestoreError("--pack needs the v1 format")
     plan = DumpPlan(target, fmt)
     try:
         with pagemap_session(plan.pid):  # one open pagemap for every mapping's questions
             image = plan.collect()
+            if pack:  # the mapped files themselves, into the image (img-dump --pack)
+                image.packed = identity.pack(image, plan.sources)
             image_file.save(path, image, fmt, plan.pages(progress), compress)
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)

@@ -45,6 +45,7 @@ from binfmt_img.live.inject import (
 )
 from binfmt_img.live.pagewrite import PageWriter, Progress, outside
 from binfmt_img.live.procfs import Mapping, parse_auxv, parse_maps, proc_file
+from binfmt_img.live.relocate import content_check
 from binfmt_img.live.restorer import Ref
 from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from binfmt_img.live.speculate import run_hooks
@@ -270,6 +271,7 @@ class RestorePlan:
                 self.report.warnings.append("remote inferior: mapped files not compared with "
                                             "the image's record of them")
             return
+        checked: set[str] = set()
         for vma in self.image.vmas:
             if not vma.is_file:
                 continue
@@ -288,6 +290,11 @@ class RestorePlan:
                                    f"{kind_of(st.st_mode)}, not a regular file")
             self._check_file_extent(vma, st.st_size)
             ident = vma.file
+            if vma.path in self.image.contents:  # by content: build-id or hash (v1 images)
+                if vma.path not in checked:
+                    checked.add(vma.path)
+                    content_check(self.image, vma.path)
+                continue
             if ident is None:
                 continue
             changes = ident.changes(st)

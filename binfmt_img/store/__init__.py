@@ -56,6 +56,7 @@ from binfmt_img.errors import ImageError
 from binfmt_img.formats import image_file, v1
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
 from binfmt_img.formats.validate import validate
+from binfmt_img.store import files as packed_files
 from binfmt_img.store.pages import (
     PackWriter,
     PageIndex,
@@ -182,7 +183,8 @@ class Store:
                           threads=len(image.threads), pc=image.registers.get("rip", 0),
                           pc_label=pc_label, pages=len(ids), new_pages=writer.new_pages,
                           new_bytes=writer.new_pages * PAGE_SIZE, exe_path=image.exe_path)
-            manifest = _manifest(entry, image, runs, ids, writer.stored_bytes)
+            manifest = _manifest(entry, packed_files.by_reference(self, image), runs, ids,
+                                 writer.stored_bytes)
             _write_atomic(self._manifest_path(number), manifest)
         entry.size = writer.stored_bytes + len(manifest)
         return entry
@@ -266,6 +268,7 @@ class Store:
         # Every pack opened now: a missing one is refused before a process is started for
         # the restore, and a prune meanwhile (another debugger) cannot take them away.
         image.reader.open_packs()
+        packed_files.attach(self, image)
         image.path = self._manifest_path(entry.number)
         offsets["runs"] = []
         try:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from tabulate import tabulate
 
 from binfmt_img.errors import ImageError
+from binfmt_img.formats import identity
 from binfmt_img.formats.model import Image
 from binfmt_img.live.dump import DumpPlan, DumpReport
 from binfmt_img.live.target import Target
@@ -21,7 +22,7 @@ from binfmt_img.store import Entry, Store
 Describe = Callable[[int], str]  # pc -> "main at prog.c:12", or ""
 
 CHECKPOINT_USAGE = """\
-img-checkpoint [NAME] [--store DIR] [--progress]
+img-checkpoint [NAME] [--store DIR] [--progress] [--pack]
 img-checkpoint --delete N|NAME | --prune KEEP | --export N|NAME FILE | --import FILE [NAME]"""
 
 
@@ -39,6 +40,7 @@ def checkpoint_parser() -> argparse.ArgumentParser:
     parser.add_argument("words", nargs="*")
     parser.add_argument("--store")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--pack", action="store_true")  # the mapped files too, as blobs
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--delete", metavar="N|NAME")
     what.add_argument("--prune", metavar="KEEP", type=int)
@@ -100,14 +102,16 @@ def _no_words(args: argparse.Namespace, most: int) -> None:
 
 def take(target: Target, store: Store, name: str | None, describe: Describe,
          progress: Callable[[int, int], None] | None = None,
-         pages: Callable[[DumpPlan], Iterable[tuple[int, memoryview | bytes]]] | None = None
-         ) -> tuple[Entry, DumpReport]:
+         pages: Callable[[DumpPlan], Iterable[tuple[int, memoryview | bytes]]] | None = None,
+         pack: bool = False) -> tuple[Entry, DumpReport]:
     """A checkpoint of the stopped process into the store (img-dump's work, into a store).
     `pages(plan)` gives the page chunks when the adapter must filter them (LLDB's traps)."""
     started = time.monotonic()
     plan = DumpPlan(target, "v1")
     try:
         image = plan.collect()
+        if pack:  # img-checkpoint --pack: the files, stored once in the store's blobs
+            image.packed = identity.pack(image, plan.sources)
         label = describe(image.registers.get("rip", 0))
         chunks = pages(plan) if pages is not None else plan.pages(progress)
         entry = store.add(image, name, chunks, pc_label=label)
