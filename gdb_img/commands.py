@@ -22,6 +22,7 @@ from binfmt_img.live.pids import ask_next_pid
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
+from gdb_img import tree as gdb_tree
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -275,6 +276,7 @@ confirm off` answer it); one with several threads is killed and a fresh one star
         plan = RestorePlan(target, image, via=args.via,
                            progress=_progress(self.name, args.progress),
                            accept_loss=args.accept_loss)
+        tree_restore = gdb_tree.prepare(plan, image, _path(args.file))  # None: one process
         breakpoints = [b for b in gdb.breakpoints() if b.enabled]
         for b in breakpoints:
             b.enabled = False
@@ -282,6 +284,8 @@ confirm off` answer it); one with several threads is killed and a fresh one star
             with _quiet(), _scheduler_locked():
                 plan.check()
                 result = plan.run()
+                if tree_restore is not None:
+                    tree_restore.run()
             assert plan.progress is not None
             plan.progress.finish()
         except (ImageError, RestoreError, KeyboardInterrupt, gdb.error) as error:
@@ -294,6 +298,8 @@ confirm off` answer it); one with several threads is killed and a fresh one star
             gdb.write(f"img-restore: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
+        if tree_restore is not None:
+            gdb.write(f"img-restore: {tree_restore.summary()}\n")
         try:
             if image.signal is not None and elfcore.is_fault(image.signal):
                 _fault_again(report.signal_name(image.signal.number), from_tty)
@@ -337,8 +343,13 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
-Usage: img-dump FILE [--format v0|v1] [--progress]   (or `img dump ...`)
+Usage: img-dump FILE [--format v0|v1] [--progress] [--tree]   (or `img dump ...`)
 With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
+--tree: the process and every descendant (each attached as another inferior just long
+enough; all stopped before any is dumped), the pipes between them with their bytes, process
+groups, sessions and zombies: FILE for the process, FILE.PID beside it for each descendant;
+img-restore FILE brings the tree back (GDB only). Not the default: it stops and attaches
+other processes. Without it, children are named in a warning and left out.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
@@ -351,6 +362,7 @@ format; v0 is the seed's."""
         super().__init__()
         self.parser.add_argument("--format", default="v1", choices=image_file.FORMATS)
         self.parser.add_argument("--progress", action="store_true")
+        self.parser.add_argument("--tree", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
@@ -358,8 +370,9 @@ format; v0 is the seed's."""
             line = _progress(self.name, args.progress)
             target = GdbTarget()
             try:
-                result = dump(target, _path(args.file or _default_image_name()), args.format,
-                          line)
+                path = _path(args.file or _default_image_name())
+                result = (gdb_tree.dump_tree(path, args.format) if args.tree
+                          else dump(target, path, args.format, line))
             finally:
                 target.sync()
                 target.put_back_stop()

@@ -1,0 +1,113 @@
+"""The process tree (binfmt_img/tree): recorded in the root's image by `img-dump --tree`.
+
+Its check, in a process restored as part of a tree (plan.tree set by the front end), takes
+back the losses the tree brings back (its children, its pipes to them) and keeps the pipes
+the tree made (held at high numbers) open through files.py's closing of descriptors. Its late
+restore makes those pipes in the root (once, with their bytes) and puts each process's ends
+at their numbers. Restored alone (LLDB, or a front end without trees), the tree is a loss.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from binfmt_img import tree
+from binfmt_img.errors import RestoreError
+from binfmt_img.fdkinds import F_SETFL, FCNTL, O_CLOEXEC, PIPE2, SETFL_MASK
+from binfmt_img.live import syscalls as sc
+from binfmt_img.state import Kind
+
+if TYPE_CHECKING:
+    from binfmt_img.live.dump import DumpPlan
+    from binfmt_img.live.restore import RestorePlan
+
+ID = 60
+F_SETPIPE_SZ = 1031
+DEFAULT_SIZE = 65536
+
+
+def dump(plan: DumpPlan) -> dict | None:
+    return tree.PENDING.pop(plan.pid, None)
+
+
+def check(plan: RestorePlan, value) -> None:  # noqa: ANN001 - the parsed record
+    tree.validate(value)
+    ctx = getattr(plan, "tree", None)
+    if ctx is None:
+        others = [p.pid for p in value.processes[1:]]
+        plan.losses.append(
+            f"the process tree ({len(others)} more processes: pids "
+            f"{', '.join(map(str, others))}, and {len(value.pipes)} pipes between them): a "
+            "tree comes back only through GDB's img-restore, one inferior per process")
+        return
+    mine = {fd for _, fd, _ in ctx.my_ends()}
+    children = {p.pid for p in value.processes if p.ppid == ctx.pid}
+    plan.losses[:] = [loss for loss in plan.losses
+                      if not _taken_back(loss, children, mine)]
+    temps = set(ctx.temps())
+    plan.live_fds = [fd for fd in plan.live_fds if fd not in temps]
+
+
+def _taken_back(loss: str, children: set[int], fds: set[int]) -> bool:
+    return any(loss.startswith(f"child process {pid} (") for pid in children) or any(
+        loss.startswith(f"fd {fd} (") for fd in fds)
+
+
+def restore(plan: RestorePlan, value) -> None:  # noqa: ANN001
+    ctx = getattr(plan, "tree", None)
+    if ctx is None:
+        return
+    if ctx.root:
+        for i, pipe in enumerate(value.pipes):
+            _make_pipe(plan, pipe, ctx.temp_base + 2 * i)
+    inj = plan.injector
+    for temp, fd, flags in ctx.my_ends():
+        step = f"placing fd {fd} (a pipe of the process tree)"
+        inj.call(sc.DUP3, temp, fd, flags & O_CLOEXEC, step=step)
+        inj.call(FCNTL, fd, F_SETFL, flags & SETFL_MASK, step=step)
+
+
+def _make_pipe(plan: RestorePlan, pipe, temp: int) -> None:  # noqa: ANN001
+    inj = plan.injector
+    inj.reset_data()
+    at = inj.reserve(8)
+    inj.call(PIPE2, at, O_CLOEXEC, step=f"making pipe:[{pipe.inode}] of the process tree")
+    ends = plan.target.read_memory(at, 8)
+    made = (int.from_bytes(ends[:4], "little"), int.from_bytes(ends[4:], "little"))
+    if pipe.size != DEFAULT_SIZE:
+        result = inj.raw(FCNTL, made[0], F_SETPIPE_SZ, pipe.size)
+        if sc.is_error(result):
+            plan.report.warnings.append(f"pipe:[{pipe.inode}]: size {pipe.size} not set: "
+                                        f"{sc.errno_text(result)}")
+    _write(plan.pid, made[1], bytes(pipe.data), pipe.inode)
+    for offset, fd in enumerate(made):
+        if fd != temp + offset:
+            inj.call(sc.DUP3, fd, temp + offset, O_CLOEXEC, step="holding a pipe of the tree")
+            inj.raw(sc.CLOSE, fd)
+
+
+def _write(pid: int, fd: int, data: bytes, inode: int) -> None:
+    """The buffered bytes, written through /proc/PID/fd/N by the debugger: one step."""
+    if not data:
+        return
+    try:
+        out = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+        finally:
+            os.close(out)
+    except OSError as error:
+        raise RestoreError(f"pipe:[{inode}]: writing its {len(data)} buffered bytes back: "
+                           f"{error.strerror}") from None
+
+
+def describe(value) -> str:  # noqa: ANN001
+    procs = ", ".join(f"{p.pid}{' (zombie)' if p.zombie else ''}" for p in value.processes)
+    return f"processes {procs}; {len(value.pipes)} shared pipes"
+
+
+KIND = Kind(id=ID, name="tree", record=tree.Record, dump=dump, check=check, restore=restore,
+            phase="late", describe=describe, order=20)

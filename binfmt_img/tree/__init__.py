@@ -1,0 +1,256 @@
+"""Process trees: a process and its descendants checkpointed and restored together.
+
+A tree image is the root process's image (FILE) holding the "tree" state (kind 60,
+binfmt_img/state/tree.py), plus one ordinary image per live descendant beside it
+(FILE.PID), each named in the record with its SHA-256. The record holds the tree's shape
+(pid, parent, process group, session of every process, zombies with their wait status) and
+what the processes share: every pipe whose ends are all inside the tree, once, with its
+buffered bytes and each holder's (pid, fd, flags). See docs/TREES.md.
+
+This package knows no debugger: it reads /proc (the shape, the pipes) and describes what
+each process must do at the restore (TreeContext). gdb_img/tree.py drives the debugger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import (
+    Bytes,
+    GreedyBytes,
+    Int8ul,
+    Int32sl,
+    Int32ul,
+    Int64ul,
+    PascalString,
+    Prefixed,
+    PrefixedArray,
+    Struct,
+    VarInt,
+)
+
+from binfmt_img.errors import ImageError
+from binfmt_img.live.procfs import stat_fields
+
+ProcessRecord = Struct(
+    "pid" / Int32ul,
+    "ppid" / Int32ul,
+    "pgid" / Int32ul,
+    "sid" / Int32ul,
+    "zombie" / Int8ul,
+    "status" / Int32sl,  # a zombie's wait status (as waitpid gives it)
+    "image" / PascalString(VarInt, "utf8"),  # FILE.PID's name, "" for the root and zombies
+    "digest" / Bytes(32),  # SHA-256 of that file
+    "comm" / PascalString(VarInt, "utf8"),
+)
+PipeEnd = Struct("pid" / Int32ul, "fd" / Int32ul, "flags" / Int32ul)
+PipeRecord = Struct(
+    "inode" / Int64ul,
+    "size" / Int32ul,  # capacity (F_GETPIPE_SZ)
+    "data" / Prefixed(VarInt, GreedyBytes),  # the bytes buffered at the checkpoint
+    "ends" / PrefixedArray(VarInt, PipeEnd),
+)
+Record = Struct(
+    "root" / Int32ul,
+    "processes" / PrefixedArray(VarInt, ProcessRecord),  # the root first, parents first
+    "pipes" / PrefixedArray(VarInt, PipeRecord),
+)
+
+O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
+MAX_FD = 1 << 20
+MAX_PROCESSES = 4096
+# The root's record, handed to the state kind's dump (which runs inside dump()).
+PENDING: dict[int, dict] = {}
+
+
+# ---- the shape, from /proc ----
+
+def children_of(pid: int) -> list[int]:
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def descendants(root: int) -> list[int]:
+    """Every descendant of root, parents before their children."""
+    out, queue = [], [root]
+    while queue:
+        for child in children_of(queue.pop(0)):
+            if child not in out:
+                out.append(child)
+                queue.append(child)
+    return out
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return stat_fields(pid)[3] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def process_record(pid: int) -> dict:
+    f = stat_fields(pid)
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        text = stat.read()
+    comm = text[text.index(b"(") + 1:text.rindex(b")")].decode(errors="replace")
+    zombie = f[3] == "Z"
+    # Field 52, exit_code: the wait status a zombie's parent will get (Linux 3.5).
+    status = int(f[52]) if zombie and len(f) > 52 else 0
+    return {"pid": pid, "ppid": int(f[4]), "pgid": int(f[5]), "sid": int(f[6]),
+            "zombie": int(zombie), "status": status, "image": "", "digest": bytes(32),
+            "comm": comm[:64]}
+
+
+def _pipe_fds(pid: int) -> list[tuple[int, int, int]]:
+    """(fd, inode, fdinfo flags) of each pipe descriptor of pid."""
+    out = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            if not link.startswith("pipe:["):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}") as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+        except OSError:
+            continue
+        out.append((int(name), int(link[6:-1]), int(fields["flags"].strip(), 8)))
+    return out
+
+
+def shared_pipes(pids: list[int], read: Any) -> tuple[list[dict], list[str]]:
+    """The pipes all of whose holders are among pids (pipes held elsewhere too stay the
+    processes' own business: their images record them as lost). `read(pid, fd)` returns
+    (capacity, buffered bytes) without taking them. Returns the records and warnings."""
+    by_inode: dict[int, list[tuple[int, int, int]]] = {}
+    for pid in pids:
+        for fd, inode, flags in _pipe_fds(pid):
+            by_inode.setdefault(inode, []).append((pid, fd, flags))
+    outside = _held_outside(set(pids), set(by_inode))
+    pipes, warnings = [], []
+    for inode, ends in sorted(by_inode.items()):
+        if len({pid for pid, _, _ in ends}) < 2:
+            continue  # one process's own pipe: its image brings it back
+        if inode in outside:
+            warnings.append(f"pipe:[{inode}] is also open in {outside[inode]}, outside the "
+                            "tree: not restored")
+            continue
+        size, data = read(ends[0][0], ends[0][1])
+        pipes.append({"inode": inode, "size": size, "data": data,
+                      "ends": [{"pid": p, "fd": fd, "flags": fl} for p, fd, fl in ends]})
+    return pipes, warnings
+
+
+def _held_outside(pids: set[int], inodes: set[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    links = {f"pipe:[{i}]": i for i in inodes}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in pids:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                inode = links.get(os.readlink(f"/proc/{name}/fd/{fd}"))
+            except OSError:
+                continue
+            if inode is not None:
+                found.setdefault(inode, f"process {name} ({_comm(name)})")
+    return found
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def digest(path: str) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+# ---- the restore side ----
+
+def validate(value: Any) -> None:
+    """The record is untrusted: its shape must be a tree rooted at the root, names plain."""
+    procs = list(value.processes)
+    if not procs or len(procs) > MAX_PROCESSES or procs[0].pid != value.root:
+        raise ImageError("tree state: the root is not the first process")
+    seen: set[int] = set()
+    for proc in procs:
+        if not 1 < proc.pid < 1 << 22 or proc.pid in seen:
+            raise ImageError(f"tree state: pid {proc.pid} is not valid here")
+        if proc is not procs[0] and proc.ppid not in seen:
+            raise ImageError(f"tree state: process {proc.pid} comes before its parent")
+        if proc is not procs[0] and not proc.zombie and (
+                not proc.image or "/" in proc.image or proc.image in (".", "..")):
+            raise ImageError(f"tree state: process {proc.pid}'s image name is not valid")
+        seen.add(proc.pid)
+    for pipe in value.pipes:
+        for end in pipe.ends:
+            if end.pid not in seen or not 2 < end.fd < MAX_FD or \
+                    end.flags & O_ACCMODE not in (0, O_WRONLY):
+                raise ImageError(f"tree state: pipe:[{pipe.inode}] has an end that cannot "
+                                 "be restored")
+        if not 4096 <= pipe.size <= 1 << 30 or len(pipe.data) > pipe.size:
+            raise ImageError(f"tree state: pipe:[{pipe.inode}]'s size is not valid")
+
+
+@dataclass
+class TreeContext:
+    """What one process of a tree does at its restore (set as plan.tree before check())."""
+
+    pid: int  # the process's pid in the image
+    root: bool
+    record: Any
+    temp_base: int  # pipe i's read end is held at temp_base + 2i, its write end at + 1
+    pids: set[int] = field(default_factory=set)  # every process of the tree
+
+    def temps(self) -> list[int]:
+        return [self.temp_base + i for i in range(2 * len(self.record.pipes))]
+
+    def my_ends(self) -> list[tuple[int, int, int]]:
+        """(temp fd, fd, flags) of each pipe end this process holds."""
+        out = []
+        for i, pipe in enumerate(self.record.pipes):
+            for end in pipe.ends:
+                if end.pid == self.pid:
+                    temp = self.temp_base + 2 * i + (1 if end.flags & O_WRONLY else 0)
+                    out.append((temp, end.fd, end.flags))
+        return out
+
+
+def temp_base(record: Any, images: list[Any]) -> int:
+    """A descriptor number above every one any process of the tree has."""
+    top = 2
+    for image in images:
+        top = max([top] + [f.fd for f in image.files or []])
+        entries = getattr(image.states.get("descriptors"), "entries", [])
+        top = max([top] + [e.fd for e in entries])
+    for pipe in record.pipes:
+        top = max([top] + [end.fd for end in pipe.ends])
+    return top + 1
