@@ -159,6 +159,7 @@ def prepare(plan: RestorePlan, image: Any, path: str) -> TreeRestore | None:
         images[proc.pid] = image_file.load(file)
     base = tree.temp_base(value, [image, *images.values()])
     pids = {p.pid for p in value.processes}
+    tree.keep_pids_free(pids)
     plan.tree = tree.TreeContext(value.root, True, value, base, pids)  # type: ignore[attr-defined]
     return TreeRestore(plan, value, images, base)
 

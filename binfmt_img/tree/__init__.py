@@ -33,6 +33,7 @@ from construct import (
 )
 
 from binfmt_img.errors import ImageError
+from binfmt_img.live.pids import NS_LAST_PID
 from binfmt_img.live.procfs import stat_fields
 
 ProcessRecord = Struct(
@@ -194,6 +195,21 @@ def digest(path: str) -> bytes:
 
 
 # ---- the restore side ----
+
+def keep_pids_free(pids: set[int]) -> None:
+    """The kernel hands out pids in turn: a tree's children had the pids just after their
+    parent's, which are the next ones anyone on the machine gets. Moving ns_last_pid past the
+    tree's highest pid (with the privilege it needs; else nothing) leaves them for clone3's
+    set_tid. Best effort, as binfmt_img/live/pids.py."""
+    top = max(pids)
+    try:
+        with open(NS_LAST_PID) as f:
+            last = int(f.read())
+        if last < top:
+            with open(NS_LAST_PID, "w") as f:
+                f.write(str(top))
+    except (OSError, ValueError):
+        pass
 
 def validate(value: Any) -> None:
     """The record is untrusted: its shape must be a tree rooted at the root, names plain."""
