@@ -157,6 +157,9 @@ def prepare(plan: RestorePlan, image: Any, path: str) -> TreeRestore | None:
             raise ImageError(f"the tree's image of process {proc.pid} ({file}) is not the "
                              "one dumped with it (SHA-256 differs)")
         images[proc.pid] = image_file.load(file)
+    for proc in value.processes[1:]:
+        if not proc.zombie:
+            tree.check_inherited(proc, images[proc.pid], images.get(proc.ppid, image))
     base = tree.temp_base(value, [image, *images.values()])
     pids = {p.pid for p in value.processes}
     tree.keep_pids_free(pids)
@@ -284,6 +287,7 @@ class TreeRestore:
             return
         image = self.images[kid.pid]
         plan = RestorePlan(target, image, accept_loss=self.accept_loss)
+        plan.keep_mapped = [(r.start, r.end) for r in kid.inherited]
         image.states["tree"] = self.record
         plan.tree = tree.TreeContext(kid.pid, False, self.record, self.base,  # type: ignore[attr-defined]
                                      {p.pid for p in self.record.processes})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from binfmt_img import tree
 from binfmt_img.errors import RestoreError
-from binfmt_img.fdkinds import F_SETFL, FCNTL, O_CLOEXEC, PIPE2, SETFL_MASK
+from binfmt_img.fdkinds import F_DUPFD_CLOEXEC, F_SETFL, FCNTL, O_CLOEXEC, PIPE2, SETFL_MASK
 from binfmt_img.live import syscalls as sc
 from binfmt_img.state import Kind
 
@@ -60,7 +60,7 @@ def restore(plan: RestorePlan, value) -> None:  # noqa: ANN001
         return
     if ctx.root:
         for i, pipe in enumerate(value.pipes):
-            _make_pipe(plan, pipe, ctx.temp_base + 2 * i)
+            _make_pipe(plan, pipe, ctx.temp_base + 2 * i, ctx.temps()[-1] + 1)
     inj = plan.injector
     for temp, fd, flags in ctx.my_ends():
         step = f"placing fd {fd} (a pipe of the process tree)"
@@ -68,7 +68,7 @@ def restore(plan: RestorePlan, value) -> None:  # noqa: ANN001
         inj.call(FCNTL, fd, F_SETFL, flags & SETFL_MASK, step=step)
 
 
-def _make_pipe(plan: RestorePlan, pipe, temp: int) -> None:  # noqa: ANN001
+def _make_pipe(plan: RestorePlan, pipe, temp: int, above: int) -> None:  # noqa: ANN001
     inj = plan.injector
     inj.reset_data()
     at = inj.reserve(8)
@@ -81,10 +81,14 @@ def _make_pipe(plan: RestorePlan, pipe, temp: int) -> None:  # noqa: ANN001
             plan.report.warnings.append(f"pipe:[{pipe.inode}]: size {pipe.size} not set: "
                                         f"{sc.errno_text(result)}")
     _write(plan.pid, made[1], bytes(pipe.data), pipe.inode)
-    for offset, fd in enumerate(made):
-        if fd != temp + offset:
-            inj.call(sc.DUP3, fd, temp + offset, O_CLOEXEC, step="holding a pipe of the tree")
-            inj.raw(sc.CLOSE, fd)
+    step = "holding a pipe of the tree"
+    # Both ends moved above every temporary number first: pipe2 may have landed on them.
+    high = [inj.call(FCNTL, fd, F_DUPFD_CLOEXEC, above, step=step) for fd in made]
+    for fd in made:
+        inj.raw(sc.CLOSE, fd)
+    for offset, fd in enumerate(high):
+        inj.call(sc.DUP3, fd, temp + offset, O_CLOEXEC, step=step)
+        inj.raw(sc.CLOSE, fd)
 
 
 def _write(pid: int, fd: int, data: bytes, inode: int) -> None:

@@ -34,7 +34,7 @@ from construct import (
 
 from binfmt_img.errors import ImageError
 from binfmt_img.live.pids import NS_LAST_PID
-from binfmt_img.live.procfs import stat_fields
+from binfmt_img.live.procfs import read_maps, stat_fields
 
 ProcessRecord = Struct(
     "pid" / Int32ul,
@@ -46,6 +46,9 @@ ProcessRecord = Struct(
     "image" / PascalString(VarInt, "utf8"),  # FILE.PID's name, "" for the root and zombies
     "digest" / Bytes(32),  # SHA-256 of that file
     "comm" / PascalString(VarInt, "utf8"),
+    # Shared memory mapped as its parent has it (the same object at the same addresses):
+    # inherited again from the restored parent, so that it stays one object.
+    "inherited" / PrefixedArray(VarInt, Struct("start" / Int64ul, "end" / Int64ul)),
 )
 PipeEnd = Struct("pid" / Int32ul, "fd" / Int32ul, "flags" / Int32ul)
 PipeRecord = Struct(
@@ -110,9 +113,23 @@ def process_record(pid: int) -> dict:
     zombie = f[3] == "Z"
     # Field 52, exit_code: the wait status a zombie's parent will get (Linux 3.5).
     status = int(f[52]) if zombie and len(f) > 52 else 0
-    return {"pid": pid, "ppid": int(f[4]), "pgid": int(f[5]), "sid": int(f[6]),
+    ppid = int(f[4])
+    return {"pid": pid, "ppid": ppid, "pgid": int(f[5]), "sid": int(f[6]),
             "zombie": int(zombie), "status": status, "image": "", "digest": bytes(32),
-            "comm": comm[:64]}
+            "comm": comm[:64], "inherited": [] if zombie else _inherited(pid, ppid)}
+
+
+def _inherited(pid: int, ppid: int) -> list[dict]:
+    """Shared anonymous memory and memfd mappings that pid maps where its parent maps the
+    same object."""
+    try:
+        parent = {(m.start, m.end, m.device, m.inode) for m in read_maps(ppid)
+                  if m.shared_object in ("anon", "memfd")}
+        mine = [m for m in read_maps(pid) if m.shared_object in ("anon", "memfd")]
+    except OSError:
+        return []
+    return [{"start": m.start, "end": m.end} for m in mine
+            if (m.start, m.end, m.device, m.inode) in parent]
 
 
 def _pipe_fds(pid: int) -> list[tuple[int, int, int]]:
@@ -226,6 +243,9 @@ def validate(value: Any) -> None:
                 not proc.image or "/" in proc.image or proc.image in (".", "..")):
             raise ImageError(f"tree state: process {proc.pid}'s image name is not valid")
         seen.add(proc.pid)
+        if any(not r.start < r.end <= 1 << 47 or r.start % 4096 or r.end % 4096
+               for r in proc.inherited):
+            raise ImageError(f"tree state: process {proc.pid}'s shared memory is not valid")
     for pipe in value.pipes:
         for end in pipe.ends:
             if end.pid not in seen or not 2 < end.fd < MAX_FD or \
@@ -234,6 +254,16 @@ def validate(value: Any) -> None:
                                  "be restored")
         if not 4096 <= pipe.size <= 1 << 30 or len(pipe.data) > pipe.size:
             raise ImageError(f"tree state: pipe:[{pipe.inode}]'s size is not valid")
+
+
+def check_inherited(proc: Any, image: Any, parent: Any) -> None:
+    """Each range kept from the parent is a shared mapping of both images, the same range."""
+    def shared(img: Any) -> set[tuple[int, int]]:
+        return {(v.start, v.end) for v in img.vmas if v.is_shared and not v.is_file}
+    for r in proc.inherited:
+        if (r.start, r.end) not in shared(image) & shared(parent):
+            raise ImageError(f"tree state: process {proc.pid}'s shared memory at "
+                             f"{r.start:#x} is not in its image and its parent's")
 
 
 @dataclass

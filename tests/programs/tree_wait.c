@@ -1,0 +1,48 @@
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "selfcheck.h"
+/* A parent blocked in waitpid at the checkpoint for a child that exits after the restore; a
+   zombie child reaped after it; a counter in shared anonymous memory that parent and child
+   both increment; the child's pid as fork gave it. */
+int main(void) {
+    volatile long *counter = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int report[2];
+    if (counter == MAP_FAILED || pipe(report))
+        return 1;
+    *counter = 1;
+    pid_t zombie = fork();
+    if (zombie == 0)
+        _exit(5);
+    pid_t late = fork();
+    if (late == 0) {
+        close(report[0]);
+        __atomic_add_fetch(counter, 10, __ATOMIC_SEQ_CST);
+        sleep(3); /* the checkpoint comes meanwhile */
+        __atomic_add_fetch(counter, 100, __ATOMIC_SEQ_CST);
+        pid_t me = getpid();
+        write(report[1], &me, sizeof me);
+        _exit(7);
+    }
+    close(report[1]);
+    siginfo_t info;
+    waitid(P_PID, zombie, &info, WEXITED | WNOWAIT); /* a zombie from here on */
+    __atomic_add_fetch(counter, 1000, __ATOMIC_SEQ_CST);
+    printf("waiting\n");
+    fflush(stdout);
+    int status;
+    pid_t got = waitpid(late, &status, 0); /* the checkpoint is taken in here */
+    CHECK(got == late && WIFEXITED(status) && WEXITSTATUS(status) == 7,
+          "waitpid gets the late child's status (%d, %#x)", (int)got, status);
+    got = waitpid(zombie, &status, 0);
+    CHECK(got == zombie && WIFEXITED(status) && WEXITSTATUS(status) == 5,
+          "the zombie is reaped with its status (%d, %#x)", (int)got, status);
+    CHECK(*counter == 1111, "the shared counter has every increment (%ld)", *counter);
+    pid_t reported = 0;
+    read(report[0], &reported, sizeof reported);
+    printf("child pid %s\n", reported == late ? "kept" : "changed");
+    return 0;
+}
