@@ -41,7 +41,12 @@ RLIMIT_CORE = 4
 
 
 def _select(inferior: gdb.Inferior) -> None:
-    gdb.execute(f"inferior {inferior.num}", to_string=True)
+    """Switch to an inferior quietly (the `inferior` command prints where it is)."""
+    threads = [t for t in inferior.threads() if t.is_valid()]
+    if threads:
+        min(threads, key=lambda t: t.num).switch()
+    else:
+        gdb.execute(f"inferior {inferior.num}", to_string=True)
 
 
 def _inferior_of(pid: int) -> gdb.Inferior | None:
@@ -247,6 +252,7 @@ class TreeRestore:
         return None
 
     def _fork(self, inj: Injector, kid: Any) -> int:
+        tree.keep_pids_free({kid.pid})
         inj.reset_data()
         tid = inj.put(struct.pack("<i", kid.pid))
         args = inj.put(CLONE_ARGS.pack(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, tid, 1, 0))
