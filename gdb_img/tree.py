@@ -284,14 +284,15 @@ class TreeRestore:
         self.inferiors[kid.pid] = inferior
         STARTED_HERE.add(pid)  # GDB's quit ends the tree as it ends what it started
         _select(inferior)
-        target = GdbTarget()
+        image = self.images.get(kid.pid)
+        target = GdbTarget(image.exe_path if image is not None else None)
         inj = Injector(counting(target))
         inj.scratch = scratch  # the parent's scratch area, copied by the fork
         self._group(inj, kid, pid)
         if kid.zombie:
             self._exit(inj, target, kid, pid)
             return
-        image = self.images[kid.pid]
+        assert image is not None
         plan = RestorePlan(target, image, accept_loss=self.accept_loss)
         plan.keep_mapped = [(r.start, r.end) for r in kid.inherited]
         image.states["tree"] = self.record
@@ -300,8 +301,9 @@ class TreeRestore:
         plan.check()
         result = plan.run()
         target.sync()
+        said = set(self.root_plan.report.warnings)  # the standard streams' rule, say
         self.warnings += [f"process {kid.pid}: {w}" for w in result.warnings
-                          if "the checkpoint had" not in w]
+                          if "the checkpoint had" not in w and w not in said]
         self._children(kid.pid)
 
     def _group(self, inj: Injector, kid: Any, pid: int) -> None:

@@ -3,7 +3,6 @@ per process; LLDB refuses a tree, naming why."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -29,11 +28,12 @@ def dump_tree(program: Path, image: Path, *args: str, breakpoint: str = "checkpo
         gdb.console(f"break {breakpoint}")
         stop = gdb.until_stopped(f"run {' '.join(args)} > {part1}")
         assert stop.get("reason") == "breakpoint-hit", stop
+        before = part1.read_text()
         said = gdb.console(f"img-dump {image} --tree")
         gdb.console("kill")
     finally:
         gdb.close()
-    return part1.read_text(), said
+    return before, said
 
 
 def _alive(gdb: Gdb, number: int) -> bool:
@@ -42,7 +42,7 @@ def _alive(gdb: Gdb, number: int) -> bool:
                for line in text.splitlines())
 
 
-def restore_tree(image: Path, out: Path, *, options: str = "",
+def restore_tree(image: Path, out: Path, *, options: str = "", cwd: Path | None = None,
                  checks: tuple[str, ...] = ()) -> tuple[str, list[str]]:
     """In a fresh GDB: img-restore the tree, run the checks (GDB commands) at the
     checkpoint, then continue until the root process (inferior 1) has exited. Returns what
@@ -51,6 +51,8 @@ def restore_tree(image: Path, out: Path, *, options: str = "",
     try:
         gdb.console(GDB_SIGNALS)
         gdb.console(f"set args > {out}")
+        if cwd is not None:
+            gdb.console(f"cd {cwd}")
         said = gdb.console(f"img-restore {image} {options}".strip())
         answers = [gdb.console(command) for command in checks]
         for _ in range(12):  # each exit of a process stops all of them: continue again
@@ -103,14 +105,17 @@ def _privileged() -> bool:
         return False
 
 
-def dump_tree_while_running(program: Path, image: Path, mark: str) -> str:
-    """Run under GDB, interrupt it once it printed `mark` (the parent blocked in waitpid
-    soon after), dump the tree."""
-    part1 = program.parent / f"{program.name}.part1"
+def dump_tree_while_running(program: Path, image: Path, mark: str, args: str = "",
+                            cwd: Path | None = None) -> str:
+    """Run under GDB, interrupt it once it printed `mark` (and a moment more), dump the
+    tree; returns what was printed by then (the descendants, let go, print on)."""
+    part1 = image.parent / f"{program.name}.part1"
     gdb = Gdb(str(program))
     try:
         gdb.console(GDB_SIGNALS)
-        gdb.console(f"run > {part1} &")
+        if cwd is not None:
+            gdb.console(f"cd {cwd}")
+        gdb.console(f"run {args} > {part1} &")
         deadline = time.monotonic() + 20
         while mark not in (part1.read_text() if part1.exists() else ""):
             assert time.monotonic() < deadline, "the program never got to the checkpoint"
@@ -118,11 +123,13 @@ def dump_tree_while_running(program: Path, image: Path, mark: str) -> str:
         time.sleep(0.2)
         stop = gdb.interrupt()
         assert stop.get("reason") == "signal-received", stop
-        gdb.console(f"img-dump {image} --tree")
+        before = part1.read_text()
+        said = gdb.console(f"img-dump {image} --tree")
+        assert "img-dump:" in said, said
         gdb.console("kill")
     finally:
         gdb.close()
-    return part1.read_text()
+    return before
 
 
 def test_waitpid_zombie_and_shared_counter(tmp_path: Path) -> None:
@@ -144,3 +151,62 @@ def test_waitpid_zombie_and_shared_counter(tmp_path: Path) -> None:
                     "(clone3 set_tid); the rest passed")
     assert "child pid kept" in text, text
     assert not re.search(r"\(was \d+\) (inferior [2-9]|a zombie)", said), said
+
+
+def test_lldb_refuses_a_tree_naming_why(tmp_path: Path) -> None:
+    """LLDB restores one process: a tree image is refused before any change, one line
+    naming the tree and why; the same image restores in GDB (the tests above)."""
+    program = compile_program("tree_pipes", tmp_path)
+    image = tmp_path / "tree.img"
+    dump_tree(program, image)
+    refused = lldb_batch(f"img-restore {image}")
+    text = refused.stdout + refused.stderr
+    assert "the process tree (2 more processes" in text, text
+    assert "comes back only through GDB's img-restore" in text, text
+    assert len([line for line in text.splitlines() if "img-restore:" in line
+                and "would not bring back" in line]) == 1, text
+
+
+MAKEFILE = """all: a b c d
+a:
+\t@sleep 1; echo a done
+b:
+\t@sleep 4; echo b done
+c:
+\t@sleep 1; echo c done
+d: a
+\t@sleep 1; echo d done
+"""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_j2_checkpointed_midway(tmp_path: Path) -> None:
+    """make -j2 (make, its shells, their sleeps: five processes, make's jobserver pipe)
+    checkpointed after the first recipe finishes the run as an uninterrupted one does."""
+    (tmp_path / "Makefile").write_text(MAKEFILE)
+    make = Path(shutil.which("make") or "make")
+    expected = subprocess.run([make, "-j2", "-s"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True, timeout=60).stdout
+    image = tmp_path / "make.img"
+    before = dump_tree_while_running(make, image, "a done", "-j2 -s", cwd=tmp_path)
+    out = tmp_path / "after"
+    said, _ = restore_tree(image, out, cwd=tmp_path)
+    assert "process tree of" in said, said
+    assert before + out.read_text() == expected, said
+
+
+PIPELINE = "for i in 1 2 3 4; do echo $i; sleep 1; done | while read x; do echo got $x; done"
+
+
+def test_shell_pipeline_checkpointed_midway(tmp_path: Path) -> None:
+    """sh -c 'a | b': the shell, both sides of the pipe (subshells) and a sleep, the pipe
+    between them made once and inherited: the output is an uninterrupted run's."""
+    shell = Path("/bin/sh")
+    expected = subprocess.run([shell, "-c", PIPELINE], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+    image = tmp_path / "sh.img"
+    before = dump_tree_while_running(shell, image, "got 2", f"-c '{PIPELINE}'")
+    out = tmp_path / "after"
+    said, _ = restore_tree(image, out)
+    assert "process tree of" in said, said
+    assert before + out.read_text() == expected, said

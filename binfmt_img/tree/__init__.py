@@ -166,6 +166,8 @@ def shared_pipes(pids: list[int], read: Any) -> tuple[list[dict], list[str]]:
         if len({pid for pid, _, _ in ends}) < 2:
             continue  # one process's own pipe: its image brings it back
         if inode in outside:
+            if all(fd < 3 for _, fd, _ in ends):
+                continue  # standard streams from outside: the debugger's (the stdio rule)
             warnings.append(f"pipe:[{inode}] is also open in {outside[inode]}, outside the "
                             "tree: not restored")
             continue
@@ -248,7 +250,7 @@ def validate(value: Any) -> None:
             raise ImageError(f"tree state: process {proc.pid}'s shared memory is not valid")
     for pipe in value.pipes:
         for end in pipe.ends:
-            if end.pid not in seen or not 2 < end.fd < MAX_FD or \
+            if end.pid not in seen or not 0 <= end.fd < MAX_FD or \
                     end.flags & O_ACCMODE not in (0, O_WRONLY):
                 raise ImageError(f"tree state: pipe:[{pipe.inode}] has an end that cannot "
                                  "be restored")
