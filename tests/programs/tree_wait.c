@@ -19,18 +19,21 @@ int main(void) {
         _exit(5);
     pid_t late = fork();
     if (late == 0) {
+        setsid(); /* its own session and process group */
         close(report[0]);
         __atomic_add_fetch(counter, 10, __ATOMIC_SEQ_CST);
         sleep(3); /* the checkpoint comes meanwhile */
         __atomic_add_fetch(counter, 100, __ATOMIC_SEQ_CST);
-        pid_t me = getpid();
-        write(report[1], &me, sizeof me);
+        pid_t me[3] = {getpid(), getsid(0), getpgid(0)};
+        write(report[1], me, sizeof me);
         _exit(7);
     }
     close(report[1]);
     siginfo_t info;
     waitid(P_PID, zombie, &info, WEXITED | WNOWAIT); /* a zombie from here on */
     __atomic_add_fetch(counter, 1000, __ATOMIC_SEQ_CST);
+    while (getsid(late) != late) /* the child's setsid */
+        usleep(1000);
     printf("waiting\n");
     fflush(stdout);
     int status;
@@ -41,8 +44,11 @@ int main(void) {
     CHECK(got == zombie && WIFEXITED(status) && WEXITSTATUS(status) == 5,
           "the zombie is reaped with its status (%d, %#x)", (int)got, status);
     CHECK(*counter == 1111, "the shared counter has every increment (%ld)", *counter);
-    pid_t reported = 0;
-    read(report[0], &reported, sizeof reported);
-    printf("child pid %s\n", reported == late ? "kept" : "changed");
+    pid_t reported[3] = {0};
+    read(report[0], reported, sizeof reported);
+    CHECK(reported[1] == reported[0] && reported[2] == reported[0],
+          "the child leads its own session and group (%d %d %d)", (int)reported[0],
+          (int)reported[1], (int)reported[2]);
+    printf("child pid %s\n", reported[0] == late ? "kept" : "changed");
     return 0;
 }
