@@ -96,6 +96,12 @@ def dump_tree(path: str, fmt: str) -> DumpReport:
         raise RestoreError("--tree needs the v1 format")
     root_inferior = gdb.selected_inferior()
     root = root_inferior.pid
+    if not root:
+        raise RestoreError("no live process to dump")
+    if not tree.descendants(root):
+        one = _dump_one(path, fmt, ())
+        one.warnings.append("--tree: the process has no children; an image of it alone")
+        return one
     attached: dict[int, gdb.Inferior] = {}
     try:
         while True:  # until no new process appears: each stops once attached
@@ -310,6 +316,11 @@ class TreeRestore:
         """The child's session and process group, as the checkpoint had them."""
         if kid.sid == kid.pid:
             inj.call(SETSID, step=f"making process {kid.pid} a session leader")
+            return
+        parent = next(p for p in self.record.processes if p.pid == kid.ppid)
+        if kid.sid != parent.sid:
+            self.warnings.append(f"process {kid.pid}: session {kid.sid} (not its own nor its "
+                                 "parent's) not recreated: it stays in its parent's")
             return
         pgid = self.live.get(kid.pgid, kid.pgid)
         if kid.pgid == kid.pid:
