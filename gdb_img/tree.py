@@ -25,6 +25,7 @@ import gdb
 from binfmt_img import tree
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.fdkinds.pipe import _buffered
+from binfmt_img.fdkinds.unix import unix_sockets
 from binfmt_img.formats import image_file
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.dump import DumpReport, dump
@@ -115,8 +116,10 @@ def dump_tree(path: str, fmt: str) -> DumpReport:
         records = [tree.process_record(p) for p in [root] + pids]
         live = [root] + [p for p in pids if p in attached]
         pipes, warnings = tree.shared_pipes(live, _buffered)
-        hide = tuple(f"pipe:[{p['inode']}]" for p in pipes) + ("children are not in",)
-        total = DumpReport(warnings=warnings)
+        sockets, more = tree.shared_sockets(live, unix_sockets())
+        hide = tuple(f"pipe:[{p['inode']}]" for p in pipes) + tuple(
+            f"socket:[{i}]" for s in sockets for i in s["inodes"]) + ("children are not in",)
+        total = DumpReport(warnings=warnings + more)
         for record in records[1:]:
             if record["zombie"]:
                 continue
@@ -126,12 +129,15 @@ def dump_tree(path: str, fmt: str) -> DumpReport:
             record["image"] = os.path.basename(child_path)
             record["digest"] = tree.digest(child_path)
         _select(root_inferior)
-        tree.PENDING[root] = {"root": root, "processes": records, "pipes": pipes}
+        tree.PENDING[root] = {"root": root, "processes": records, "pipes": pipes,
+                              "sockets": sockets}
         _add(total, _dump_one(path, fmt, hide), "")
         total.bytes += os.path.getsize(path)
         return total
     finally:
         tree.PENDING.pop(root, None)
+        tree.PEEK.clear()
+        tree.PEEKED.clear()
         for inferior in attached.values():
             _let_go(inferior, root_inferior)
         _select(root_inferior)

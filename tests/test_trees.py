@@ -210,3 +210,16 @@ def test_shell_pipeline_checkpointed_midway(tmp_path: Path) -> None:
     said, _ = restore_tree(image, out)
     assert "process tree of" in said, said
     assert before + out.read_text() == expected, said
+
+
+def test_socket_pairs_between_processes(tmp_path: Path) -> None:
+    """Unix socket pairs between parent and child, data queued both ways and datagrams
+    queued at the checkpoint: made once in the root, inherited, the data where it was."""
+    program = compile_program("tree_sockets", tmp_path)
+    image = tmp_path / "sockets.img"
+    before, _ = dump_tree(program, image)
+    out = tmp_path / "after"
+    said, _ = restore_tree(image, out)
+    assert "process tree of 2" in said, said
+    _skip_if_pid_taken(said)
+    passes(before + out.read_text() + said, 4)

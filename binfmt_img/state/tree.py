@@ -10,11 +10,22 @@ at their numbers. Restored alone (LLDB, or a front end without trees), the tree 
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING
 
 from binfmt_img import tree
 from binfmt_img.errors import RestoreError
-from binfmt_img.fdkinds import F_DUPFD_CLOEXEC, F_SETFL, FCNTL, O_CLOEXEC, PIPE2, SETFL_MASK
+from binfmt_img.fdkinds import (
+    F_DUPFD_CLOEXEC,
+    F_SETFL,
+    FCNTL,
+    O_CLOEXEC,
+    PIPE2,
+    SETFL_MASK,
+    Lost,
+    Restorer,
+    unix,
+)
 from binfmt_img.live import syscalls as sc
 from binfmt_img.state import Kind
 
@@ -28,7 +39,19 @@ DEFAULT_SIZE = 65536
 
 
 def dump(plan: DumpPlan) -> dict | None:
-    return tree.PENDING.pop(plan.pid, None)
+    """Peeks at what the tree's socket pairs hold on this process's ends; the root's dump
+    also records the tree (the other processes were dumped first)."""
+    for fd, sock_type, key in tree.PEEK.pop(plan.pid, []):
+        try:
+            tree.PEEKED[key] = unix._peek_all(plan, fd, sock_type)  # noqa: SLF001
+        except Lost as why:
+            raise RestoreError(f"fd {fd}: {why}") from None
+    record = tree.PENDING.pop(plan.pid, None)
+    if record is not None:
+        for pair in record["sockets"]:
+            pair["queued"] = [tree.PEEKED.pop((pair["inodes"][0], side), [])
+                              for side in (0, 1)]
+    return record
 
 
 def check(plan: RestorePlan, value) -> None:  # noqa: ANN001 - the parsed record
@@ -38,7 +61,8 @@ def check(plan: RestorePlan, value) -> None:  # noqa: ANN001 - the parsed record
         others = [p.pid for p in value.processes[1:]]
         plan.losses.append(
             f"the process tree ({len(others)} more processes: pids "
-            f"{', '.join(map(str, others))}, and {len(value.pipes)} pipes between them): a "
+            f"{', '.join(map(str, others))}, and {len(value.pipes) + len(value.sockets)} pipes "
+            "and socket pairs between them): a "
             "tree comes back only through GDB's img-restore, one inferior per process")
         return
     mine = {fd for _, fd, _ in ctx.my_ends()}
@@ -59,8 +83,11 @@ def restore(plan: RestorePlan, value) -> None:  # noqa: ANN001
     if ctx is None:
         return
     if ctx.root:
+        above = ctx.temps()[-1] + 1
         for i, pipe in enumerate(value.pipes):
-            _make_pipe(plan, pipe, ctx.temp_base + 2 * i, ctx.temps()[-1] + 1)
+            _make_pipe(plan, pipe, ctx.temp_base + 2 * i, above)
+        for j, pair in enumerate(value.sockets):
+            _make_pair(plan, pair, ctx.socket_temp(j), above)
     inj = plan.injector
     for temp, fd, flags in ctx.my_ends():
         step = f"placing fd {fd} (a pipe of the process tree)"
@@ -81,8 +108,29 @@ def _make_pipe(plan: RestorePlan, pipe, temp: int, above: int) -> None:  # noqa:
             plan.report.warnings.append(f"pipe:[{pipe.inode}]: size {pipe.size} not set: "
                                         f"{sc.errno_text(result)}")
     _write(plan.pid, made[1], bytes(pipe.data), pipe.inode)
-    step = "holding a pipe of the tree"
-    # Both ends moved above every temporary number first: pipe2 may have landed on them.
+    _hold(plan, made, temp, above)
+
+
+def _make_pair(plan: RestorePlan, pair, temp: int, above: int) -> None:  # noqa: ANN001
+    inj = plan.injector
+    inj.reset_data()
+    at = inj.reserve(8)
+    step = f"making the socket pair socket:[{pair.inodes[0]}] of the process tree"
+    inj.call(unix.SOCKETPAIR, socket.AF_UNIX, pair.type | sc.O_CLOEXEC, 0, at, step=step)
+    ends = plan.target.read_memory(at, 8)
+    made = (int.from_bytes(ends[:4], "little"), int.from_bytes(ends[4:], "little"))
+    ctx = Restorer(plan, high=above)
+    for side, sender in ((0, made[1]), (1, made[0])):  # each side's data sent from the other
+        for message in pair.queued[side]:
+            unix._send(ctx, sender, bytes(message), step)  # noqa: SLF001
+    _hold(plan, made, temp, above)
+
+
+def _hold(plan: RestorePlan, made: tuple[int, int], temp: int, above: int) -> None:
+    """The two new descriptors made held at temp and temp + 1."""
+    inj = plan.injector
+    step = "holding a pipe or socket of the tree"
+    # Both moved above every temporary number first: they may have landed on them.
     high = [inj.call(FCNTL, fd, F_DUPFD_CLOEXEC, above, step=step) for fd in made]
     for fd in made:
         inj.raw(sc.CLOSE, fd)
@@ -110,7 +158,8 @@ def _write(pid: int, fd: int, data: bytes, inode: int) -> None:
 
 def describe(value) -> str:  # noqa: ANN001
     procs = ", ".join(f"{p.pid}{' (zombie)' if p.zombie else ''}" for p in value.processes)
-    return f"processes {procs}; {len(value.pipes)} shared pipes"
+    return (f"processes {procs}; {len(value.pipes)} shared pipes, {len(value.sockets)} "
+            "shared socket pairs")
 
 
 KIND = Kind(id=ID, name="tree", record=tree.Record, dump=dump, check=check, restore=restore,

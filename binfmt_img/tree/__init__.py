@@ -57,17 +57,32 @@ PipeRecord = Struct(
     "data" / Prefixed(VarInt, GreedyBytes),  # the bytes buffered at the checkpoint
     "ends" / PrefixedArray(VarInt, PipeEnd),
 )
+Messages = PrefixedArray(VarInt, Prefixed(VarInt, GreedyBytes))
+SocketEnd = Struct("pid" / Int32ul, "fd" / Int32ul, "flags" / Int32ul, "side" / Int8ul)
+SocketRecord = Struct(
+    "inodes" / Int64ul[2],  # the pair's two sockets (sides 0 and 1)
+    "type" / Int32ul,  # SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET
+    "queued" / Messages[2],  # what is queued to be read at each side
+    "ends" / PrefixedArray(VarInt, SocketEnd),
+)
 Record = Struct(
     "root" / Int32ul,
     "processes" / PrefixedArray(VarInt, ProcessRecord),  # the root first, parents first
     "pipes" / PrefixedArray(VarInt, PipeRecord),
+    "sockets" / PrefixedArray(VarInt, SocketRecord),  # unix socket pairs between processes
 )
 
 O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
+SOCKET_TYPES = (1, 2, 5)
+MAX_QUEUED = 1 << 26
 MAX_FD = 1 << 20
 MAX_PROCESSES = 4096
 # The root's record, handed to the state kind's dump (which runs inside dump()).
 PENDING: dict[int, dict] = {}
+# Socket ends whose queued data a process's own dump peeks at (only the process can):
+# pid -> [(fd, type, key)]; the messages land in PEEKED[key].
+PEEK: dict[int, list[tuple[int, int, tuple[int, int]]]] = {}
+PEEKED: dict[tuple[int, int], list[bytes]] = {}
 
 
 # ---- the shape, from /proc ----
@@ -177,9 +192,63 @@ def shared_pipes(pids: list[int], read: Any) -> tuple[list[dict], list[str]]:
     return pipes, warnings
 
 
-def _held_outside(pids: set[int], inodes: set[int]) -> dict[int, str]:
+def _socket_fds(pid: int) -> list[tuple[int, int, int]]:
+    """(fd, inode, fdinfo flags) of each socket descriptor of pid."""
+    out = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            if not link.startswith("socket:["):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}") as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+        except OSError:
+            continue
+        out.append((int(name), int(link[8:-1]), int(fields["flags"].strip(), 8)))
+    return out
+
+
+def shared_sockets(pids: list[int], sockets: dict[int, tuple[int, int, bool]]
+                   ) -> tuple[list[dict], list[str]]:
+    """Unnamed unix socket pairs held by two processes or more of pids, and by nobody else.
+    `sockets`: binfmt_img.fdkinds.unix.unix_sockets(). The queued data is left for PEEK."""
+    by_inode: dict[int, list[tuple[int, int, int]]] = {}
+    for pid in pids:
+        for fd, inode, flags in _socket_fds(pid):
+            by_inode.setdefault(inode, []).append((pid, fd, flags))
+    outside = _held_outside(set(pids), set(by_inode), "socket")
+    out, warnings, done = [], [], set()
+    for inode in sorted(by_inode):
+        found = sockets.get(inode)
+        if inode in done or found is None:
+            continue
+        sock_type, peer, named = found
+        ends = by_inode[inode] + by_inode.get(peer, [])
+        if named or not peer or peer not in by_inode or sock_type not in SOCKET_TYPES \
+                or len({pid for pid, _, _ in ends}) < 2:
+            continue  # not a pair between the tree's processes: each image says what it is
+        done |= {inode, peer}
+        if inode in outside or peer in outside:
+            warnings.append(f"socket:[{inode}] is a pair also open outside the tree: not "
+                            "restored")
+            continue
+        record = {"inodes": [inode, peer], "type": sock_type, "queued": [[], []], "ends": []}
+        for side, ino in enumerate((inode, peer)):
+            for pid, fd, flags in by_inode[ino]:
+                record["ends"].append({"pid": pid, "fd": fd, "flags": flags, "side": side})
+            pid, fd, _ = by_inode[ino][0]
+            PEEK.setdefault(pid, []).append((fd, sock_type, (inode, side)))
+        out.append(record)
+    return out, warnings
+
+
+def _held_outside(pids: set[int], inodes: set[int], what: str = "pipe") -> dict[int, str]:
     found: dict[int, str] = {}
-    links = {f"pipe:[{i}]": i for i in inodes}
+    links = {f"{what}:[{i}]": i for i in inodes}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in pids:
             continue
@@ -256,6 +325,13 @@ def validate(value: Any) -> None:
                                  "be restored")
         if not 4096 <= pipe.size <= 1 << 30 or len(pipe.data) > pipe.size:
             raise ImageError(f"tree state: pipe:[{pipe.inode}]'s size is not valid")
+    for pair in value.sockets:
+        if pair.type not in SOCKET_TYPES or sum(len(m) for side in pair.queued
+                                                for m in side) > MAX_QUEUED or any(
+                end.pid not in seen or not 0 <= end.fd < MAX_FD or end.side > 1
+                for end in pair.ends):
+            raise ImageError(f"tree state: the socket pair socket:[{pair.inodes[0]}] "
+                             "cannot be restored")
 
 
 def check_inherited(proc: Any, image: Any, parent: Any) -> None:
@@ -279,16 +355,25 @@ class TreeContext:
     pids: set[int] = field(default_factory=set)  # every process of the tree
 
     def temps(self) -> list[int]:
-        return [self.temp_base + i for i in range(2 * len(self.record.pipes))]
+        count = len(self.record.pipes) + len(self.record.sockets)
+        return [self.temp_base + i for i in range(2 * count)]
+
+    def socket_temp(self, j: int) -> int:
+        """Where socket pair j's side 0 is held (side 1 just after)."""
+        return self.temp_base + 2 * (len(self.record.pipes) + j)
 
     def my_ends(self) -> list[tuple[int, int, int]]:
-        """(temp fd, fd, flags) of each pipe end this process holds."""
+        """(temp fd, fd, flags) of each pipe end and socket this process holds."""
         out = []
         for i, pipe in enumerate(self.record.pipes):
             for end in pipe.ends:
                 if end.pid == self.pid:
                     temp = self.temp_base + 2 * i + (1 if end.flags & O_WRONLY else 0)
                     out.append((temp, end.fd, end.flags))
+        for j, pair in enumerate(self.record.sockets):
+            for end in pair.ends:
+                if end.pid == self.pid:
+                    out.append((self.socket_temp(j) + end.side, end.fd, end.flags))
         return out
 
 
@@ -299,6 +384,6 @@ def temp_base(record: Any, images: list[Any]) -> int:
         top = max([top] + [f.fd for f in image.files or []])
         entries = getattr(image.states.get("descriptors"), "entries", [])
         top = max([top] + [e.fd for e in entries])
-    for pipe in record.pipes:
-        top = max([top] + [end.fd for end in pipe.ends])
+    for shared in [*record.pipes, *record.sockets]:
+        top = max([top] + [end.fd for end in shared.ends])
     return top + 1
