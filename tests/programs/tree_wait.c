@@ -17,6 +17,11 @@ int main(void) {
     pid_t zombie = fork();
     if (zombie == 0)
         _exit(5);
+    pid_t killed = fork();
+    if (killed == 0) {
+        raise(SIGUSR1); /* ends it: a zombie killed by a signal */
+        _exit(9);
+    }
     pid_t late = fork();
     if (late == 0) {
         setsid(); /* its own session and process group */
@@ -31,6 +36,7 @@ int main(void) {
     close(report[1]);
     siginfo_t info;
     waitid(P_PID, zombie, &info, WEXITED | WNOWAIT); /* a zombie from here on */
+    waitid(P_PID, killed, &info, WEXITED | WNOWAIT);
     __atomic_add_fetch(counter, 1000, __ATOMIC_SEQ_CST);
     while (getsid(late) != late) /* the child's setsid */
         usleep(1000);
@@ -43,6 +49,9 @@ int main(void) {
     got = waitpid(zombie, &status, 0);
     CHECK(got == zombie && WIFEXITED(status) && WEXITSTATUS(status) == 5,
           "the zombie is reaped with its status (%d, %#x)", (int)got, status);
+    got = waitpid(killed, &status, 0);
+    CHECK(got == killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGUSR1,
+          "the zombie killed by a signal is reaped with it (%d, %#x)", (int)got, status);
     CHECK(*counter == 1111, "the shared counter has every increment (%ld)", *counter);
     pid_t reported[3] = {0};
     read(report[0], reported, sizeof reported);
