@@ -255,7 +255,9 @@ memory API (slower); auto picks fast. --progress: a progress line in batch mode 
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
 the restore refused before any change; --accept-loss restores without it, one warning each.
 A live process is replaced after a question, as `run` asks (--yes, batch mode or `set
-confirm off` answer it); one with several threads is killed and a fresh one started."""
+confirm off` answer it); one with several threads is killed and a fresh one started.
+An image of a process tree (img-dump --tree) brings back every process as its own inferior,
+the children forked from their restored parents (docs/TREES.md)."""
 
     name, category = "img-restore", gdb.COMMAND_RUNNING
 

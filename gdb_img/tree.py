@@ -30,7 +30,7 @@ from binfmt_img.formats import image_file
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.dump import DumpReport, dump
 from binfmt_img.live.inject import RESERVED, SAVED_REGISTERS, Injector, free_area
-from binfmt_img.live.procfs import read_maps, stat_fields
+from binfmt_img.live.procfs import read_maps
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.live.target import counting
 from binfmt_img.live.threads import put_back_registers
@@ -328,11 +328,12 @@ class TreeRestore:
             self.warnings.append(f"process {kid.pid}: session {kid.sid} (not its own nor its "
                                  "parent's) not recreated: it stays in its parent's")
             return
-        pgid = self.live.get(kid.pgid, kid.pgid)
+        if kid.pgid == parent.pgid:
+            return  # the parent's group, whatever it is now (the root's is GDB's choice)
         if kid.pgid == kid.pid:
             inj.call(SETPGID, 0, 0, step=f"making process {kid.pid} a group leader")
-        elif pgid != int(stat_fields(pid)[5]):
-            result = inj.raw(SETPGID, 0, pgid)
+        else:
+            result = inj.raw(SETPGID, 0, self.live.get(kid.pgid, kid.pgid))
             if sc.is_error(result):
                 self.warnings.append(f"process {kid.pid}: process group {kid.pgid} not "
                                      f"joined: {sc.errno_text(result)}")
