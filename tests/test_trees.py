@@ -3,8 +3,10 @@ per process; LLDB refuses a tree, naming why."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,8 @@ from cprogs import compile_program, run_uninterrupted
 from gdbmi import Gdb, GdbError
 from lldb_helpers import lldb_batch
 from selfcheck import GDB_SIGNALS, passes
+
+from binfmt_img.formats import image_file
 
 
 def dump_tree(program: Path, image: Path, *args: str, breakpoint: str = "checkpoint",
@@ -33,7 +37,28 @@ def dump_tree(program: Path, image: Path, *args: str, breakpoint: str = "checkpo
         gdb.console("kill")
     finally:
         gdb.close()
+    _end_originals(image)
     return before, said
+
+
+def _end_originals(image: Path) -> None:
+    """The dumped descendants run on once let go: end them, so that their pids are free for
+    the restore (as they would be on a machine where the checkpoint is taken elsewhere)."""
+    record = image_file.load(str(image)).states["tree"]
+    pids = []
+    for proc in record.processes[1:]:
+        try:  # still the dumped process, not another that took its pid since
+            with open(f"/proc/{proc.pid}/comm") as f:
+                if f.read().strip() != proc.comm:
+                    continue
+            os.kill(proc.pid, signal.SIGKILL)
+            pids.append(proc.pid)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        assert time.monotonic() < deadline, "the dumped processes did not end"
+        time.sleep(0.05)
 
 
 def _alive(gdb: Gdb, number: int) -> bool:
@@ -123,13 +148,16 @@ def dump_tree_while_running(program: Path, image: Path, mark: str, args: str = "
         time.sleep(0.2)
         stop = gdb.interrupt()
         assert stop.get("reason") == "signal-received", stop
-        before = part1.read_text()
         said = gdb.console(f"img-dump {image} --tree")
         assert "img-dump:" in said, said
         gdb.console("kill")
     finally:
         gdb.close()
-    return before
+    _end_originals(image)
+    # What was printed once every process was stopped: the shared stdout's offset then
+    # (the descendants print on while they are attached one by one, and once let go).
+    stdout = next(f for f in image_file.load(str(image)).files if f.fd == 1)
+    return part1.read_bytes()[:stdout.pos].decode()
 
 
 def test_waitpid_zombie_and_shared_counter(tmp_path: Path) -> None:
