@@ -68,10 +68,12 @@ def _alive(gdb: Gdb, number: int) -> bool:
 
 
 def restore_tree(image: Path, out: Path, *, options: str = "", cwd: Path | None = None,
-                 checks: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+                 checks: tuple[str, ...] = (), stop_at: str | None = None
+                 ) -> tuple[str, list[str]]:
     """In a fresh GDB: img-restore the tree, run the checks (GDB commands) at the
-    checkpoint, then continue until the root process (inferior 1) has exited. Returns what
-    the restore said and the checks' outputs."""
+    checkpoint (with stop_at, at a temporary breakpoint there instead), then continue until
+    the root process (inferior 1) has exited. Returns what the restore said and the checks'
+    outputs."""
     gdb = Gdb()
     try:
         gdb.console(GDB_SIGNALS)
@@ -79,6 +81,10 @@ def restore_tree(image: Path, out: Path, *, options: str = "", cwd: Path | None 
         if cwd is not None:
             gdb.console(f"cd {cwd}")
         said = gdb.console(f"img-restore {image} {options}".strip())
+        if stop_at is not None:
+            gdb.console(f"tbreak {stop_at}")
+            stop = gdb.until_stopped("continue")
+            assert stop.get("reason") == "breakpoint-hit", stop
         answers = [gdb.console(command) for command in checks]
         for _ in range(12):  # each exit of a process stops all of them: continue again
             if not _alive(gdb, 1):
@@ -107,16 +113,21 @@ def _skip_if_pid_taken(said: str) -> None:
 
 def test_workers_with_pipes_in_flight(tmp_path: Path) -> None:
     """A parent and two workers in a ring of pipes, numbers in flight at the checkpoint:
-    the restored tree prints exactly what an uninterrupted run does."""
+    the restored tree prints exactly what an uninterrupted run does; each worker is an
+    inferior stopped at its checkpoint, where a breakpoint in its code is hit."""
     program = compile_program("tree_pipes", tmp_path)
     expected = run_uninterrupted(program)
     image = tmp_path / "tree.img"
     before, dumped = dump_tree(program, image)
     assert "img-dump:" in dumped, dumped
     out = tmp_path / "after"
-    said, (inferiors,) = restore_tree(image, out, checks=("info inferiors",))
+    said, (inferiors, frame) = restore_tree(image, out, stop_at="tree_pipes.c:12",
+                                            checks=("info inferiors", "bt 1"))
     assert "process tree of 3" in said, said
     assert len(re.findall(r"process \d+", inferiors)) == 3, inferiors
+    # A breakpoint in the workers' code is hit by a restored worker: debugging in each.
+    assert re.search(r"^\*\s+[23]\s+process", inferiors, re.M), inferiors
+    assert "worker (in=" in frame, frame
     _skip_if_pid_taken(said)
     assert before + out.read_text() == expected, said
     passes(expected, 2)
