@@ -117,7 +117,7 @@ def dump_tree(path: str, fmt: str) -> DumpReport:
         live = [root] + [p for p in pids if p in attached]
         pipes, warnings = tree.shared_pipes(live, _buffered)
         sockets, more = tree.shared_sockets(live, unix_sockets())
-        hide = tuple(f"pipe:[{p['inode']}]" for p in pipes) + tuple(
+        hide = tuple(p["path"] or f"pipe:[{p['inode']}]" for p in pipes) + tuple(
             f"socket:[{i}]" for s in sockets for i in s["inodes"]) + ("children are not in",)
         total = DumpReport(warnings=warnings + more)
         for record in records[1:]:

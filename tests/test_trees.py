@@ -263,3 +263,16 @@ def test_socket_pairs_between_processes(tmp_path: Path) -> None:
     assert "process tree of 2" in said, said
     _skip_if_pid_taken(said)
     passes(before + out.read_text() + said, 4)
+
+
+def test_fifo_between_processes(tmp_path: Path) -> None:
+    """A FIFO between parent and child with bytes in it: opened again by its path in the
+    root (the bytes written back), the ends inherited."""
+    program = compile_program("tree_fifo", tmp_path)
+    image = tmp_path / "fifo.img"
+    before, _ = dump_tree(program, image, str(tmp_path / "fifo"))
+    out = tmp_path / "after"
+    said, _ = restore_tree(image, out)
+    assert "process tree of 2" in said, said
+    _skip_if_pid_taken(said)
+    passes(before + out.read_text() + said, 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from typing import TYPE_CHECKING
 
 from binfmt_img import tree
@@ -20,6 +21,9 @@ from binfmt_img.fdkinds import (
     F_SETFL,
     FCNTL,
     O_CLOEXEC,
+    O_NONBLOCK,
+    O_RDWR,
+    O_WRONLY,
     PIPE2,
     SETFL_MASK,
     Lost,
@@ -65,12 +69,23 @@ def check(plan: RestorePlan, value) -> None:  # noqa: ANN001 - the parsed record
             "and socket pairs between them): a "
             "tree comes back only through GDB's img-restore, one inferior per process")
         return
+    if ctx.root:
+        for pipe in value.pipes:
+            if pipe.path and not _is_fifo(pipe.path):
+                plan.losses.append(f"the FIFO {pipe.path} of the process tree, gone")
     mine = {fd for _, fd, _ in ctx.my_ends()}
     children = {p.pid for p in value.processes if p.ppid == ctx.pid}
     plan.losses[:] = [loss for loss in plan.losses
                       if not _taken_back(loss, children, mine)]
     temps = set(ctx.temps())
     plan.live_fds = [fd for fd in plan.live_fds if fd not in temps]
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _taken_back(loss: str, children: set[int], fds: set[int]) -> bool:
@@ -96,6 +111,8 @@ def restore(plan: RestorePlan, value) -> None:  # noqa: ANN001
 
 
 def _make_pipe(plan: RestorePlan, pipe, temp: int, above: int) -> None:  # noqa: ANN001
+    if pipe.path and _is_fifo(pipe.path):  # gone (an accepted loss): an ordinary pipe
+        return _make_fifo(plan, pipe, temp, above)
     inj = plan.injector
     inj.reset_data()
     at = inj.reserve(8)
@@ -108,6 +125,27 @@ def _make_pipe(plan: RestorePlan, pipe, temp: int, above: int) -> None:  # noqa:
             plan.report.warnings.append(f"pipe:[{pipe.inode}]: size {pipe.size} not set: "
                                         f"{sc.errno_text(result)}")
     _write(plan.pid, made[1], bytes(pipe.data), pipe.inode)
+    _hold(plan, made, temp, above)
+
+
+def _make_fifo(plan: RestorePlan, pipe, temp: int, above: int) -> None:  # noqa: ANN001
+    """A FIFO opened again by its path: first read-write (no open blocks, and the bytes go
+    back through it), then a read end and a write end to hold."""
+    inj = plan.injector
+    inj.reset_data()
+    path = inj.put_string(pipe.path)
+    step = f"opening the FIFO {pipe.path} of the process tree"
+    flags = O_NONBLOCK | O_CLOEXEC | sc.O_NOBLOCK_NOTTY
+    keeper = inj.call(sc.OPEN, path, O_RDWR | flags, 0, step=step)
+    if pipe.size != DEFAULT_SIZE:
+        result = inj.raw(FCNTL, keeper, F_SETPIPE_SZ, pipe.size)
+        if sc.is_error(result):
+            plan.report.warnings.append(f"{pipe.path}: size {pipe.size} not set: "
+                                        f"{sc.errno_text(result)}")
+    _write(plan.pid, keeper, bytes(pipe.data), pipe.inode)
+    made = (inj.call(sc.OPEN, path, flags, 0, step=step),
+            inj.call(sc.OPEN, path, O_WRONLY | flags, 0, step=step))
+    inj.raw(sc.CLOSE, keeper)
     _hold(plan, made, temp, above)
 
 

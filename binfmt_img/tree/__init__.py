@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ ProcessRecord = Struct(
 PipeEnd = Struct("pid" / Int32ul, "fd" / Int32ul, "flags" / Int32ul)
 PipeRecord = Struct(
     "inode" / Int64ul,
+    "path" / PascalString(VarInt, "utf8"),  # a FIFO's path; "" for a pipe
     "size" / Int32ul,  # capacity (F_GETPIPE_SZ)
     "data" / Prefixed(VarInt, GreedyBytes),  # the bytes buffered at the checkpoint
     "ends" / PrefixedArray(VarInt, PipeEnd),
@@ -147,47 +149,52 @@ def _inherited(pid: int, ppid: int) -> list[dict]:
             if (m.start, m.end, m.device, m.inode) in parent]
 
 
-def _pipe_fds(pid: int) -> list[tuple[int, int, int]]:
-    """(fd, inode, fdinfo flags) of each pipe descriptor of pid."""
+def _pipe_fds(pid: int) -> list[tuple[int, str, int, int]]:
+    """(fd, link, inode, fdinfo flags) of each pipe or FIFO descriptor of pid."""
     out = []
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return out
     for name in names:
+        where = f"/proc/{pid}/fd/{name}"
         try:
-            link = os.readlink(f"/proc/{pid}/fd/{name}")
-            if not link.startswith("pipe:["):
+            link = os.readlink(where)
+            st = os.stat(where)
+            if not stat.S_ISFIFO(st.st_mode) or link.startswith("socket:["):
                 continue
             with open(f"/proc/{pid}/fdinfo/{name}") as info:
                 fields = dict(line.split(":", 1) for line in info if ":" in line)
         except OSError:
             continue
-        out.append((int(name), int(link[6:-1]), int(fields["flags"].strip(), 8)))
+        out.append((int(name), link, st.st_ino, int(fields["flags"].strip(), 8)))
     return out
 
 
 def shared_pipes(pids: list[int], read: Any) -> tuple[list[dict], list[str]]:
-    """The pipes all of whose holders are among pids (pipes held elsewhere too stay the
-    processes' own business: their images record them as lost). `read(pid, fd)` returns
-    (capacity, buffered bytes) without taking them. Returns the records and warnings."""
-    by_inode: dict[int, list[tuple[int, int, int]]] = {}
+    """The pipes and FIFOs all of whose holders are among pids (held elsewhere too, they
+    stay the processes' own business: their images record them as lost). `read(pid, fd)`
+    returns (capacity, buffered bytes) without taking them. Returns records and warnings."""
+    by_link: dict[str, list[tuple[int, int, int]]] = {}
+    inodes: dict[str, int] = {}
     for pid in pids:
-        for fd, inode, flags in _pipe_fds(pid):
-            by_inode.setdefault(inode, []).append((pid, fd, flags))
-    outside = _held_outside(set(pids), set(by_inode))
+        for fd, link, inode, flags in _pipe_fds(pid):
+            by_link.setdefault(link, []).append((pid, fd, flags))
+            inodes[link] = inode
+    outside = _held_outside(set(pids), set(by_link))
     pipes, warnings = [], []
-    for inode, ends in sorted(by_inode.items()):
+    for link, ends in sorted(by_link.items()):
         if len({pid for pid, _, _ in ends}) < 2:
             continue  # one process's own pipe: its image brings it back
-        if inode in outside:
+        if link in outside:
             if all(fd < 3 for _, fd, _ in ends):
                 continue  # standard streams from outside: the debugger's (the stdio rule)
-            warnings.append(f"pipe:[{inode}] is also open in {outside[inode]}, outside the "
-                            "tree: not restored")
+            warnings.append(f"{link} is also open in {outside[link]}, outside the tree: "
+                            "not restored")
             continue
         size, data = read(ends[0][0], ends[0][1])
-        pipes.append({"inode": inode, "size": size, "data": data,
+        pipes.append({"inode": inodes[link], "size": size, "data": data,
+                      "path": "" if link.startswith("pipe:[") else link,
                       "ends": [{"pid": p, "fd": fd, "flags": fl} for p, fd, fl in ends]})
     return pipes, warnings
 
@@ -220,7 +227,8 @@ def shared_sockets(pids: list[int], sockets: dict[int, tuple[int, int, bool]]
     for pid in pids:
         for fd, inode, flags in _socket_fds(pid):
             by_inode.setdefault(inode, []).append((pid, fd, flags))
-    outside = _held_outside(set(pids), set(by_inode), "socket")
+    held = _held_outside(set(pids), {f"socket:[{i}]" for i in by_inode})
+    outside = {int(link[8:-1]) for link in held}
     out, warnings, done = [], [], set()
     for inode in sorted(by_inode):
         found = sockets.get(inode)
@@ -246,9 +254,9 @@ def shared_sockets(pids: list[int], sockets: dict[int, tuple[int, int, bool]]
     return out, warnings
 
 
-def _held_outside(pids: set[int], inodes: set[int], what: str = "pipe") -> dict[int, str]:
-    found: dict[int, str] = {}
-    links = {f"{what}:[{i}]": i for i in inodes}
+def _held_outside(pids: set[int], links: set[str]) -> dict[str, str]:
+    """Which process outside pids holds each of these (a link of /proc/PID/fd/N)."""
+    found: dict[str, str] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in pids:
             continue
@@ -258,11 +266,11 @@ def _held_outside(pids: set[int], inodes: set[int], what: str = "pipe") -> dict[
             continue
         for fd in fds:
             try:
-                inode = links.get(os.readlink(f"/proc/{name}/fd/{fd}"))
+                link = os.readlink(f"/proc/{name}/fd/{fd}")
             except OSError:
                 continue
-            if inode is not None:
-                found.setdefault(inode, f"process {name} ({_comm(name)})")
+            if link in links:
+                found.setdefault(link, f"process {name} ({_comm(name)})")
     return found
 
 
@@ -323,6 +331,8 @@ def validate(value: Any) -> None:
                     end.flags & O_ACCMODE not in (0, O_WRONLY):
                 raise ImageError(f"tree state: pipe:[{pipe.inode}] has an end that cannot "
                                  "be restored")
+        if pipe.path and (not pipe.path.startswith("/") or "\0" in pipe.path):
+            raise ImageError(f"tree state: the FIFO {pipe.path!r} is not an absolute path")
         if not 4096 <= pipe.size <= 1 << 30 or len(pipe.data) > pipe.size:
             raise ImageError(f"tree state: pipe:[{pipe.inode}]'s size is not valid")
     for pair in value.sockets:
