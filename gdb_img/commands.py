@@ -278,12 +278,13 @@ the children forked from their restored parents (docs/TREES.md)."""
         plan = RestorePlan(target, image, via=args.via,
                            progress=_progress(self.name, args.progress),
                            accept_loss=args.accept_loss)
-        tree_restore = gdb_tree.prepare(plan, image, _path(args.file))  # None: one process
+        tree_restore = None
         breakpoints = [b for b in gdb.breakpoints() if b.enabled]
         for b in breakpoints:
             b.enabled = False
         try:
             with _quiet(), _scheduler_locked():
+                tree_restore = gdb_tree.prepare(plan, image, _path(args.file))  # or None
                 plan.check()
                 result = plan.run()
                 if tree_restore is not None:

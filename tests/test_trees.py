@@ -195,7 +195,8 @@ def test_waitpid_zombie_and_shared_counter(tmp_path: Path) -> None:
 
 def test_lldb_refuses_a_tree_naming_why(tmp_path: Path) -> None:
     """LLDB restores one process: a tree image is refused before any change, one line
-    naming the tree and why; the same image restores in GDB (the tests above)."""
+    naming the tree and why; the same image restores in GDB (the tests above). In GDB, a
+    tree whose child image was changed is refused before any change."""
     program = compile_program("tree_pipes", tmp_path)
     image = tmp_path / "tree.img"
     dump_tree(program, image)
@@ -205,6 +206,16 @@ def test_lldb_refuses_a_tree_naming_why(tmp_path: Path) -> None:
     assert "comes back only through GDB's img-restore" in text, text
     assert len([line for line in text.splitlines() if "img-restore:" in line
                 and "would not bring back" in line]) == 1, text
+    # A child's image that is not the one dumped with the tree: refused before any change.
+    child = next(tmp_path.glob("tree.img.*"))
+    child.write_bytes(child.read_bytes() + b"\0")
+    gdb = Gdb()
+    try:
+        with pytest.raises(GdbError, match=r"is not the one dumped with it"):
+            gdb.console(f"img-restore {image}")
+        assert not _alive(gdb, 1), gdb.console("info inferiors")
+    finally:
+        gdb.close()
 
 
 MAKEFILE = """all: a b c d

@@ -313,15 +313,19 @@ def validate(value: Any) -> None:
     if not procs or len(procs) > MAX_PROCESSES or procs[0].pid != value.root:
         raise ImageError("tree state: the root is not the first process")
     seen: set[int] = set()
+    zombies: set[int] = set()
     for proc in procs:
         if not 1 < proc.pid < 1 << 22 or proc.pid in seen:
             raise ImageError(f"tree state: pid {proc.pid} is not valid here")
-        if proc is not procs[0] and proc.ppid not in seen:
-            raise ImageError(f"tree state: process {proc.pid} comes before its parent")
+        if proc is not procs[0] and (proc.ppid not in seen or proc.ppid in zombies):
+            raise ImageError(f"tree state: process {proc.pid} comes before its parent, or "
+                             "its parent is a zombie")
         if proc is not procs[0] and not proc.zombie and (
                 not proc.image or "/" in proc.image or proc.image in (".", "..")):
             raise ImageError(f"tree state: process {proc.pid}'s image name is not valid")
         seen.add(proc.pid)
+        if proc.zombie:
+            zombies.add(proc.pid)
         if any(not r.start < r.end <= 1 << 47 or r.start % 4096 or r.end % 4096
                for r in proc.inherited):
             raise ImageError(f"tree state: process {proc.pid}'s shared memory is not valid")
