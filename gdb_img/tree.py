@@ -56,11 +56,16 @@ def _inferior_of(pid: int) -> gdb.Inferior | None:
 
 # ---- dump ----
 
-def _attach(pid: int) -> gdb.Inferior:
+def _attach(pid: int, root: gdb.Inferior) -> gdb.Inferior:
+    """pid attached (so stopped) as a new inferior."""
     gdb.execute("add-inferior", to_string=True)
     inferior = max(gdb.inferiors(), key=lambda i: i.num)
     _select(inferior)
-    gdb.execute(f"attach {pid}", to_string=True)
+    try:
+        gdb.execute(f"attach {pid}", to_string=True)
+    except gdb.error as error:
+        _let_go(inferior, root)
+        raise RestoreError(f"process {pid} of the tree cannot be attached: {error}") from None
     return inferior
 
 
@@ -111,7 +116,9 @@ def dump_tree(path: str, fmt: str) -> DumpReport:
             if not new:
                 break
             for pid in new:
-                attached[pid] = _attach(pid)
+                if tree.is_zombie(pid) or not os.path.exists(f"/proc/{pid}"):
+                    continue  # ended meanwhile: the next listing says what it is now
+                attached[pid] = _attach(pid, root_inferior)
         _select(root_inferior)
         records = [tree.process_record(p) for p in [root] + pids]
         live = [root] + [p for p in pids if p in attached]
