@@ -24,6 +24,7 @@ from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
 from gdb_img import compare, relocation
+from gdb_img import tree as gdb_tree
 from gdb_img.mi import final_stop, one_answer, start_unseen
 from gdb_img.target import (
     GdbTarget,
@@ -266,7 +267,9 @@ Mapped files are compared with the image by content (ELF build-id, else a hash):
 accepted, another build refused. --exe PATH: the executable is there now; --map OLD=NEW
 (repeatable): paths starting with OLD are under NEW; --sysroot DIR: files are looked up
 under DIR first. A packed image (img-dump --pack) brings its own copy of a file missing or
-different here, kept in ~/.cache/binfmt-img/files; GDB's sysroot then points at them."""
+different here, kept in ~/.cache/binfmt-img/files; GDB's sysroot then points at them.
+An image of a process tree (img-dump --tree) brings back every process as its own inferior,
+the children forked from their restored parents (docs/TREES.md)."""
 
     name, category = "img-restore", gdb.COMMAND_RUNNING
 
@@ -292,13 +295,17 @@ different here, kept in ~/.cache/binfmt-img/files; GDB's sysroot then points at 
         plan = RestorePlan(target, image, via=args.via,
                            progress=_progress(self.name, args.progress),
                            accept_loss=args.accept_loss)
+        tree_restore = None
         breakpoints = [b for b in gdb.breakpoints() if b.enabled]
         for b in breakpoints:
             b.enabled = False
         try:
             with _quiet(), _scheduler_locked():
+                tree_restore = gdb_tree.prepare(plan, image, _path(args.file))  # or None
                 plan.check()
                 result = plan.run()
+                if tree_restore is not None:
+                    tree_restore.run()
             assert plan.progress is not None
             plan.progress.finish()
         except (ImageError, RestoreError, KeyboardInterrupt, gdb.error) as error:
@@ -311,6 +318,8 @@ different here, kept in ~/.cache/binfmt-img/files; GDB's sysroot then points at 
             gdb.write(f"img-restore: warning: {warning}\n", gdb.STDERR)
         gdb.write(f"img-restore: {result.vmas} VMAs, {result.pages} pages in "
                   f"{result.seconds:.2f} s via {result.path}\n")
+        if tree_restore is not None:
+            gdb.write(f"img-restore: {tree_restore.summary()}\n")
         final_stop()  # under MI: the stop that follows is the one shown
         try:
             if image.signal is not None and elfcore.is_fault(image.signal):
@@ -355,9 +364,14 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
 class ImgDump(_ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
-Usage: img-dump FILE [--format v0|v1] [--compress] [--progress] [--pack]
+Usage: img-dump FILE [--format v0|v1] [--compress] [--progress] [--pack] [--tree]
 (or `img dump ...`)
 With no FILE: PROGRAM.PID.img in the current directory, as gcore writes core.PID.
+--tree: the process and every descendant (each attached as another inferior just long
+enough; all stopped before any is dumped), the pipes between them with their bytes, process
+groups, sessions and zombies: FILE for the process, FILE.PID beside it for each descendant;
+img-restore FILE brings the tree back (GDB only). Not the default: it stops and attaches
+other processes. Without it, children are named in a warning and left out.
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
@@ -375,6 +389,7 @@ for a restore on a machine that lacks them."""
         self.parser.add_argument("--progress", action="store_true")
         self.parser.add_argument("--compress", action="store_true")
         self.parser.add_argument("--pack", action="store_true")
+        self.parser.add_argument("--tree", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
@@ -382,8 +397,10 @@ for a restore on a machine that lacks them."""
             line = _progress(self.name, args.progress)
             target = GdbTarget()
             try:
-                result = dump(target, _path(args.file or _default_image_name()), args.format,
-                              line, args.compress, pack=args.pack)
+                path = _path(args.file or _default_image_name())
+                result = (gdb_tree.dump_tree(path, args.format) if args.tree
+                          else dump(target, path, args.format, line, args.compress,
+                                    pack=args.pack))
             finally:
                 target.sync()
                 target.put_back_stop()

@@ -138,6 +138,9 @@ class RestorePlan:
         self.memfd_fds: dict[int, int] = {}
         self.changed = False
         self.local = True
+        # Shared memory this process already holds, inherited from its restored parent (a
+        # process tree, binfmt_img/tree): kept mapped, so that it stays shared.
+        self.keep_mapped: list[tuple[int, int]] = []
 
     # ---- checks: nothing in the inferior changes here ----
     def check(self) -> None:
@@ -373,7 +376,7 @@ class RestorePlan:
         while_spinning(self.target, action)
 
     def _unmap_everything(self) -> None:
-        keep = [(self.scratch, self.scratch + RESERVED)]
+        keep = sorted([(self.scratch, self.scratch + RESERVED), *self.keep_mapped])
         top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
         cursor = 0
         with self.injector.joined_batch() as batch:
@@ -388,10 +391,11 @@ class RestorePlan:
         shared_done: set[int] = set()
         mapped = []
         vdso = {id(v) for v in self.vdso_block}
+        kept = set(self.keep_mapped)
         with self.injector.batch() as batch:
             for vma in sorted(self.image.vmas, key=lambda v: v.start):
                 if id(vma) in vdso or vma.name in MOVABLE_NAMES \
-                        or vma.start >= VSYSCALL_START:
+                        or vma.start >= VSYSCALL_START or (vma.start, vma.end) in kept:
                     continue
                 entry = extra.get(vma.start)
                 if entry is not None and entry.object:
