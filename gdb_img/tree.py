@@ -22,16 +22,15 @@ from typing import Any
 
 import gdb
 
-from binfmt_img import tree
+from binfmt_img import state, tree
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.fdkinds.pipe import _buffered
 from binfmt_img.fdkinds.unix import unix_sockets
-from binfmt_img.formats import image_file
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.dump import DumpReport, dump
 from binfmt_img.live.inject import RESERVED, SAVED_REGISTERS, Injector, free_area
 from binfmt_img.live.procfs import read_maps
-from binfmt_img.live.restore import RestorePlan
+from binfmt_img.live.restore import RestorePlan, load_image
 from binfmt_img.live.target import counting
 from binfmt_img.live.threads import put_back_registers
 from gdb_img.target import STARTED_HERE, GdbTarget
@@ -180,7 +179,7 @@ def prepare(plan: RestorePlan, image: Any, path: str) -> TreeRestore | None:
         if not same:
             raise ImageError(f"the tree's image of process {proc.pid} ({file}) is not the "
                              "one dumped with it (SHA-256 differs)")
-        images[proc.pid] = image_file.load(file)
+        images[proc.pid] = load_image(file)
     for proc in value.processes[1:]:
         if not proc.zombie:
             tree.check_inherited(proc, images[proc.pid], images.get(proc.ppid, image))
@@ -312,9 +311,9 @@ class TreeRestore:
             self._exit(inj, target, kid, pid)
             return
         assert image is not None
+        state.put(image, state.BY_NAME["tree"], self.record)
         plan = RestorePlan(target, image, accept_loss=self.accept_loss)
         plan.keep_mapped = [(r.start, r.end) for r in kid.inherited]
-        image.states["tree"] = self.record
         plan.tree = tree.TreeContext(kid.pid, False, self.record, self.base,  # type: ignore[attr-defined]
                                      {p.pid for p in self.record.processes})
         plan.check()

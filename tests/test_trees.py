@@ -17,6 +17,7 @@ from gdbmi import Gdb, GdbError
 from lldb_helpers import lldb_batch
 from selfcheck import GDB_SIGNALS, passes
 
+from binfmt_img import state
 from binfmt_img.formats import image_file
 
 
@@ -44,7 +45,7 @@ def dump_tree(program: Path, image: Path, *args: str, breakpoint: str = "checkpo
 def _end_originals(image: Path) -> None:
     """The dumped descendants run on once let go: end them, so that their pids are free for
     the restore (as they would be on a machine where the checkpoint is taken elsewhere)."""
-    record = image_file.load(str(image)).states["tree"]
+    record = state.decode(image_file.load(str(image))).states["tree"]
     pids = []
     for proc in record.processes[1:]:
         try:  # still the dumped process, not another that took its pid since
