@@ -17,6 +17,11 @@ under MI:
 
 Everything else (notifications of threads, libraries, breakpoints; the command's own lines
 and warnings; what follows its answer) goes out as it came, in order.
+
+OFF BY DEFAULT (IMG_MI_ONE_ANSWER=1 in GDB's environment turns it on): with GDB 13 the
+logging redirection of the MI interpreter corrupts GDB's heap now and then a few commands
+later ("free(): invalid next size (fast)", then "Recursive internal problem", exit 1), seen
+in 2 to 6 of 10 sessions that restore twice (tests/test_gdb_mi.py, marked xfail).
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ def one_answer() -> Iterator[_Capture | None]:
     """Around a command: under MI, its internal records held back and filtered; the
     capture (for final_stop) or None (CLI, logging already in use, or nested)."""
     global _active
-    name = interpreter_name()
+    name = interpreter_name() if os.environ.get("IMG_MI_ONE_ANSWER") == "1" else None
     # Batch mode runs its -ex commands and exits without the event loop that writes the
     # held records out; GDB before 12 has no `logging enabled`.
     if (name is None or _active is not None or progress.started_with(("-batch", "--batch"))
@@ -189,7 +194,8 @@ def start_unseen() -> Iterator[None]:
     stop ("Program stopped." and a frame line) through the top-level UI whatever `to_string`,
     logging or suppress-cli-notifications say. GDB's stdout goes to /dev/null from the new
     thread's creation (the child is forked by then and keeps the real stdout) to the end.
-    Under MI the capture of one_answer() holds those lines back already."""
+    Not under MI, where fd 1 carries the MI records (one_answer() holds those lines back
+    when it is on)."""
     saved: list[int] = []
 
     def hide(_event: object) -> None:
@@ -200,7 +206,7 @@ def start_unseen() -> Iterator[None]:
             os.dup2(null, 1)
             os.close(null)
 
-    if _active is not None:
+    if _active is not None or interpreter_name() is not None:  # fd 1 is the MI stream
         yield
         return
     gdb.events.new_thread.connect(hide)
