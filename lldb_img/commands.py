@@ -3,85 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lldb
 
 from binfmt_img import report
+from binfmt_img.arguments import ArgumentError, Parser, one_line
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.formats import elfcore, image_file
-from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.formats.model import PAGE_SIZE, Image
 from binfmt_img.live import progress
 from binfmt_img.live.dump import DumpPlan
 from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
+from lldb_img.family import batch as _batch
+from lldb_img.family import breakpoints_lifted as _breakpoints_lifted
+from lldb_img.family import masked_pages as _masked_pages
+from lldb_img.family import stopped_process as _stopped_process
+from lldb_img.family import synchronous as _synchronous
 from lldb_img.modules import sync_modules
 from lldb_img.pidlaunch import launch_with_pid
 from lldb_img.stop import stop_at_checkpoint
 from lldb_img.target import LldbTarget
 
 
-def _batch() -> bool:
-    """lldb's batch mode: no progress line unless asked for."""
-    return progress.started_with(("-b", "--batch", "-batch"))
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line through SetError, not an exit
-        raise _ArgumentError(message)
-
-
 def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-@contextlib.contextmanager
-def _synchronous(debugger: lldb.SBDebugger) -> Iterator[None]:
-    """Single-steps must return only once the inferior has stopped again."""
-    was_async = debugger.GetAsync()
-    debugger.SetAsync(False)
-    try:
-        yield
-    finally:
-        debugger.SetAsync(was_async)
-
-
-@contextlib.contextmanager
-def _breakpoints_lifted(target: lldb.SBTarget) -> Iterator[None]:
-    """LLDB keeps breakpoint traps in memory while stopped; lift the user's for the duration,
-    so no trap is dumped, overwritten by a restore, or stepped over in place of a syscall."""
-    enabled = [b for b in target.breakpoint_iter() if b.IsEnabled()]
-    for b in enabled:
-        b.SetEnabled(False)
-    try:
-        yield
-    finally:
-        for b in enabled:
-            b.SetEnabled(True)
-
-
-def _stopped_process(debugger: lldb.SBDebugger) -> lldb.SBProcess:
-    process = debugger.GetSelectedTarget().GetProcess()
-    if not process.IsValid() or process.GetState() in (lldb.eStateExited, lldb.eStateDetached):
-        raise RestoreError("no live process")
-    if process.GetState() != lldb.eStateStopped:
-        raise RestoreError("the process is running: interrupt it first")
-    return process
 
 
 def _auto_confirm(debugger: lldb.SBDebugger) -> bool:
@@ -228,18 +181,21 @@ class Option:
 HELP = Option("h", "help", "Show this command's help.")
 
 
-class _Command:
+class Command:
     """What LLDB's `command script add -c` expects of a raw command class (the fallback for an
     LLDB without parsed commands: parsed.py wraps these for LLDB 18+)."""
 
     name = ""
     short_help = ""
-    argument = "FILE"  # the one positional argument, required
+    # The positional arguments: (name, LLDB's repeat: plain, optional or star).
+    arguments: tuple[tuple[str, str], ...] = (("file", "plain"),)
+    argument_type = lldb.eArgTypeFilename  # what LLDB completes them with
     options: tuple[Option, ...] = ()
 
     def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        self.parser = _Parser(prog=self.name, add_help=False)
-        self.parser.add_argument(self.argument.lower())
+        self.parser = Parser(prog=self.name, add_help=False)
+        for name, repeat in self.arguments:
+            self.parser.add_argument(name, nargs={"optional": "?", "star": "*"}.get(repeat))
         for option in self.options:
             if option.value:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}")
@@ -275,18 +231,18 @@ class _Command:
         """Parse, then invoke; every error comes back as one line."""
         try:
             self.invoke(debugger, parse(), result)
-        except (_ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
-            result.SetError(_one_line(f"{self.name}: {error}"))
+        except (ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
+            result.SetError(one_line(self.name, error))
         except Exception as error:  # a bug must still come back as one line, not a traceback
-            result.SetError(_one_line(f"{self.name}: internal error: "
-                                      f"{type(error).__name__}: {error}"))
+            result.SetError(one_line(self.name, f"internal error: {type(error).__name__}: "
+                                                f"{error}"))
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
         raise NotImplementedError
 
 
-class ImgRestore(_Command):
+class ImgRestore(Command):
     """img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
 [--store DIR]
 
@@ -385,19 +341,7 @@ def _restored_counts(image: Image, vmas: int, pages: int) -> str:
     return text
 
 
-def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
-                  line: progress.ProgressLine) -> Iterator[tuple[int, bytes]]:
-    """The dump's pages, those of executable mappings read again through LLDB: it shows the
-    original bytes where its own breakpoint traps (ld.so's link-map one) sit, which
-    /proc/PID/mem shows as int3. Only code pages the process wrote are stored: few."""
-    executable = [(m.start, m.end) for m in plan.maps if m.prot & PROT_EXEC]
-    for vaddr, data in plan.pages(line):
-        if any(start <= vaddr < end for start, end in executable):
-            data = inferior.read_memory(vaddr, len(data))
-        yield vaddr, data
-
-
-class ImgDump(_Command):
+class ImgDump(Command):
     """img-dump FILE [--format v1|v0] [--compress] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
@@ -437,7 +381,7 @@ The process is left as it was and can be continued."""
                              f"{time.monotonic() - started:.2f} s")
 
 
-class ImgInfo(_Command):
+class ImgInfo(Command):
     """img-info FILE [--json] [--verify]
 
 Describes a process image without changing anything: the registers, mm fields, VMAs, signal
