@@ -3,19 +3,20 @@ and img-restore's store references (a number or a name where a FILE goes)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import shlex
 from collections.abc import Callable
 
 import gdb
 
 from binfmt_img import state
-from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import Image
 from binfmt_img.live.restore import load_image
 from binfmt_img.store import frontend
 from gdb_img import commands
+from gdb_img.family import ImgCommand, progress_line, quiet, scheduler_locked
 from gdb_img.target import GdbTarget
 
 
@@ -58,27 +59,10 @@ def restore_image(argument: str, store: str | None, warn: Callable[[str], None])
     return load_image(os.path.abspath(os.path.expanduser(argument)), warn=warn)
 
 
-class _HelpShown(Exception):
-    pass
-
-
-def _parse(parser, argument: str):
-    try:
-        words = shlex.split(argument)
-        if "-h" in words or "--help" in words:
-            gdb.execute(f"help {parser.prog}")
-            raise _HelpShown
-        return parser.parse_args(words)
-    except ValueError as error:
-        raise gdb.GdbError(f"{parser.prog}: {error}") from None
-    except frontend.ArgumentError as error:
-        raise gdb.GdbError(str(error)) from None
-
-
-class ImgCheckpoint(gdb.Command):
+class ImgCheckpoint(ImgCommand):
     """Save the stopped process as a checkpoint in a store, or manage the store.
 
-Usage: img-checkpoint [NAME] [--store DIR] [--progress] [--pack]
+Usage: img-checkpoint [NAME] [--store DIR] [--progress] [--pack]   (or `img checkpoint ...`)
        img-checkpoint --delete N|NAME     remove a checkpoint
        img-checkpoint --prune KEEP        remove all but the last KEEP checkpoints
        img-checkpoint --export N|NAME FILE   write one checkpoint as a single image file
@@ -88,34 +72,26 @@ The store is the directory --store DIR, else $BINFMT_IMG_STORE, else ./img-check
 Each checkpoint gets a number and an optional NAME; its pages are stored once by content
 (pages already in the store cost nothing) and compressed. `img-checkpoints` lists them,
 `img-restore N|NAME` restores one. --pack: the mapped files too, each stored once in the
-store (img-dump --pack)."""
+store (img-dump --pack). The process is left stopped as it was: in a breakpoint's
+command list, a `continue` after img-checkpoint goes on."""
 
-    def __init__(self) -> None:
-        super().__init__("img-checkpoint", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
+    name = "img-checkpoint"
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = _parse(frontend.checkpoint_parser(), argument)
-        except _HelpShown:
-            return
-        try:
-            message = frontend.manage(args)
-            if message is None:
-                message = self._take(args)
-        except frontend.ArgumentError as error:
-            raise gdb.GdbError(str(error)) from None
-        except (ImageError, RestoreError, OSError) as error:
-            raise gdb.GdbError(f"img-checkpoint: {error}") from None
-        except KeyboardInterrupt:
-            raise gdb.GdbError("img-checkpoint: interrupted") from None
+    def make_parser(self) -> argparse.ArgumentParser:
+        return frontend.checkpoint_parser()
+
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
+        message = frontend.manage(args)
+        if message is None:
+            message = self._take(args)
         gdb.write(message + "\n")
 
-    def _take(self, args) -> str:
+    def _take(self, args: argparse.Namespace) -> str:
         if not gdb.selected_inferior().pid:
             raise RestoreError("no live process to checkpoint")
         store = frontend.open_store(args)
-        with commands._quiet(), commands._scheduler_locked():  # noqa: SLF001 - img-dump's
-            line = commands._progress("img-checkpoint", args.progress)  # noqa: SLF001
+        with quiet(), scheduler_locked():  # as img-dump
+            line = progress_line(self.name, args.progress)
             target = GdbTarget()
             try:
                 entry, result = frontend.take(target, store, args.words[0] if args.words
@@ -127,33 +103,29 @@ store (img-dump --pack)."""
             line.finish()
         commands.last_dump = result
         for warning in result.warnings:
-            gdb.write(f"img-checkpoint: warning: {warning}\n", gdb.STDERR)
+            gdb.write(f"{self.name}: warning: {warning}\n", gdb.STDERR)
         return frontend.taken_line(entry, result)
 
 
-class ImgCheckpoints(gdb.Command):
+class ImgCheckpoints(ImgCommand):
     """List the checkpoints of a store.
 
-Usage: img-checkpoints [--store DIR] [--json]
+Usage: img-checkpoints [--store DIR] [--json]   (or `img checkpoints ...`)
 Number, name, time, thread count, pc (with GDB's function and line for it), size on disk and
 the bytes new in each checkpoint (pages the store did not hold before it)."""
 
-    def __init__(self) -> None:
-        super().__init__("img-checkpoints", gdb.COMMAND_DATA, gdb.COMPLETE_NONE)
+    name = "img-checkpoints"
+    completer = gdb.COMPLETE_NONE
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = _parse(frontend.list_parser(), argument)
-        except _HelpShown:
-            return
-        try:
-            store = frontend.open_store(args, create=False)
-            if args.json:
-                gdb.write(json.dumps(frontend.table_json(store, describe_pc)) + "\n")
-            else:
-                gdb.write(frontend.table(store, describe_pc) + "\n")
-        except (ImageError, OSError) as error:
-            raise gdb.GdbError(f"img-checkpoints: {error}") from None
+    def make_parser(self) -> argparse.ArgumentParser:
+        return frontend.list_parser()
+
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
+        store = frontend.open_store(args, create=False)
+        if args.json:
+            gdb.write(json.dumps(frontend.table_json(store, describe_pc)) + "\n")
+        else:
+            gdb.write(frontend.table(store, describe_pc) + "\n")
 
 
 def register() -> None:

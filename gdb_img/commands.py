@@ -1,15 +1,13 @@
-"""GDB commands img-restore, img-dump and img-info, thin wrappers over binfmt_img."""
+"""GDB commands img-restore, img-dump and img-info, thin wrappers over binfmt_img (the
+family's shared machinery: gdb_img.family)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import gdb
 
@@ -25,7 +23,8 @@ from binfmt_img.safeio import executable_problem, printable
 from binfmt_img.state import stop_reason
 from gdb_img import compare, relocation
 from gdb_img import tree as gdb_tree
-from gdb_img.mi import final_stop, one_answer, start_unseen
+from gdb_img.family import ImgCommand, ImgPrefix, progress_line, quiet, scheduler_locked, warn
+from gdb_img.mi import final_stop, start_unseen
 from gdb_img.target import (
     GdbTarget,
     forget_detached,
@@ -33,36 +32,6 @@ from gdb_img.target import (
     kill_started_here,
     machine_interface,
 )
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line through gdb.GdbError, not an exit
-        raise _ArgumentError(f"{self.prog}: {message}")
-
-
-class _HelpShown(Exception):
-    pass
-
-
-def _parse(parser: argparse.ArgumentParser, argument: str) -> argparse.Namespace:
-    try:
-        words = shlex.split(argument)
-    except ValueError as error:
-        raise gdb.GdbError(f"{parser.prog}: {error}") from None
-    if "-h" in words or "--help" in words:
-        gdb.execute(f"help {parser.prog}")
-        raise _HelpShown
-    try:
-        args = parser.parse_args(words)
-    except _ArgumentError as error:
-        raise gdb.GdbError(str(error)) from None
-    # A path with spaces needs no quotes, as with GDB's own file commands.
-    args.file = " ".join(args.file) if args.file else None
-    return args
 
 
 def _path(text: str) -> str:
@@ -102,7 +71,7 @@ def _ensure_process(image: image_file.Image) -> bool:
 def _confirmed(question: str) -> bool:
     """GDB's query: yes without asking with `set confirm off`, in batch mode or under MI,
     and (said so) when the input is not a terminal."""
-    if (not gdb.parameter("confirm") or _machine_interface()
+    if (not gdb.parameter("confirm") or machine_interface()
             or progress.started_with(("-batch", "--batch"))):
         return True
     if not sys.stdin.isatty():
@@ -130,47 +99,6 @@ def _replace_live_process(yes: bool) -> None:
         gdb.execute("kill", to_string=True)
 
 
-def _machine_interface() -> bool:
-    return machine_interface()
-
-
-def _progress(label: str, asked: bool) -> progress.ProgressLine:
-    quiet = _machine_interface() or progress.started_with(("-batch", "--batch"))
-    return progress.on_stderr(label, asked, quiet)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide the stop reports of the many single steps a restore or dump makes (to_string
-    does not: GDB prints stops through its own channel)."""
-    saved = gdb.parameter("suppress-cli-notifications")
-    gdb.execute("set suppress-cli-notifications on", to_string=True)
-    try:
-        yield
-    finally:
-        gdb.execute(f"set suppress-cli-notifications {'on' if saved else 'off'}",
-                    to_string=True)
-
-
-@contextmanager
-def _scheduler_locked() -> Iterator[None]:
-    """Only the stepped thread moves during the many single steps (GDB's default lets the
-    others run); set once, not per step."""
-    if not gdb.selected_inferior().pid:
-        yield  # no process: the command itself says so
-        return
-    mode = gdb.parameter("scheduler-locking")
-    gdb.execute("set scheduler-locking on", to_string=True)
-    try:
-        yield
-    finally:
-        gdb.execute(f"set scheduler-locking {mode}", to_string=True)
-
-
-def _warn(command: str) -> Callable[[str], None]:
-    return lambda message: gdb.write(f"{command}: warning: {message}\n", gdb.STDERR)
-
-
 def _fault_again(name: str, from_tty: bool) -> None:
     """A crash core: run the faulting instruction again, so that the kernel raises the same
     signal and GDB reports it as a live fault, $_siginfo included. The signal is then not
@@ -191,60 +119,7 @@ last_restore = None
 last_dump = None
 
 
-class _ImgCommand(gdb.Command):
-    """What the three commands share: a file argument with completion, options parsed with
-    argparse, -h/--help, and every expected failure as one line through gdb.GdbError."""
-
-    name = ""  # the dashed name: messages and the alias, `img-dump`
-    category = gdb.COMMAND_DATA
-    file_optional = False
-
-    def __init__(self) -> None:
-        super().__init__(self.name.replace("-", " ", 1), self.category)  # complete() below
-        try:
-            gdb.execute(f"alias {self.name} = {self.name.replace('-', ' ', 1)}",
-                        to_string=True)
-        except gdb.error:
-            pass  # the plugin loaded a second time (from ~/.gdbinit and by hand): it exists
-        self.parser = _Parser(prog=self.name, add_help=False)
-        self.parser.add_argument("file", nargs="*" if self.file_optional else "+")
-
-    def complete(self, text: str, word: str | None) -> object:
-        """Options (and an option's choices) complete like GDB's own; the rest is a file.
-        GDB breaks words at '-': `word` is the end of an option being typed."""
-        tokens = text.split()
-        token = tokens[-1] if tokens and not text[-1:].isspace() else ""
-        if token.startswith("-"):
-            cut = len(token) - len(word or "")
-            return [o[cut:] for o in self._options() if o.startswith(token)]
-        previous = (tokens[:-1] if token else tokens)[-1:]
-        for action in self.parser._actions:  # noqa: SLF001 - argparse has no public list
-            if previous and previous[0] in action.option_strings and action.choices:
-                return [c for c in action.choices if c.startswith(token)]
-        return gdb.COMPLETE_FILENAME
-
-    def _options(self) -> list[str]:
-        return sorted(o for a in self.parser._actions  # noqa: SLF001
-                      for o in a.option_strings if o.startswith("--")) + ["--help"]
-
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = _parse(self.parser, argument)
-        except _HelpShown:
-            return
-        try:
-            with one_answer():  # under MI: ^done or ^error, not the steps' records
-                self.run(args, from_tty)
-        except (ImageError, RestoreError, OSError) as error:
-            raise gdb.GdbError(f"{self.name}: {error}") from None
-        except KeyboardInterrupt:
-            raise gdb.GdbError(f"{self.name}: interrupted") from None
-
-    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
-        raise NotImplementedError
-
-
-class ImgRestore(_ImgCommand):
+class ImgRestore(ImgCommand):
     """Restore a process image into the inferior, stopped at the checkpoint.
 
 Usage: img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss]
@@ -285,22 +160,22 @@ the children forked from their restored parents (docs/TREES.md)."""
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_restore
         from gdb_img.checkpoints import restore_image  # it imports this module
-        image = restore_image(args.file, args.store, _warn(self.name))
+        image = restore_image(args.file, args.store, warn(self.name))
         relocation.prepare(image, args)
         _replace_live_process(args.yes)
-        with _quiet():
+        with quiet():
             started = _ensure_process(image)
             relocation.point_symbols(image)
         target = GdbTarget(image.exe_path)
         plan = RestorePlan(target, image, via=args.via,
-                           progress=_progress(self.name, args.progress),
+                           progress=progress_line(self.name, args.progress),
                            accept_loss=args.accept_loss)
         tree_restore = None
         breakpoints = [b for b in gdb.breakpoints() if b.enabled]
         for b in breakpoints:
             b.enabled = False
         try:
-            with _quiet(), _scheduler_locked():
+            with quiet(), scheduler_locked():
                 tree_restore = gdb_tree.prepare(plan, image, _path(args.file))  # or None
                 plan.check()
                 result = plan.run()
@@ -361,7 +236,7 @@ def _failed(plan: RestorePlan, started: bool, error: BaseException) -> str:
     return failure_line(error, plan.changed, started)
 
 
-class ImgDump(_ImgCommand):
+class ImgDump(ImgCommand):
     """Write the stopped inferior to a process image (a checkpoint).
 
 Usage: img-dump FILE [--format v0|v1] [--compress] [--progress] [--pack] [--tree]
@@ -393,8 +268,8 @@ for a restore on a machine that lacks them."""
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
         global last_dump
-        with _quiet(), _scheduler_locked():
-            line = _progress(self.name, args.progress)
+        with quiet(), scheduler_locked():
+            line = progress_line(self.name, args.progress)
             target = GdbTarget()
             try:
                 path = _path(args.file or _default_image_name())
@@ -419,7 +294,7 @@ def _default_image_name() -> str:
     return f"{os.path.basename(program)}.{inferior.pid}.img"
 
 
-class ImgInfo(_ImgCommand):
+class ImgInfo(ImgCommand):
     """Describe a process image (or core) without changing anything.
 
 Usage: img-info FILE [--json] [--verify]   (or `img info ...`)
@@ -435,24 +310,12 @@ Shows registers, mm fields, the VMA table, threads, open files and the code at r
         self.parser.add_argument("--verify", action="store_true")
 
     def run(self, args: argparse.Namespace, from_tty: bool) -> None:
-        image = image_file.load_any(_path(args.file), warn=_warn(self.name))
+        image = image_file.load_any(_path(args.file), warn=warn(self.name))
         bad = report.bad_runs(image) if args.verify else None
         if args.json:
             gdb.write(json.dumps(report.report_json(image, bad)) + "\n")
         else:
             gdb.write(report.report_text(image, verify=args.verify, bad=bad) + "\n")
-
-
-class ImgPrefix(gdb.Command):
-    """Checkpoint a stopped process into an image file and restore it later.
-
-img dump FILE    write the stopped inferior to a process image (img-dump)
-img restore FILE restore an image into the inferior, stopped at the checkpoint (img-restore)
-img info FILE    describe an image without changing anything (img-info)
-The dashed names are the same commands. `help img restore` and the like give the options."""
-
-    def __init__(self) -> None:
-        super().__init__("img", gdb.COMMAND_DATA, gdb.COMPLETE_COMMAND, True)
 
 
 def register() -> None:

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 
 import gdb
 
-from binfmt_img.compare.bisect import Step, bisect, split_arguments
+from binfmt_img.arguments import Parser
+from binfmt_img.compare.bisect import Step, asks_help, bisect, split_arguments
 from binfmt_img.compare.diff import compare
 from binfmt_img.compare.resolve import LIVE, open_side, open_store
 from binfmt_img.compare.text import render
 from binfmt_img.errors import ImageError, RestoreError
+from gdb_img.family import HelpShown, ImgCommand
 from gdb_img.target import GdbTarget, gdb_quoted
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise _ArgumentError(f"{self.prog}: {message}")
 
 
 class GdbValues:
@@ -64,76 +56,85 @@ def _live_target() -> GdbTarget:
     return _CompareTarget()
 
 
-class ImgDiff(gdb.Command):
+class ImgDiff(ImgCommand):
     """Compare two checkpoints, images or the live process.
 
-Usage: img-diff A B [--json] [--store DIR]
+Usage: img-diff A B [--json] [--store DIR]   (or `img diff ...`)
 
 A and B are each an image file, a checkpoint of the store (its number or name) or `live` (the
 stopped process). Shows registers per thread, VMAs added, removed or changed, the pages
 changed, and the changed memory as global and static variables by name (old and new values,
 typed by GDB where it knows the type), heap ranges and stack frames by function."""
 
-    def __init__(self) -> None:
-        super().__init__("img-diff", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
-        self.parser = _Parser(prog="img-diff", add_help=False)
-        self.parser.add_argument("a")
-        self.parser.add_argument("b")
-        self.parser.add_argument("--json", action="store_true")
-        self.parser.add_argument("--store")
+    name = "img-diff"
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
-        try:
-            args = self.parser.parse_args(shlex.split(argument))
-        except (_ArgumentError, ValueError) as error:
-            raise gdb.GdbError(str(error)) from None
-        try:
-            target = _live_target() if LIVE in (args.a, args.b) else None
-            a = open_side(args.a, target, args.store)
-            b = open_side(args.b, target, args.store)
-            diff = compare(a, b, GdbValues())
-        except (ImageError, RestoreError, OSError) as error:
-            raise gdb.GdbError(f"img-diff: {error}") from None
+    def make_parser(self) -> argparse.ArgumentParser:
+        parser = Parser(prog=self.name, add_help=False)
+        parser.add_argument("a")
+        parser.add_argument("b")
+        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--store")
+        return parser
+
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
+        target = _live_target() if LIVE in (args.a, args.b) else None
+        a = open_side(args.a, target, args.store)
+        b = open_side(args.b, target, args.store)
+        diff = compare(a, b, GdbValues())
         gdb.write((json.dumps(diff.to_json()) if args.json else render(diff)) + "\n")
 
 
-class ImgBisect(gdb.Command):
-    """Find the first checkpoint from A to B where an expression is true, and stop there.
+class ImgBisect(ImgCommand):
+    """Find the first checkpoint where an expression is true, and stop there.
 
-Usage: img-bisect [--store DIR] [--accept-loss] A B EXPR
+Usage: img-bisect [--store DIR] [--accept-loss] A B EXPR   (or `img bisect ...`)
 
 A and B are checkpoints of the store (numbers or names), A the earlier. The checkpoints from
 A to B are restored as few as a binary search needs, EXPR evaluated by GDB at each (it is
 assumed false at A and true at B; both are checked, and said when not so). The process is
 left restored at the first checkpoint where EXPR is true; the path taken is printed.
---accept-loss is passed to each img-restore."""
+--store DIR: the store (else $BINFMT_IMG_STORE, else ./img-checkpoints); --accept-loss is
+passed to each img-restore."""
 
-    def __init__(self) -> None:
-        super().__init__("img-bisect", gdb.COMMAND_RUNNING, gdb.COMPLETE_EXPRESSION)
+    name, category = "img-bisect", gdb.COMMAND_RUNNING
+    completer = gdb.COMPLETE_EXPRESSION
 
-    def invoke(self, argument: str, from_tty: bool) -> None:
+    def make_parser(self) -> argparse.ArgumentParser:
+        """The options, for completion: EXPR is the user's own text (split_arguments)."""
+        parser = Parser(prog=self.name, add_help=False)
+        parser.add_argument("--store")
+        parser.add_argument("--accept-loss", action="store_true")
+        return parser
+
+    def parse(self, argument: str) -> argparse.Namespace:
+        if asks_help(argument):
+            gdb.execute(f"help {self.name}")
+            raise HelpShown
         try:
             options, ends, expression = split_arguments(argument)
         except ValueError as error:
-            raise gdb.GdbError(f"img-bisect: {error}") from None
+            raise gdb.GdbError(f"{self.name}: {error}") from None
         if len(ends) < 2 or not expression:
-            raise gdb.GdbError("img-bisect: usage: img-bisect [--store DIR] [--accept-loss] A B "
-                               "EXPR")
-        try:
-            _bisect(options, ends[0], ends[1], expression)
-        except (ImageError, RestoreError, OSError) as error:
-            raise gdb.GdbError(f"img-bisect: {error}") from None
+            raise gdb.GdbError(f"{self.name}: usage: img-bisect [--store DIR] [--accept-loss] "
+                               "A B EXPR")
+        return argparse.Namespace(store=options.get("store"),
+                                  accept_loss=bool(options.get("accept_loss")),
+                                  first=ends[0], last=ends[1], expression=expression)
+
+    def run(self, args: argparse.Namespace, from_tty: bool) -> None:
+        _bisect(args.store, args.accept_loss, args.first, args.last, args.expression)
 
 
-def _bisect(options: dict[str, str | bool], first: str, last: str, expression: str) -> None:
-    store = open_store(options.get("store"))  # type: ignore[arg-type]
+def _bisect(store_dir: str | None, accept_loss: bool, first: str, last: str,
+            expression: str) -> None:
+    store = open_store(store_dir)
     a, b = store.resolve(first), store.resolve(last)
     if a.number > b.number:
         raise ImageError(f"checkpoint {a.number} comes after {b.number}: give the earlier first")
     entries = [e for e in store.entries() if a.number <= e.number <= b.number]
     # The user's store and flags only: no text of the images goes into the command.
     option = f"--store {gdb_quoted(store.path)} " + (
-        "--accept-loss " if options.get("accept_loss") else "")
+        "--accept-loss " if accept_loss else "")
 
     def restore(entry: object) -> None:
         number = int(entry.number)  # type: ignore[attr-defined] # a number, never the name

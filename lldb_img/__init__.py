@@ -23,18 +23,16 @@ def _add(debugger, flags: str, path: str, name: str) -> bool:
 
 
 def __lldb_init_module(debugger, internal_dict: dict) -> None:  # the name LLDB calls
-    from lldb_img import commands
+    from lldb_img.family import parsed_commands
 
     try:  # LLDB 18+: parsed commands, with options LLDB knows (help, -h, completion)
         from lldb_img import parsed
     except ImportError:
         parsed = None
-    for command in commands.COMMANDS:
+    for command in parsed_commands():
         if parsed is not None and _add(debugger, "--parsed ", f"{__name__}.parsed.Parsed"
                                        f"{command.__name__}", command.name):
             continue
-        _add(debugger, "-C disk-file ", f"{__name__}.commands.{command.__name__}", command.name)
-    from lldb_img import checkpoints  # raw commands: their options take values
-    for command in checkpoints.COMMANDS:
-        _add(debugger, "", f"{__name__}.checkpoints.{command.__name__}", command.name)
-    __import__(f"{__name__}.compare").compare.register(debugger)  # img-diff, img-bisect
+        _add(debugger, "-C disk-file ", f"{command.__module__}.{command.__name__}",
+             command.name)
+    __import__(f"{__name__}.compare").compare.register(debugger)  # img-bisect: raw

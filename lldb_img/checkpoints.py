@@ -1,21 +1,29 @@
 """LLDB commands img-checkpoint and img-checkpoints (a store of checkpoints, binfmt_img.store),
-and img-restore's store references. Raw commands with argparse: their options take values."""
+and img-restore's store references. Commands of the family (commands.Command): parsed by
+LLDB 18+ from their option definitions (parsed.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import shlex
 
 import lldb
 
 from binfmt_img import state
-from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.arguments import ArgumentError
 from binfmt_img.formats.model import Image
 from binfmt_img.live import progress
 from binfmt_img.live.restore import load_image
 from binfmt_img.store import Store, frontend
-from lldb_img import commands
+from lldb_img.commands import Command, Option
+from lldb_img.family import (
+    batch,
+    breakpoints_lifted,
+    masked_pages,
+    stopped_process,
+    synchronous,
+)
 from lldb_img.target import LldbTarget
 
 
@@ -46,78 +54,62 @@ def restore_image(argument: str, store: str | None,
     return load_image(os.path.abspath(os.path.expanduser(argument)), warn=result.AppendWarning)
 
 
-class _Raw:
-    """A raw LLDB command: the whole line parsed by argparse, errors as one line."""
+class ImgCheckpoint(Command):
+    """img-checkpoint [NAME] [--store DIR] [--progress] [--pack]
 
-    name = ""
-    short_help = ""
-
-    def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        pass
-
-    def get_short_help(self) -> str:
-        return self.short_help
-
-    def get_long_help(self) -> str:
-        return " ".join((self.__doc__ or "").split())
-
-    def parser(self):
-        raise NotImplementedError
-
-    def __call__(self, debugger: lldb.SBDebugger, command: str, exe_ctx: lldb.SBExecutionContext,
-                 result: lldb.SBCommandReturnObject) -> None:
-        try:
-            words = shlex.split(command)
-            if "-h" in words or "--help" in words:
-                result.AppendMessage(f"{self.short_help}\n{self.parser().format_usage()}"
-                                     f"{self.get_long_help()}")
-                return
-            self.invoke(debugger, self.parser().parse_args(words), result)
-        except (frontend.ArgumentError, ValueError, ImageError, RestoreError,
-                OSError) as error:
-            text = str(error)
-            result.SetError(" ".join((text if text.startswith(self.name)
-                                      else f"{self.name}: {text}").split()))
-        except Exception as error:  # a bug still comes back as one line
-            result.SetError(f"{self.name}: internal error: {type(error).__name__}: {error}")
-
-    def invoke(self, debugger, args, result) -> None:
-        raise NotImplementedError
-
-
-class ImgCheckpoint(_Raw):
-    """img-checkpoint [NAME] [--store DIR] [--progress] [--pack] saves the stopped process as
-    the next checkpoint of the store (--store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints);
-    pages already in the store cost nothing. img-checkpoint --delete N|NAME, --prune KEEP
-    (all but the last KEEP go), --export N|NAME FILE (a single image file), --import FILE
-    [NAME] (a single image into the store). --pack: the mapped files too, stored once."""
+Saves the stopped process as the next checkpoint of the store (--store DIR, else
+$BINFMT_IMG_STORE, else ./img-checkpoints), named NAME if given; pages already in the store
+cost nothing. Or manages the store: --delete N|NAME; --prune KEEP (all but the last KEEP go);
+--export N|NAME FILE (one checkpoint as a single image file); --import FILE [NAME] (a single
+image into the store). --pack: the mapped files too, each stored once. img-checkpoints lists
+the checkpoints, img-restore N|NAME restores one."""
 
     name = "img-checkpoint"
     short_help = "Save the stopped process as a checkpoint in a store, or manage the store."
+    arguments = (("words", "star"),)  # NAME, or --export's FILE, or --import's NAME
+    options = (
+        Option("s", "store", "The checkpoint store directory.", value=True),
+        Option("P", "progress", "Show a progress line, in batch mode too."),
+        Option("k", "pack", "Store the mapped files too (executable, libraries), once each."),
+        Option("d", "delete", "Remove checkpoint N|NAME.", value=True),
+        Option("p", "prune", "Remove all but the last KEEP checkpoints.", value=True),
+        Option("e", "export", "Write checkpoint N|NAME as a single image file FILE.",
+               value=True),
+        Option("i", "import", "Add the single image file FILE (v0 or v1), named NAME if given.",
+               value=True),
+    )
 
-    def parser(self):
-        return frontend.checkpoint_parser()
-
-    def invoke(self, debugger, args, result) -> None:
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
+        args.import_ = getattr(args, "import")  # the store's name for it (a keyword)
+        given = [f"--{o}" for o in ("delete", "prune", "export", "import")
+                 if getattr(args, o) is not None]
+        if len(given) > 1:
+            raise ArgumentError(f"argument {given[1]}: not allowed with argument {given[0]}")
+        if args.prune is not None:
+            try:
+                args.prune = int(args.prune)
+            except ValueError:
+                raise ArgumentError(f"argument --prune: invalid int value: {args.prune!r}"
+                                    ) from None
         message = frontend.manage(args)
         if message is None:
             message = self._take(debugger, args, result)
         result.AppendMessage(message)
 
-    def _take(self, debugger, args, result) -> str:
+    def _take(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+              result: lldb.SBCommandReturnObject) -> str:
         store = frontend.open_store(args)
-        with commands._synchronous(debugger):  # noqa: SLF001 - img-dump's own steps
-            process = commands._stopped_process(debugger)  # noqa: SLF001
+        with synchronous(debugger):  # img-dump's own steps
+            process = stopped_process(debugger)
             inferior = LldbTarget(process)
             target = process.GetTarget()
-            line = progress.on_stderr("img-checkpoint", args.progress,
-                                      commands._batch())  # noqa: SLF001
-            with commands._breakpoints_lifted(target):  # noqa: SLF001
+            line = progress.on_stderr(self.name, args.progress, batch())
+            with breakpoints_lifted(target):
                 entry, report = frontend.take(
                     inferior, store, args.words[0] if args.words else None,
                     lambda pc: describe_pc(target, pc), line,
-                    pages=lambda plan: commands._masked_pages(plan, inferior,  # noqa: SLF001
-                                                              line),
+                    pages=lambda plan: masked_pages(plan, inferior, line),
                     pack=args.pack)
                 line.finish()
             inferior.memory_changed()
@@ -126,18 +118,23 @@ class ImgCheckpoint(_Raw):
         return frontend.taken_line(entry, report)
 
 
-class ImgCheckpoints(_Raw):
-    """img-checkpoints [--store DIR] [--json] lists the checkpoints of a store: number, name,
-    time, thread count, pc (with LLDB's function and line for it), size on disk and the bytes
-    new in each (pages the store did not hold before it)."""
+class ImgCheckpoints(Command):
+    """img-checkpoints [--store DIR] [--json]
+
+Lists the checkpoints of a store: number, name, time, thread count, pc (with LLDB's function
+and line for it), size on disk and the bytes new in each (pages the store did not hold before
+it)."""
 
     name = "img-checkpoints"
     short_help = "List the checkpoints of a store."
+    arguments = ()
+    options = (
+        Option("s", "store", "The checkpoint store directory.", value=True),
+        Option("j", "json", "Print one JSON list instead of a table."),
+    )
 
-    def parser(self):
-        return frontend.list_parser()
-
-    def invoke(self, debugger, args, result) -> None:
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
         store = frontend.open_store(args, create=False)
         target = debugger.GetSelectedTarget()
 

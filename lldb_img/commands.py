@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lldb
 
 from binfmt_img import report
+from binfmt_img.arguments import ArgumentError, Parser, one_line
 from binfmt_img.errors import ImageError, RestoreError
 from binfmt_img.formats import elfcore, image_file
-from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
+from binfmt_img.formats.model import PAGE_SIZE, Image
 from binfmt_img.live import progress
 from binfmt_img.live.dump import DumpPlan
 from binfmt_img.live.outcome import failure_line
@@ -24,66 +24,15 @@ from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from lldb_img import relocation
 from lldb_img.allocations import lldb_memory, put_back, without_lldb_memory
+from lldb_img.family import batch, breakpoints_lifted, masked_pages, stopped_process, synchronous
 from lldb_img.modules import sync_modules
 from lldb_img.pidlaunch import launch_with_pid
 from lldb_img.stop import stop_at_checkpoint
 from lldb_img.target import LldbTarget
 
 
-def _batch() -> bool:
-    """lldb's batch mode: no progress line unless asked for."""
-    return progress.started_with(("-b", "--batch", "-batch"))
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line through SetError, not an exit
-        raise _ArgumentError(message)
-
-
 def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-@contextlib.contextmanager
-def _synchronous(debugger: lldb.SBDebugger) -> Iterator[None]:
-    """Single-steps must return only once the inferior has stopped again."""
-    was_async = debugger.GetAsync()
-    debugger.SetAsync(False)
-    try:
-        yield
-    finally:
-        debugger.SetAsync(was_async)
-
-
-@contextlib.contextmanager
-def _breakpoints_lifted(target: lldb.SBTarget) -> Iterator[None]:
-    """LLDB keeps breakpoint traps in memory while stopped; lift the user's for the duration,
-    so no trap is dumped, overwritten by a restore, or stepped over in place of a syscall."""
-    enabled = [b for b in target.breakpoint_iter() if b.IsEnabled()]
-    for b in enabled:
-        b.SetEnabled(False)
-    try:
-        yield
-    finally:
-        for b in enabled:
-            b.SetEnabled(True)
-
-
-def _stopped_process(debugger: lldb.SBDebugger) -> lldb.SBProcess:
-    process = debugger.GetSelectedTarget().GetProcess()
-    if not process.IsValid() or process.GetState() in (lldb.eStateExited, lldb.eStateDetached):
-        raise RestoreError("no live process")
-    if process.GetState() != lldb.eStateStopped:
-        raise RestoreError("the process is running: interrupt it first")
-    return process
 
 
 def _auto_confirm(debugger: lldb.SBDebugger) -> bool:
@@ -94,7 +43,7 @@ def _auto_confirm(debugger: lldb.SBDebugger) -> bool:
 def _confirmed(debugger: lldb.SBDebugger, question: str, yes: bool) -> bool:
     """As LLDB's own confirmations (`process launch` over a live process): the default answer
     (yes) in batch mode, with auto-confirm or with no terminal to ask on."""
-    if yes or _batch() or _auto_confirm(debugger) or not os.isatty(0):
+    if yes or batch() or _auto_confirm(debugger) or not os.isatty(0):
         return True
     try:
         answer = input(f"{question}: [Y/n] ")
@@ -116,7 +65,7 @@ def _replace_live(debugger: lldb.SBDebugger, image: Image, process: lldb.SBProce
                   yes: bool) -> bool:
     """A live process: confirmed, the image is restored into it when it runs the image's
     program on one thread, else it is killed (True: start a new one)."""
-    _stopped_process(debugger)
+    stopped_process(debugger)
     if not _confirmed(debugger, "There is a running process, replace it with the image?",
                       yes):
         raise RestoreError("not confirmed: the running process is left as it was")
@@ -204,7 +153,7 @@ def _ensure_process(debugger: lldb.SBDebugger, image: Image,
     # Now, not with the result: the progress line that follows goes out while the command runs.
     _say_now(debugger, result, f"img-restore: started {program} "
                                f"(pid {process.GetProcessID()}) to restore into")
-    return _stopped_process(debugger)
+    return stopped_process(debugger)
 
 
 def _say_now(debugger: lldb.SBDebugger, result: lldb.SBCommandReturnObject, text: str) -> None:
@@ -244,18 +193,21 @@ class Option:
 HELP = Option("h", "help", "Show this command's help.")
 
 
-class _Command:
+class Command:
     """What LLDB's `command script add -c` expects of a raw command class (the fallback for an
     LLDB without parsed commands: parsed.py wraps these for LLDB 18+)."""
 
     name = ""
     short_help = ""
-    argument = "FILE"  # the one positional argument, required
+    # The positional arguments: (name, LLDB's repeat: plain, optional or star).
+    arguments: tuple[tuple[str, str], ...] = (("file", "plain"),)
+    argument_type = lldb.eArgTypeFilename  # what LLDB completes them with
     options: tuple[Option, ...] = ()
 
     def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
-        self.parser = _Parser(prog=self.name, add_help=False)
-        self.parser.add_argument(self.argument.lower())
+        self.parser = Parser(prog=self.name, add_help=False)
+        for name, repeat in self.arguments:
+            self.parser.add_argument(name, nargs={"optional": "?", "star": "*"}.get(repeat))
         for option in self.options:
             if option.value:
                 self.parser.add_argument(f"--{option.long}", f"-{option.short}",
@@ -294,18 +246,18 @@ class _Command:
         """Parse, then invoke; every error comes back as one line."""
         try:
             self.invoke(debugger, parse(), result)
-        except (_ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
-            result.SetError(_one_line(f"{self.name}: {error}"))
+        except (ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
+            result.SetError(one_line(self.name, error))
         except Exception as error:  # a bug must still come back as one line, not a traceback
-            result.SetError(_one_line(f"{self.name}: internal error: "
-                                      f"{type(error).__name__}: {error}"))
+            result.SetError(one_line(self.name, f"internal error: {type(error).__name__}: "
+                                                f"{error}"))
 
     def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
                result: lldb.SBCommandReturnObject) -> None:
         raise NotImplementedError
 
 
-class ImgRestore(_Command):
+class ImgRestore(Command):
     """img-restore FILE|N|NAME [--via auto|fast|debugger] [--progress] [--accept-loss] [--yes]
 [--store DIR]
 
@@ -344,7 +296,7 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
         from lldb_img.checkpoints import restore_image  # it imports this module
         image = restore_image(args.file, args.store, result)
         relocation.prepare(debugger, image, args, result)
-        with _synchronous(debugger):
+        with synchronous(debugger):
             before = debugger.GetSelectedTarget().GetProcess()
             before_pid = before.GetProcessID() if before.IsValid() else None
             process = _ensure_process(debugger, image, result, args.yes)
@@ -357,9 +309,9 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
             target = process.GetTarget()
             plan = RestorePlan(LldbTarget(process), image, via=args.via,
                                progress=progress.on_stderr("img-restore", args.progress,
-                                                           _batch()),
+                                                           batch()),
                                accept_loss=args.accept_loss)
-            with _breakpoints_lifted(target):
+            with breakpoints_lifted(target):
                 try:
                     plan.check()
                     done = plan.run()
@@ -387,7 +339,7 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
             # A crash core: the faulting instruction runs again and raises the same signal,
             # which LLDB then shows as the stop reason, as for a live fault.
             name = report.signal_name(image.signal.number)
-            with _synchronous(debugger):
+            with synchronous(debugger):
                 # A continue, not a step: a step's plan would outlive the signal and stop the
                 # next continue after one instruction.
                 process.Continue()
@@ -418,19 +370,7 @@ def _restored_counts(image: Image, vmas: int, pages: int) -> str:
     return text
 
 
-def _masked_pages(plan: DumpPlan, inferior: LldbTarget,
-                  line: progress.ProgressLine) -> Iterator[tuple[int, bytes]]:
-    """The dump's pages, those of executable mappings read again through LLDB: it shows the
-    original bytes where its own breakpoint traps (ld.so's link-map one) sit, which
-    /proc/PID/mem shows as int3. Only code pages the process wrote are stored: few."""
-    executable = [(m.start, m.end) for m in plan.maps if m.prot & PROT_EXEC]
-    for vaddr, data in plan.pages(line):
-        if any(start <= vaddr < end for start, end in executable):
-            data = inferior.read_memory(vaddr, len(data))
-        yield vaddr, data
-
-
-class ImgDump(_Command):
+class ImgDump(Command):
     """img-dump FILE [--format v1|v0] [--compress] [--progress]
 
 The image holds registers, FPU state, memory mappings with their files, the pages the process
@@ -453,15 +393,15 @@ The process is left as it was and can be continued."""
                result: lldb.SBCommandReturnObject) -> None:
         path = _path(args.file)
         started = time.monotonic()
-        with _synchronous(debugger):
-            inferior = LldbTarget(_stopped_process(debugger))
-            with _breakpoints_lifted(inferior.process.GetTarget()):
+        with synchronous(debugger):
+            inferior = LldbTarget(stopped_process(debugger))
+            with breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
                 plan.maps = without_lldb_memory(plan.maps, inferior.process)
                 image = plan.collect()
                 relocation.pack(image, args, plan.sources)
-                line = progress.on_stderr("img-dump", args.progress, _batch())
-                image_file.save(path, image, args.format, _masked_pages(plan, inferior, line),
+                line = progress.on_stderr("img-dump", args.progress, batch())
+                image_file.save(path, image, args.format, masked_pages(plan, inferior, line),
                                 args.compress)
                 line.finish()
             inferior.memory_changed()
@@ -474,7 +414,7 @@ The process is left as it was and can be continued."""
                              f"{time.monotonic() - started:.2f} s")
 
 
-class ImgInfo(_Command):
+class ImgInfo(Command):
     """img-info FILE [--json] [--verify]
 
 Describes a process image without changing anything: the registers, mm fields, VMAs, signal

@@ -1,20 +1,23 @@
-"""LLDB commands img-diff and img-bisect (binfmt_img/compare), as raw commands: img-bisect's
-expression is the user's own text, quotes and all."""
+"""LLDB commands img-diff (a command of the family: commands.Command, parsed by LLDB 18+) and
+img-bisect (binfmt_img/compare), a raw command: its expression is the user's own text, quotes
+and all."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import shlex
 from typing import Any
 
 import lldb
 
-from binfmt_img.compare.bisect import Step, bisect, split_arguments
+from binfmt_img.arguments import one_line
+from binfmt_img.compare.bisect import Step, asks_help, bisect, split_arguments
 from binfmt_img.compare.diff import compare
 from binfmt_img.compare.resolve import LIVE, open_side, open_store
 from binfmt_img.compare.text import render
 from binfmt_img.errors import ImageError, RestoreError
-from lldb_img.commands import _ArgumentError, _one_line, _Parser, _stopped_process, _synchronous
+from lldb_img.commands import Command, Option
+from lldb_img.family import stopped_process, synchronous
 from lldb_img.target import LldbTarget
 
 
@@ -67,9 +70,57 @@ class _CompareTarget(LldbTarget):
                 for frame in list(thread)[:256]]
 
 
-class _Raw:
-    name = ""
-    short_help = ""
+class ImgDiff(Command):
+    """img-diff A B [--json] [--store DIR]
+
+Compares two checkpoints, images or the live process. A and B are each an image file, a
+checkpoint of the store (number or name) or `live` (the stopped process). Shows registers per
+thread, VMAs added, removed or changed, the pages changed, and the changed memory as global
+and static variables by name (old and new values, typed by LLDB where it knows the type), heap
+ranges and stack frames by function."""
+
+    name = "img-diff"
+    short_help = "Compare two checkpoints, images or the live process."
+    arguments = (("a", "plain"), ("b", "plain"))
+    options = (
+        Option("j", "json", "Print one JSON object instead of text."),
+        Option("s", "store", "The checkpoint store A and B may name checkpoints of.",
+               value=True),
+    )
+
+    def invoke(self, debugger: lldb.SBDebugger, args: argparse.Namespace,
+               result: lldb.SBCommandReturnObject) -> None:
+        target = debugger.GetSelectedTarget()
+        with synchronous(debugger):
+            live = (_CompareTarget(stopped_process(debugger)) if LIVE in (args.a, args.b)
+                    else None)
+            a = open_side(args.a, live, args.store)
+            b = open_side(args.b, live, args.store)
+            diff = compare(a, b, LldbValues(target))
+        result.AppendMessage(json.dumps(diff.to_json()) if args.json else render(diff))
+
+
+PARSED = (ImgDiff,)  # with option definitions; img-bisect is raw (its EXPR is free text)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ImgBisect:
+    """Finds the first checkpoint from A to B where the expression EXPR is true, and stops
+    there, restored. A and B are checkpoints of the store (numbers or names), A the earlier.
+    The checkpoints are restored as few as a binary search needs, EXPR evaluated by LLDB at
+    each (assumed false at A and true at B; both are checked, and said when not so); the path
+    taken is printed. EXPR is the rest of the line, as typed."""
+
+    name = "img-bisect"
+    short_help = "Find the first checkpoint where an expression is true."
+    usage = "img-bisect [--store DIR] [--accept-loss] A B EXPR"
+    options = (("--store DIR", "The checkpoint store (else $BINFMT_IMG_STORE, else "
+                "./img-checkpoints)."),
+               ("--accept-loss", "Passed to each img-restore."),
+               ("-h (--help)", "Show this command's help."))
 
     def __init__(self, debugger: lldb.SBDebugger, internal_dict: dict) -> None:
         pass
@@ -78,71 +129,28 @@ class _Raw:
         return self.short_help
 
     def get_long_help(self) -> str:
-        return " ".join((self.__doc__ or "").split())
+        """LLDB wraps the text itself: one line a paragraph."""
+        lines = [f"Usage: {self.usage}", " ".join((self.__doc__ or "").split()), "Options:"]
+        return "\n\n".join(lines + [f"{option}: {text}" for option, text in self.options])
 
     def __call__(self, debugger: lldb.SBDebugger, command: str, exe_ctx: lldb.SBExecutionContext,
                  result: lldb.SBCommandReturnObject) -> None:
+        if asks_help(command):
+            debugger.GetCommandInterpreter().HandleCommand(f"help {self.name}", result)
+            return
         try:
             self.invoke(debugger, command, result)
-        except (_ArgumentError, ValueError, ImageError, RestoreError, OSError) as error:
-            result.SetError(_one_line(f"{self.name}: {error}"))
+        except (ValueError, ImageError, RestoreError, OSError) as error:
+            result.SetError(one_line(self.name, error))
         except Exception as error:  # noqa: BLE001 - one line, not a traceback
-            result.SetError(_one_line(f"{self.name}: internal error: "
-                                      f"{type(error).__name__}: {error}"))
-
-    def invoke(self, debugger: lldb.SBDebugger, command: str,
-               result: lldb.SBCommandReturnObject) -> None:
-        raise NotImplementedError
-
-
-class ImgDiff(_Raw):
-    """img-diff A B [--json] [--store DIR]: compare two checkpoints, images or the live
-    process. A and B are each an image file, a checkpoint of the store (number or name) or
-    `live` (the stopped process). Shows registers per thread, VMAs added, removed or changed,
-    the pages changed, and the changed memory as global and static variables by name (old and
-    new values, typed by LLDB where it knows the type), heap ranges and stack frames by
-    function."""
-
-    name = "img-diff"
-    short_help = "Compare two checkpoints, images or the live process."
-
-    def invoke(self, debugger: lldb.SBDebugger, command: str,
-               result: lldb.SBCommandReturnObject) -> None:
-        parser = _Parser(prog=self.name, add_help=False)
-        parser.add_argument("a")
-        parser.add_argument("b")
-        parser.add_argument("--json", "-j", action="store_true")
-        parser.add_argument("--store", "-s")
-        args = parser.parse_args(shlex.split(command))
-        target = debugger.GetSelectedTarget()
-        with _synchronous(debugger):
-            live = (_CompareTarget(_stopped_process(debugger)) if LIVE in (args.a, args.b)
-                    else None)
-            a = open_side(args.a, live, args.store)
-            b = open_side(args.b, live, args.store)
-            diff = compare(a, b, LldbValues(target))
-        result.AppendMessage(json.dumps(diff.to_json()) if args.json else render(diff))
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class ImgBisect(_Raw):
-    """img-bisect [--store DIR] [--accept-loss] A B EXPR: find the first checkpoint from A to
-    B where the expression EXPR is true, and stop there, restored. The checkpoints are
-    restored as few as a binary search needs, EXPR evaluated by LLDB at each (assumed false
-    at A and true at B; both are checked, and said when not so); the path taken is printed.
-    --accept-loss is passed to each img-restore."""
-
-    name = "img-bisect"
-    short_help = "Find the first checkpoint where an expression is true."
+            result.SetError(one_line(self.name, f"internal error: {type(error).__name__}: "
+                                                f"{error}"))
 
     def invoke(self, debugger: lldb.SBDebugger, command: str,
                result: lldb.SBCommandReturnObject) -> None:
         options, ends, expression = split_arguments(command)
         if len(ends) < 2 or not expression:
-            raise ValueError("usage: img-bisect [--store DIR] [--accept-loss] A B EXPR")
+            raise ValueError(f"usage: {self.usage}")
         store = open_store(options.get("store"))  # type: ignore[arg-type]
         a, b = store.resolve(ends[0]), store.resolve(ends[1])
         if a.number > b.number:
@@ -168,14 +176,14 @@ class ImgBisect(_Raw):
             frame = process.GetSelectedThread().GetSelectedFrame()
             value = frame.EvaluateExpression(expression)
             if value.GetError().Fail():
-                raise RestoreError(f"{expression}: {_one_line(value.GetError().GetCString())}")
+                raise RestoreError(f"{expression}: {value.GetError().GetCString()}")
             return value.GetValueAsUnsigned() != 0, _text(value)
 
         def said(step: Step) -> None:
             lines.append(f"img-bisect: {_name(step.entry)}: {expression} = {step.value} "
                          f"({'true' if step.true else 'false'})")
 
-        with _synchronous(debugger):
+        with synchronous(debugger):
             outcome = bisect(entries, restore, evaluate, said)
         if outcome.note:
             lines.append(f"img-bisect: {outcome.note}")
@@ -201,12 +209,8 @@ def _name(entry: Any) -> str:
     return f"checkpoint {entry.number}" + (f" ({entry.name})" if entry.name else "")
 
 
-COMMANDS = (ImgDiff, ImgBisect)
-
-
 def register(debugger: lldb.SBDebugger) -> None:
-    """Raw commands (`command script add -c`): LLDB leaves their text to them."""
-    for command in COMMANDS:
-        done = lldb.SBCommandReturnObject()
-        debugger.GetCommandInterpreter().HandleCommand(
-            f"command script add -o -c {__name__}.{command.__name__} {command.name}", done)
+    """img-bisect as a raw command (`command script add -c`): LLDB leaves its text to it."""
+    done = lldb.SBCommandReturnObject()
+    debugger.GetCommandInterpreter().HandleCommand(
+        f"command script add -o -c {__name__}.ImgBisect {ImgBisect.name}", done)

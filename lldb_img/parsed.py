@@ -9,11 +9,12 @@ import argparse
 import lldb
 from lldb.plugins.parsed_cmd import ParsedCommand
 
-from lldb_img import commands
-from lldb_img.commands import HELP, Option
+from binfmt_img.arguments import ArgumentError
+from lldb_img.commands import HELP, Command, Option
+from lldb_img.family import parsed_commands
 
 
-def _problem(command: type[commands._Command], options: tuple[Option, ...],
+def _problem(command: type[Command], options: tuple[Option, ...],
              values: dict[str, object], args: list[str]) -> str | None:
     """What argparse would refuse; LLDB checks neither enum values (ours are kept raw, for a
     message naming the choices) nor the argument count."""
@@ -21,14 +22,25 @@ def _problem(command: type[commands._Command], options: tuple[Option, ...],
         if option.choices and values[option.dest] not in option.choices:
             return (f"argument --{option.long}/-{option.short}: invalid choice: "
                     f"{values[option.dest]!r} (choose from {', '.join(option.choices)})")
-    if not args:
-        return f"the following arguments are required: {command.argument.lower()}"
-    if len(args) > 1:
-        return f"unrecognized arguments: {' '.join(args[1:])}"
+    required = [name for name, repeat in command.arguments if repeat == "plain"]
+    if len(args) < len(required):
+        return f"the following arguments are required: {', '.join(required[len(args):])}"
+    most = (len(args) if any(repeat == "star" for _, repeat in command.arguments)
+            else len(command.arguments))
+    if len(args) > most:
+        return f"unrecognized arguments: {' '.join(args[most:])}"
     return None
 
 
-def _parsed(command: type[commands._Command]) -> type:
+def _positional(command: type[Command], args: list[str]) -> dict[str, object]:
+    """The words given to the command's positional arguments, as argparse gives them."""
+    out: dict[str, object] = {}
+    for i, (name, repeat) in enumerate(command.arguments):
+        out[name] = args[i:] if repeat == "star" else args[i] if i < len(args) else None
+    return out
+
+
+def _parsed(command: type[Command]) -> type:
     options = command.options + (HELP,)
 
     class Parsed(ParsedCommand):
@@ -53,8 +65,10 @@ def _parsed(command: type[commands._Command]) -> type:
                                       dest=option.dest)
                     # No value type: LLDB makes it a flag that takes no argument.
                     del parser.options_dict[option.long]["value_type"]
-            parser.add_argument_set([parser.make_argument_element(lldb.eArgTypeFilename,
-                                                                  "plain")])
+            if command.arguments:
+                parser.add_argument_set([parser.make_argument_element(command.argument_type,
+                                                                      repeat)
+                                         for _, repeat in command.arguments])
 
         def set_option_value(self, exe_ctx: lldb.SBExecutionContext, name: str,
                              value: str) -> bool:
@@ -88,8 +102,8 @@ def _parsed(command: type[commands._Command]) -> type:
             def parse() -> argparse.Namespace:
                 problem = _problem(command, command.options, values, positional)
                 if problem is not None:
-                    raise commands._ArgumentError(problem)
-                return argparse.Namespace(**values, **{command.argument.lower(): positional[0]})
+                    raise ArgumentError(problem)
+                return argparse.Namespace(**values, **_positional(command, positional))
 
             self.command.run(debugger, parse, result)
 
@@ -97,5 +111,5 @@ def _parsed(command: type[commands._Command]) -> type:
     return Parsed
 
 
-PARSED = tuple(_parsed(command) for command in commands.COMMANDS)
+PARSED = tuple(_parsed(command) for command in parsed_commands())
 globals().update({p.__name__: p for p in PARSED})

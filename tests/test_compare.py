@@ -286,9 +286,8 @@ def test_img_diff_gdb_images_json_and_live(tmp_path: Path) -> None:
 
 
 def _checkpoint_eight(gdb: Gdb, tmp_path: Path, store: Path) -> None:
-    """compare_list with a checkpoint saved at each of its 8 checkpoint() calls. (Not from a
-    breakpoint command list: img-checkpoint single-steps the inferior, and GDB drops the rest
-    of a command list once a command resumed it, so its `continue` never runs.)"""
+    """compare_list with a checkpoint saved at each of its 8 checkpoint() calls (from a
+    breakpoint command list too: test_gdb_mi.test_checkpoints_from_a_breakpoint_command_list)."""
     gdb.console("break checkpoint")
     stop = gdb.until_stopped(f"run > {tmp_path / 'out'}")
     for round_no in range(1, 9):

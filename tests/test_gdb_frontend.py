@@ -268,7 +268,9 @@ def test_img_prefix_completion_default_name_and_spaces(tmp_path: Path) -> None:
     done = subprocess.run(
         ["gdb", "--nx", "--batch", "-ex", f"source {INIT}", "-ex", "help img",
          "-ex", "complete img-restore --acc", "-ex", "complete img restore x --via f",
-         "-ex", "complete img-dump --fo", "-ex", "break checkpoint",
+         "-ex", "complete img-dump --fo", "-ex", "complete img-checkpoint --pr",
+         "-ex", "complete img diff a b --st", "-ex", "img checkpoints -h",
+         "-ex", "img-bisect -h", "-ex", "break checkpoint",
          "-ex", f"run > {tmp_path / 'out'}", "-ex", "img-dump",
          "-ex", "python print('PID', gdb.selected_inferior().pid)",
          "-ex", f"img dump {spaced}", "-ex", "kill",
@@ -278,6 +280,12 @@ def test_img_prefix_completion_default_name_and_spaces(tmp_path: Path) -> None:
     assert "img restore, img-restore -- Restore a process image into the inferior, stopped " \
            "at the checkpoint.\n" in text, text
     assert "img dump, img-dump -- " in text and "img info, img-info -- " in text, text
+    for name in ("checkpoint", "checkpoints", "diff", "bisect"):  # the newer commands too
+        assert f"img {name}, img-{name} -- " in text, text
+    assert "img-checkpoint --progress\nimg-checkpoint --prune\n" in text, text
+    assert "img diff a b --store\n" in text, text
+    assert "Usage: img-checkpoints [--store DIR] [--json]" in text, text
+    assert "Usage: img-bisect [--store DIR] [--accept-loss] A B EXPR" in text, text
     assert "img-restore --accept-loss\n" in text, text
     assert "img restore x --via fast\n" in text, text
     assert "img-dump --format\n" in text, text

@@ -5,6 +5,7 @@ MI prompt and through `-interpreter-exec console` alike."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -182,3 +183,57 @@ def _gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["typed", "interpreter-exec"])
+def test_checkpoint_and_diff_answer_done(threads, tmp_path: Path, direct: bool) -> None:
+    """img-checkpoint (which dumps the process), img-checkpoints and img-diff answer `^done`
+    with no `*running` and no `*stopped`; an error is one `^error` line."""
+    binary, image = threads
+    store = tmp_path / "store"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console(f"set args > {tmp_path / 'out'}")
+        gdb.console("break checkpoint")
+        gdb.until_stopped("run")
+        for command in (f"img-checkpoint one --store {store}", f"img checkpoint --store {store}"):
+            answer = _shape(_run(gdb, command, direct), "img-checkpoint", 0)
+            assert answer["message"] == "done", answer
+        for command, name in ((f"img-checkpoints --store {store}", "img-checkpoints"),
+                              (f"img-diff {image} one --store {store}", "img-diff"),
+                              (f"img diff 1 live --store {store}", "img-diff")):
+            answer = _shape(_run(gdb, command, direct), name, 0, own=(r".*",))
+            assert answer["message"] == "done", answer
+        answer = _shape(_run(gdb, f"img-diff 1 7 --store {store}", direct), "img-diff", 0)
+        assert answer["message"] == "error", answer
+        assert answer["payload"]["msg"].startswith("img-diff: "), answer
+        gdb.console("delete")
+        stop = gdb.until_stopped("continue")
+        assert stop.get("reason") == "exited-normally", stop
+    finally:
+        gdb.close()
+    assert (tmp_path / "out").read_text().count("joined=1") == 3
+
+
+def test_checkpoints_from_a_breakpoint_command_list(tmp_path: Path) -> None:
+    """`img-checkpoint` then `continue` in a breakpoint's commands: img-checkpoint does not
+    resume the inferior through GDB, so the `continue` runs, at every hit."""
+    binary = compile_program("compare_list", tmp_path)
+    store = tmp_path / "store"
+    gdb = Gdb(str(binary))
+    try:
+        gdb.console("break checkpoint")
+        gdb.mi.write(f'-break-commands 1 "img-checkpoint --store {store}" "continue"',
+                     timeout_sec=10)
+        gdb.console(f"set args > {tmp_path / 'out'}")
+        gdb.console("run", settle=False)
+        start = gdb.result_index + 1
+        gdb._collect(lambda _rs: any(r["type"] == "notify" and r["message"] == "stopped"
+                                     and r["payload"].get("reason") == "exited-normally"
+                                     for r in gdb.records[start:]), 120)
+        listed = gdb.console(f"img-checkpoints --store {store} --json")
+    finally:
+        gdb.close()
+    entries = json.loads(listed[listed.index("["):])
+    assert [e["number"] for e in entries] == list(range(1, 9)), entries
+    assert (tmp_path / "out").read_text() == "round 9\n"

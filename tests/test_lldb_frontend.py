@@ -147,6 +147,41 @@ def test_parsed_commands_help_options_completion(tmp_path: Path) -> None:
     assert re.search(r"img-restore +-- Restore a process image into the inferior\.", help_line)
 
 
+def test_newer_commands_are_parsed_too(tmp_path: Path) -> None:
+    """img-checkpoint, img-checkpoints and img-diff are parsed commands like img-restore;
+    img-bisect (raw: EXPR is free text) still shows its usage and options, for -h too; all
+    are in `help`; errors are one line."""
+    done = lldb_batch("help", "help img-checkpoint", "img-checkpoints -h", "img-diff -h",
+                      "script print('== bisect')", "img-bisect --store x -h",
+                      _complete("img-checkpoint --pr"), _complete("img-diff a b --js"))
+    text = done.stdout
+    listed, rest = text.split("(lldb) help img-checkpoint", 1)
+    for name, said in (("checkpoint", "Save the stopped process"),
+                       ("checkpoints", "List the checkpoints"), ("diff", "Compare two"),
+                       ("bisect", "Find the first checkpoint")):
+        assert re.search(rf"img-{name} +-- {said}", listed), listed
+    checkpoint, rest = rest.split("img-checkpoints -h", 1)
+    assert "Expects 'raw' input" not in checkpoint + rest.split("== bisect")[0], text
+    for option in ("--store", "--delete", "--prune", "--export", "--import", "--progress"):
+        assert option in checkpoint, checkpoint
+    assert "--json" in rest.split("img-diff -h")[0] and "--json" in rest.split("img-diff -h")[1]
+    bisect = rest.split("== bisect", 1)[1]
+    assert "Usage: img-bisect [--store DIR] [--accept-loss] A B EXPR" in bisect, bisect
+    assert "--accept-loss: Passed to each img-restore." in bisect, bisect
+    completions = [line for line in text.splitlines() if line.startswith("completions:")]
+    assert "'--progress'" in completions[0] and "'--prune'" in completions[0], completions
+    assert "'--json'" in completions[1], completions
+    for command, message in (("img-diff a", "img-diff: the following arguments are required: b"),
+                             ("img-checkpoints x", "'img-checkpoints' doesn't take any arguments"),
+                             ("img-checkpoint --prune 1 --delete 2",
+                              "img-checkpoint: argument --prune: not allowed with argument "
+                              "--delete"),
+                             ("img-bisect 1", "img-bisect: usage: img-bisect")):
+        errors = [line for line in lldb_batch(command).stderr.splitlines()
+                  if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (command, errors)
+
+
 def test_parsed_commands_errors_are_one_line(tmp_path: Path) -> None:
     for command, message in (("img-restore", "the following arguments are required: file"),
                              ("img-restore x.img --via teleport", "invalid choice: 'teleport'"),

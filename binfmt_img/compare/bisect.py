@@ -77,6 +77,18 @@ def bisect(entries: Sequence[Entry], restore: Callable[[Entry], None],
     return out
 
 
+def asks_help(text: str) -> bool:
+    """-h or --help among img-bisect's options (before A: EXPR may hold anything)."""
+    value = False  # the word is --store's directory
+    for word in text.split():
+        if not value and word in ("-h", "--help"):
+            return True
+        if not value and not word.startswith("-"):
+            return False  # A: the options are over
+        value = word == "--store"
+    return False
+
+
 def split_arguments(text: str) -> tuple[dict[str, str | bool], list[str], str]:
     """img-bisect's words: `[--store DIR] [--accept-loss] A B EXPR...`: the options, A and B
     (shell-like words), and the expression as the user typed it (quotes and all)."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from tabulate import tabulate
 
+from binfmt_img.arguments import ArgumentError, Parser
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import identity
 from binfmt_img.formats.model import Image
@@ -26,17 +27,8 @@ img-checkpoint [NAME] [--store DIR] [--progress] [--pack]
 img-checkpoint --delete N|NAME | --prune KEEP | --export N|NAME FILE | --import FILE [NAME]"""
 
 
-class ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line through the debugger, not an exit
-        raise ArgumentError(f"{self.prog}: {message}")
-
-
 def checkpoint_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="img-checkpoint", add_help=False, usage=CHECKPOINT_USAGE)
+    parser = Parser(prog="img-checkpoint", add_help=False, usage=CHECKPOINT_USAGE)
     parser.add_argument("words", nargs="*")
     parser.add_argument("--store")
     parser.add_argument("--progress", action="store_true")
@@ -50,7 +42,7 @@ def checkpoint_parser() -> argparse.ArgumentParser:
 
 
 def list_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="img-checkpoints", add_help=False,
+    parser = Parser(prog="img-checkpoints", add_help=False,
                      usage="img-checkpoints [--store DIR] [--json]")
     parser.add_argument("--store")
     parser.add_argument("--json", action="store_true")
