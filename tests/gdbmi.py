@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from cprogs import ROOT
@@ -39,7 +40,15 @@ class Gdb:
             self.mi.write("-gdb-exit", timeout_sec=2, raise_error_on_timeout=False)
         except Exception:  # noqa: BLE001 - gdb may already be gone
             pass
-        self.mi.exit()
+        # Bounded: a GDB that crashed can hang in its exit handlers, deaf to SIGTERM.
+        process, self.mi.gdb_process = self.mi.gdb_process, None
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def _collect(self, done, timeout: float) -> list[dict]:
         got: list[dict] = []
