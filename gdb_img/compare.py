@@ -9,11 +9,20 @@ import json
 import gdb
 
 from binfmt_img.arguments import Parser
-from binfmt_img.compare.bisect import Step, asks_help, bisect, split_arguments
+from binfmt_img.compare.bisect import (
+    Step,
+    asks_help,
+    bisect,
+    checkpoints_between,
+    header_line,
+    outcome_lines,
+    split_arguments,
+    step_line,
+)
 from binfmt_img.compare.diff import compare
 from binfmt_img.compare.resolve import LIVE, open_side, open_store
 from binfmt_img.compare.text import render
-from binfmt_img.errors import ImageError, RestoreError
+from binfmt_img.errors import RestoreError
 from gdb_img.family import HelpShown, ImgCommand
 from gdb_img.target import GdbTarget, gdb_quoted
 
@@ -128,10 +137,7 @@ passed to each img-restore."""
 def _bisect(store_dir: str | None, accept_loss: bool, first: str, last: str,
             expression: str) -> None:
     store = open_store(store_dir)
-    a, b = store.resolve(first), store.resolve(last)
-    if a.number > b.number:
-        raise ImageError(f"checkpoint {a.number} comes after {b.number}: give the earlier first")
-    entries = [e for e in store.entries() if a.number <= e.number <= b.number]
+    entries = checkpoints_between(store, first, last)
     # The user's store and flags only: no text of the images goes into the command.
     option = f"--store {gdb_quoted(store.path)} " + (
         "--accept-loss " if accept_loss else "")
@@ -151,24 +157,12 @@ def _bisect(store_dir: str | None, accept_loss: bool, first: str, last: str,
             raise RestoreError(f"{expression}: {error}") from None
 
     def said(step: Step) -> None:
-        gdb.write(f"img-bisect: {_name(step.entry)}: {expression} = {step.value} "
-                  f"({'true' if step.true else 'false'})\n")
+        gdb.write(step_line(expression, step) + "\n")
 
-    gdb.write(f"img-bisect: {len(entries)} checkpoints from {a.number} to {b.number}\n")
-    outcome = bisect(entries, restore, evaluate, said)
-    if outcome.note:
-        gdb.write(f"img-bisect: {outcome.note}\n")
-    if outcome.first is not None:
-        gdb.write(f"img-bisect: first true at {_name(outcome.first)}, after "
-                  f"{outcome.restores} restores; the process is restored there\n")
-    elif outcome.restored is not None:
-        gdb.write(f"img-bisect: the process is left at {_name(outcome.restored)}\n")
+    gdb.write(header_line(entries) + "\n")
+    for line in outcome_lines(bisect(entries, restore, evaluate, said)):
+        gdb.write(line + "\n")
     gdb.execute("frame")
-
-
-def _name(entry: object) -> str:
-    name = getattr(entry, "name", None)
-    return f"checkpoint {entry.number}" + (f" ({name})" if name else "")  # type: ignore[attr-defined]
 
 
 def register() -> None:

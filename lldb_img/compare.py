@@ -11,7 +11,16 @@ from typing import Any
 import lldb
 
 from binfmt_img.arguments import one_line
-from binfmt_img.compare.bisect import Step, asks_help, bisect, split_arguments
+from binfmt_img.compare.bisect import (
+    Step,
+    asks_help,
+    bisect,
+    checkpoints_between,
+    header_line,
+    outcome_lines,
+    split_arguments,
+    step_line,
+)
 from binfmt_img.compare.diff import compare
 from binfmt_img.compare.resolve import LIVE, open_side, open_store
 from binfmt_img.compare.text import render
@@ -152,16 +161,12 @@ class ImgBisect:
         if len(ends) < 2 or not expression:
             raise ValueError(f"usage: {self.usage}")
         store = open_store(options.get("store"))  # type: ignore[arg-type]
-        a, b = store.resolve(ends[0]), store.resolve(ends[1])
-        if a.number > b.number:
-            raise ImageError(f"checkpoint {a.number} comes after {b.number}: give the earlier "
-                             "first")
-        entries = [e for e in store.entries() if a.number <= e.number <= b.number]
+        entries = checkpoints_between(store, ends[0], ends[1])
         # The user's store and flags only: no text of the images goes into the command.
         option = f"--store {_quoted(store.path)} " + (
             "--accept-loss " if options.get("accept_loss") else "")
         interpreter = debugger.GetCommandInterpreter()
-        lines = [f"img-bisect: {len(entries)} checkpoints from {a.number} to {b.number}"]
+        lines = [header_line(entries)]
 
         def restore(entry: Any) -> None:
             number = int(entry.number)  # a number, never the name: no image text
@@ -180,18 +185,11 @@ class ImgBisect:
             return value.GetValueAsUnsigned() != 0, _text(value)
 
         def said(step: Step) -> None:
-            lines.append(f"img-bisect: {_name(step.entry)}: {expression} = {step.value} "
-                         f"({'true' if step.true else 'false'})")
+            lines.append(step_line(expression, step))
 
         with synchronous(debugger):
             outcome = bisect(entries, restore, evaluate, said)
-        if outcome.note:
-            lines.append(f"img-bisect: {outcome.note}")
-        if outcome.first is not None:
-            lines.append(f"img-bisect: first true at {_name(outcome.first)}, after "
-                         f"{outcome.restores} restores; the process is restored there")
-        elif outcome.restored is not None:
-            lines.append(f"img-bisect: the process is left at {_name(outcome.restored)}")
+        lines += outcome_lines(outcome)
         result.AppendMessage("\n".join(lines))
 
 
@@ -203,10 +201,6 @@ def _fresh_process(debugger: lldb.SBDebugger) -> None:
     process = debugger.GetSelectedTarget().GetProcess()
     if process.IsValid() and process.GetState() == lldb.eStateStopped:
         process.Kill()
-
-
-def _name(entry: Any) -> str:
-    return f"checkpoint {entry.number}" + (f" ({entry.name})" if entry.name else "")
 
 
 def register(debugger: lldb.SBDebugger) -> None:

@@ -327,6 +327,8 @@ def test_stops_do_not_grow_with_the_vmas_lldb(tmp_path: Path) -> None:
 @needs_lldb
 def test_restore_stops_do_not_grow_with_the_threads_lldb(tmp_path: Path) -> None:
     """As in GDB; LLDB stops every thread when the first reaches its trap, so a thread
-    still in its table is resumed once more: a resume or two of slack, not one per thread."""
+    still in its table is resumed once more: a few resumes of slack on a busy machine (4 seen
+    under load), not one per thread (14 more threads cost 182 stops before the restorer
+    cloned them)."""
     two, sixteen = _lldb_stops(tmp_path, 10, threads=2), _lldb_stops(tmp_path, 10, threads=16)
-    assert sixteen <= two + 2, (two, sixteen)
+    assert sixteen <= two + 6, (two, sixteen)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from binfmt_img.errors import ImageError
 
 Entry = TypeVar("Entry")
 
@@ -117,3 +119,38 @@ def split_arguments(text: str) -> tuple[dict[str, str | bool], list[str], str]:
             words.append(word)
     rest = lexer.instream.read().strip()  # type: ignore[union-attr]
     return options, words, rest
+
+
+# ---- what img-bisect says, the same in both debuggers ----
+
+def checkpoints_between(store: Any, first: str, last: str) -> list[Any]:
+    """The store's checkpoints from `first` to `last` (numbers or names), in order."""
+    a, b = store.resolve(first), store.resolve(last)
+    if a.number > b.number:
+        raise ImageError(f"checkpoint {a.number} comes after {b.number}: give the earlier first")
+    return [e for e in store.entries() if a.number <= e.number <= b.number]
+
+
+def entry_name(entry: Any) -> str:
+    name = getattr(entry, "name", None)
+    return f"checkpoint {entry.number}" + (f" ({name})" if name else "")
+
+
+def header_line(entries: Sequence[Any]) -> str:
+    return (f"img-bisect: {len(entries)} checkpoints from {entries[0].number} "
+            f"to {entries[-1].number}")
+
+
+def step_line(expression: str, step: Step[Any]) -> str:
+    return (f"img-bisect: {entry_name(step.entry)}: {expression} = {step.value} "
+            f"({'true' if step.true else 'false'})")
+
+
+def outcome_lines(outcome: Outcome[Any]) -> list[str]:
+    lines = [f"img-bisect: {outcome.note}"] if outcome.note else []
+    if outcome.first is not None:
+        lines.append(f"img-bisect: first true at {entry_name(outcome.first)}, after "
+                     f"{outcome.restores} restores; the process is restored there")
+    elif outcome.restored is not None:
+        lines.append(f"img-bisect: the process is left at {entry_name(outcome.restored)}")
+    return lines

@@ -288,3 +288,32 @@ class ProcMem:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def holders(links: set[str], excluded: set[int]) -> dict[str, str]:
+    """Which process, other than those `excluded`, holds each of these descriptors (a link of
+    /proc/PID/fd/N such as "pipe:[1234]"), as "process 77 (cat)"."""
+    found: dict[str, str] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in excluded:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            if link in links and link not in found:
+                found[link] = f"process {name} ({_comm(name)})"
+    return found
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

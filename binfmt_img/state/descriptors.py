@@ -29,6 +29,7 @@ from binfmt_img import fdkinds
 from binfmt_img.errors import ImageError
 from binfmt_img.fdkinds import Entry, Lost, Restorer, Seen, lost, stdio
 from binfmt_img.live.files import FD_OTHER, STANDARD_FDS, read_open_files
+from binfmt_img.live.procfs import holders
 from binfmt_img.state import ORDER_MAKE, Kind
 
 if TYPE_CHECKING:
@@ -56,34 +57,6 @@ def _seen(pid: int, fd: int, link: str, flags: int, pos: int) -> Seen | None:
                 st.st_rdev)
 
 
-def _holders(pid: int, links: set[str]) -> dict[str, str]:
-    """Which other process holds each of these pipes and sockets ("process 77 (cat)")."""
-    found: dict[str, str] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == pid:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{name}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{name}/fd/{fd}")
-            except OSError:
-                continue
-            if link in links and link not in found:
-                found[link] = f"process {name} ({_comm(name)})"
-    return found
-
-
-def _comm(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
 def dump(plan: DumpPlan) -> dict | None:
     if plan.fmt != "v1":
         return None
@@ -94,7 +67,7 @@ def dump(plan: DumpPlan) -> dict | None:
     for s in seen:
         groups[(s.dev, s.ino)].append(s)
         s.group = groups[(s.dev, s.ino)]
-    elsewhere = _holders(plan.pid, {s.link for s in seen})
+    elsewhere = holders({s.link for s in seen}, {plan.pid})
     entries = []
     for s in seen:
         s.elsewhere, s.everyone = elsewhere.get(s.link), seen

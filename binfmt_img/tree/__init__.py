@@ -35,7 +35,7 @@ from construct import (
 
 from binfmt_img.errors import ImageError
 from binfmt_img.live.pids import NS_LAST_PID
-from binfmt_img.live.procfs import read_maps, stat_fields
+from binfmt_img.live.procfs import holders, read_maps, stat_fields
 
 ProcessRecord = Struct(
     "pid" / Int32ul,
@@ -181,7 +181,7 @@ def shared_pipes(pids: list[int], read: Any) -> tuple[list[dict], list[str]]:
         for fd, link, inode, flags in _pipe_fds(pid):
             by_link.setdefault(link, []).append((pid, fd, flags))
             inodes[link] = inode
-    outside = _held_outside(set(pids), set(by_link))
+    outside = holders(set(by_link), set(pids))
     pipes, warnings = [], []
     for link, ends in sorted(by_link.items()):
         if len({pid for pid, _, _ in ends}) < 2:
@@ -227,7 +227,7 @@ def shared_sockets(pids: list[int], sockets: dict[int, tuple[int, int, bool]]
     for pid in pids:
         for fd, inode, flags in _socket_fds(pid):
             by_inode.setdefault(inode, []).append((pid, fd, flags))
-    held = _held_outside(set(pids), {f"socket:[{i}]" for i in by_inode})
+    held = holders({f"socket:[{i}]" for i in by_inode}, set(pids))
     outside = {int(link[8:-1]) for link in held}
     out, warnings, done = [], [], set()
     for inode in sorted(by_inode):
@@ -252,34 +252,6 @@ def shared_sockets(pids: list[int], sockets: dict[int, tuple[int, int, bool]]
             PEEK.setdefault(pid, []).append((fd, sock_type, (inode, side)))
         out.append(record)
     return out, warnings
-
-
-def _held_outside(pids: set[int], links: set[str]) -> dict[str, str]:
-    """Which process outside pids holds each of these (a link of /proc/PID/fd/N)."""
-    found: dict[str, str] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in pids:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{name}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{name}/fd/{fd}")
-            except OSError:
-                continue
-            if link in links:
-                found.setdefault(link, f"process {name} ({_comm(name)})")
-    return found
-
-
-def _comm(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def digest(path: str) -> bytes:
