@@ -63,6 +63,15 @@ def _unsigned(value: int) -> int:
     return value & 0xFFFFFFFFFFFFFFFF
 
 
+def checked(nr: int, result: int, step: str, address: int | None = None) -> int:
+    """A system call's result, or the RestoreError naming the step, address and errno."""
+    if sc.is_error(result):
+        where = f" at {address:#x}" if address is not None else ""
+        raise RestoreError(f"{step}{where}: {sc.NAMES.get(nr, nr)} failed: "
+                           f"{sc.errno_text(result)}")
+    return result
+
+
 class Injector:
     """Executes system calls in the inferior from a scratch area that the image does not use."""
 
@@ -123,12 +132,7 @@ class Injector:
 
     def call(self, nr: int, *args: int, step: str, address: int | None = None) -> int:
         """One system call that must succeed; a failure names the step, address and errno."""
-        result = self.raw(nr, *args)
-        if sc.is_error(result):
-            where = f" at {address:#x}" if address is not None else ""
-            raise RestoreError(f"{step}{where}: {sc.NAMES.get(nr, nr)} failed: "
-                               f"{sc.errno_text(result)}")
-        return result
+        return checked(nr, self.raw(nr, *args), step, address)
 
     def call_at(self, at: int, nr: int, *args: int, step: str) -> int:
         """Like call, from a `syscall` instruction of the caller's own at `at` (clone needs

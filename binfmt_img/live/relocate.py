@@ -105,6 +105,10 @@ def prepare(image: Image, how: Relocation, local: bool = True) -> list[str]:
         if original in packed and not _identical(image, original, path):
             path = materialise(image, packed[original], original)
             notes.append(f"{original}: the image's packed copy, {path}")
+            if any(v.path == original and v.is_shared for v in image.vmas):
+                # Faithful or loud: the program's writes no longer reach the original file.
+                notes.append(f"{original}: shared mapping of the packed copy: what the program "
+                             f"writes through it goes to {path}, not to {original}")
         if path != original:
             image.moved[original] = path
     _apply(image)

@@ -25,11 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import Thread
 from binfmt_img.live import restorer
 from binfmt_img.live import syscalls as sc
-from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Entry, Injector
+from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Entry, Injector, checked
 
 if TYPE_CHECKING:
     from binfmt_img.live.restore import RestorePlan
@@ -146,12 +145,7 @@ class _Replayer:
         return self.injector.raw(nr, *args)
 
     def call(self, nr: int, *args: int, step: str, address: int | None = None) -> int:
-        result = self.raw(nr, *args)
-        if sc.is_error(result):
-            where = f" at {address:#x}" if address is not None else ""
-            raise RestoreError(f"{step}{where}: {sc.NAMES.get(nr, nr)} failed: "
-                               f"{sc.errno_text(result)}")
-        return result
+        return checked(nr, self.raw(nr, *args), step, address)
 
     def __getattr__(self, name: str) -> object:
         self._go_live()
