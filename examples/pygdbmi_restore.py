@@ -64,8 +64,8 @@ class Gdb:
         if result["message"] == "error":
             raise RuntimeError(f"{command}: {result['payload']['msg']}")
         if result["message"] == "running":
-            # img-restore single-steps the inferior: MI answers ^running at the first step
-            # and nothing at the end (unless IMG_MI_ONE_ANSWER=1); a no-op marks the end.
+            # With IMG_MI_ONE_ANSWER=0 img-restore answers ^running at its first resume
+            # and nothing at the end; a no-op marks the end.
             got += self.send("-data-evaluate-expression 0")
         return "".join(r["payload"] for r in got if r["type"] == "console")
 

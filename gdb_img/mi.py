@@ -6,26 +6,25 @@ stream, whatever `to_string` or suppress-cli-notifications say. A restore resume
 inferior a few times (`starti`, a thread's clone, the stop GDB makes at the checkpoint), so
 under MI:
 
-- the MI stream is sent into a memfd for the command's length (GDB's logging, turned on
-  through the MI interpreter itself, which points the MI's raw output at the log file);
-- once the last resume is over, a nested MI no-op clears GDB's "a `^running` was printed"
-  flag, so that the command ends with its own `^done` (or `^error`);
-- right after the command, from GDB's event loop (where the MI interpreter is the current
-  one again), logging is turned off and the held records are written out, filtered: no
-  `^running` / `*running`, no nested answers, no stop lines of the internal steps, and only
-  the checkpoint's stop (the last `*stopped` after `final_stop()`, with its console lines).
+- GDB's file descriptor 1 (the MI stream) points at a memfd for the command's length: every
+  record GDB prints lands there, GDB itself none the wiser (an earlier version used GDB's
+  `set logging redirect`, and GDB 13 corrupted its heap now and then under it);
+- around the fork of a process started for the restore, fd 1 is the real one again, so the
+  new process keeps the real stdout (capture resumes at the new thread's creation);
+- after the last resume, a nested MI no-op clears GDB's "a `^running` was printed" flag, so
+  that the command ends with its own `^done` (or `^error`);
+- before the command returns, fd 1 is put back and the held records are written out,
+  filtered: no `^running` / `*running`, no nested answers, no stop lines of the internal
+  steps, and only the checkpoint's stop (the last `*stopped` after `final_stop()`, with its
+  console lines). GDB then prints the command's answer itself.
 
 Everything else (notifications of threads, libraries, breakpoints; the command's own lines
-and warnings; what follows its answer) goes out as it came, in order.
-
-OFF BY DEFAULT (IMG_MI_ONE_ANSWER=1 in GDB's environment turns it on): with GDB 13 the
-logging redirection of the MI interpreter corrupts GDB's heap now and then a few commands
-later ("free(): invalid next size (fast)", then "Recursive internal problem", exit 1), seen
-in 2 to 6 of 10 sessions that restore twice (tests/test_gdb_mi.py, marked xfail).
+and warnings) goes out as it came, in order.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ import gdb
 from binfmt_img.live import progress
 
 _RESULT = re.compile(rb"^\d*\^")
-_SETTINGS = ("logging file", "logging redirect")
 _active: _Capture | None = None
 
 
@@ -54,73 +52,88 @@ def interpreter_name() -> str | None:
     return None
 
 
+def _flush() -> None:
+    """GDB's streams and C stdio: nothing of GDB's buffered output may cross a switch of
+    fd 1."""
+    gdb.flush()
+    ctypes.CDLL(None).fflush(None)
+
+
 class _Capture:
     def __init__(self, interpreter: str) -> None:
         self.interpreter = interpreter
         self.fd = os.memfd_create("img-mi-capture")
+        self.real: int | None = None  # the real fd 1 while capturing
+        self.done = 0  # bytes of the memfd already filtered and written out
         self.mark: int | None = None
-        self.saved = {name: gdb.parameter(name) for name in _SETTINGS}
 
     def start(self) -> None:
-        gdb.flush()
-        path = f"/proc/{os.getpid()}/fd/{self.fd}"
-        gdb.execute(f"set logging file {path}", to_string=True)
-        gdb.execute("set logging redirect on", to_string=True)
-        self._mi("-gdb-set logging enabled on")
+        if self.real is None:
+            _flush()
+            self.real = os.dup(1)
+            os.dup2(self.fd, 1)
 
-    def _mi(self, command: str) -> None:
-        gdb.execute(f'interpreter-exec {self.interpreter} "{command}"', to_string=True)
+    def pause(self) -> None:
+        """The real fd 1 again (a process forked now inherits it); what was held so far is
+        written out (no resume is open at these points)."""
+        if self.real is not None:
+            _flush()
+            os.dup2(self.real, 1)
+            os.close(self.real)
+            self.real = None
+            self._write(filtered(self._held(), None))
 
     def final_stop(self) -> None:
         """What follows is the stop at the checkpoint: its `*stopped` and lines are kept."""
-        gdb.flush()
-        self.mark = os.fstat(self.fd).st_size
+        _flush()
+        self.mark = os.fstat(self.fd).st_size - self.done
 
     def settle(self) -> None:
         """After the last resume: the command answers `^done` again (the nested command
         starts by clearing the flag the resumes set)."""
-        self._mi("-data-evaluate-expression 0")
+        gdb.execute(f'interpreter-exec {self.interpreter} "-data-evaluate-expression 0"',
+                    to_string=True)
 
     def finish(self) -> None:
-        """From the event loop, after the command's answer: logging off, records out."""
         try:
-            gdb.execute("set logging enabled off", to_string=True)
+            self.pause()
         finally:
-            for name, value in self.saved.items():
-                if gdb.parameter(name) != value:
-                    _set(name, value)
-            data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
             os.close(self.fd)
-            out = filtered(data, self.mark)
-            while out:
-                out = out[os.write(1, out):]
 
+    def _held(self) -> bytes:
+        size = os.fstat(self.fd).st_size
+        data = os.pread(self.fd, size - self.done, self.done)
+        self.done = size
+        return data
 
-def _set(name: str, value: object) -> None:
-    text = ("on" if value else "off") if isinstance(value, bool) else (value or "")
-    try:
-        gdb.execute(f"set {name} {text}", to_string=True)
-    except gdb.error:
-        pass
+    def _write(self, out: bytes) -> None:
+        while out:
+            out = out[os.write(1, out):]
+
+    def write_rest(self) -> None:
+        _flush()
+        data = self._held()
+        os.dup2(self.real, 1)
+        os.close(self.real)
+        self.real = None
+        self._write(filtered(data, self.mark))
 
 
 def filtered(data: bytes, mark: int | None) -> bytes:
-    """The held MI records as the front end should see them (see the module's text)."""
+    """The held MI records as the front end should see them (see the module's text); every
+    answer in them is a nested or internal one."""
     lines = data.splitlines(keepends=True)
     offsets, at = [], 0
     for line in lines:
         offsets.append(at)
         at += len(line)
-    results = [i for i, line in enumerate(lines)
-               if _RESULT.match(line) and not line.lstrip(b"0123456789").startswith(b"^running")]
-    answer = results[-1] if results else len(lines)
-    final = [i for i in range(answer) if lines[i].startswith(b"*stopped")
+    final = [i for i, line in enumerate(lines) if line.startswith(b"*stopped")
              and mark is not None and offsets[i] >= mark]
     keep_stop = final[-1] if final else None
     out: list[bytes] = []
     window = False  # between a resume and its stop: the stop's own console lines
     pending: list[bytes] = []  # console lines that may turn out to be a stop's
-    for i, line in enumerate(lines[:answer]):
+    for i, line in enumerate(lines):
         if line.startswith(b"*running"):
             window = True
             out += pending
@@ -142,44 +155,31 @@ def filtered(data: bytes, mark: int | None) -> bytes:
             out.append(line)
     if not window:
         out += pending
-    return b"".join(out + lines[answer:])
-
-
-def _logging_in_use() -> bool:
-    try:
-        return bool(gdb.parameter("logging enabled"))
-    except (gdb.error, RuntimeError):
-        return True
+    return b"".join(out)
 
 
 @contextmanager
 def one_answer() -> Iterator[_Capture | None]:
     """Around a command: under MI, its internal records held back and filtered; the
-    capture (for final_stop) or None (CLI, logging already in use, or nested)."""
+    capture (for final_stop) or None (CLI, or nested in another img command)."""
     global _active
-    name = interpreter_name() if os.environ.get("IMG_MI_ONE_ANSWER") == "1" else None
-    # Batch mode runs its -ex commands and exits without the event loop that writes the
-    # held records out; GDB before 12 has no `logging enabled`.
-    if (name is None or _active is not None or progress.started_with(("-batch", "--batch"))
-            or _logging_in_use()):
+    name = interpreter_name()
+    if name is None or _active is not None or os.environ.get("IMG_MI_ONE_ANSWER") == "0":
         yield None
         return
     capture = _Capture(name)
-    try:
-        capture.start()
-    except gdb.error:
-        os.close(capture.fd)
-        yield None
-        return
+    capture.start()
     _active = capture
     try:
         yield capture
     finally:
         _active = None
         try:
-            capture.settle()
+            if capture.real is not None:
+                capture.settle()
+                capture.write_rest()
         finally:
-            gdb.post_event(capture.finish)
+            capture.finish()
 
 
 def final_stop() -> None:
@@ -190,30 +190,37 @@ def final_stop() -> None:
 
 @contextmanager
 def start_unseen() -> Iterator[None]:
-    """Around the `starti` of a process started for a restore, on the CLI: GDB prints its
+    """Around the `starti` of a process started for a restore. On the CLI: GDB prints its
     stop ("Program stopped." and a frame line) through the top-level UI whatever `to_string`,
-    logging or suppress-cli-notifications say. GDB's stdout goes to /dev/null from the new
+    logging or suppress-cli-notifications say, so GDB's stdout goes to /dev/null from the new
     thread's creation (the child is forked by then and keeps the real stdout) to the end.
-    Not under MI, where fd 1 carries the MI records (one_answer() holds those lines back
-    when it is on)."""
+    Under MI: the capture pauses for the fork and resumes at the new thread's creation, so
+    that the starti's records are held back and filtered with the rest."""
     saved: list[int] = []
+    capture = _active
 
     def hide(_event: object) -> None:
-        if not saved:
+        if capture is not None:
+            capture.start()
+        elif not saved:
             gdb.flush()
             saved.append(os.dup(1))
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
             os.close(null)
 
-    if _active is not None or interpreter_name() is not None:  # fd 1 is the MI stream
+    if capture is None and interpreter_name() is not None:  # fd 1 is the MI stream
         yield
         return
+    if capture is not None:
+        capture.pause()
     gdb.events.new_thread.connect(hide)
     try:
         yield
     finally:
         gdb.events.new_thread.disconnect(hide)
+        if capture is not None:
+            capture.start()  # a start that failed before the fork
         if saved:
             gdb.flush()
             os.dup2(saved[0], 1)

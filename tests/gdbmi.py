@@ -70,7 +70,7 @@ class Gdb:
         self.result_index = next(i for i in range(len(self.records) - 1, -1, -1)
                                  if self.records[i] is result)
         if result["message"] == "running" and settle:
-            # A command that single-steps the inferior (img-restore, unless IMG_MI_ONE_ANSWER=1)
+            # A command that resumes the inferior (img-restore with IMG_MI_ONE_ANSWER=0)
             # answers ^running at its first step and nothing at its end: a no-op marks the end.
             got += self._until_result(self._send("-data-evaluate-expression 0"), timeout)
         # "log" records: what the command wrote to GDB's stderr (the plugin's warnings).

@@ -17,18 +17,6 @@ from gdbmi import INIT, Gdb, _quoted
 from test_gdb_restore import dump_at_checkpoint
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
-# gdb_img/mi.py is off by default: with GDB 13 its MI logging redirection corrupts GDB's heap
-# now and then a few commands later (GDB exits 1: "free(): invalid next size (fast)").
-_ONE_ANSWER = pytest.mark.xfail(strict=False, reason="MI one-answer capture is opt-in "
-                                "(IMG_MI_ONE_ANSWER=1): GDB 13 heap corruption under its "
-                                "MI logging redirection, intermittent")
-
-
-@pytest.fixture()
-def one_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMG_MI_ONE_ANSWER", "1")  # inherited by the GDB that Gdb() starts
-
-
 @pytest.fixture(scope="module")
 def threads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("mi")
@@ -69,10 +57,8 @@ def _shape(records: list[dict], command: str, stops: int, own: tuple[str, ...] =
     return results[0]
 
 
-@_ONE_ANSWER
 @pytest.mark.parametrize("direct", [True, False], ids=["typed", "interpreter-exec"])
-def test_threaded_restore_dump_info_answer_done(threads, tmp_path: Path, direct: bool,
-                                                one_answer: None) -> None:
+def test_threaded_restore_dump_info_answer_done(threads, tmp_path: Path, direct: bool) -> None:
     binary, image = threads
     out = tmp_path / "out"
     gdb = Gdb(str(binary))
@@ -99,8 +85,7 @@ def test_threaded_restore_dump_info_answer_done(threads, tmp_path: Path, direct:
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["typed", "interpreter-exec"])
-def test_damaged_image_answers_one_error(threads, tmp_path: Path, direct: bool,
-                                        one_answer: None) -> None:
+def test_damaged_image_answers_one_error(threads, tmp_path: Path, direct: bool) -> None:
     binary, image = threads
     damaged = tmp_path / "damaged.img"
     damaged.write_bytes(image.read_bytes()[:200])
@@ -116,8 +101,7 @@ def test_damaged_image_answers_one_error(threads, tmp_path: Path, direct: bool,
         gdb.close()
 
 
-@_ONE_ANSWER
-def test_breakpoint_at_checkpoint_under_mi(tmp_path: Path, one_answer: None) -> None:
+def test_breakpoint_at_checkpoint_under_mi(tmp_path: Path) -> None:
     """The one *stopped is the breakpoint's, as at the live stop; `continue` goes on from
     it (not hit again), and $_siginfo is the checkpoint's."""
     binary = compile_program("loop", tmp_path)
