@@ -24,7 +24,7 @@ import gdb
 
 from binfmt_img import state, tree
 from binfmt_img.errors import ImageError, RestoreError
-from binfmt_img.fdkinds.pipe import _buffered
+from binfmt_img.fdkinds.pipe import buffered
 from binfmt_img.fdkinds.unix import unix_sockets
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.dump import DumpReport, dump
@@ -121,7 +121,7 @@ def dump_tree(path: str, fmt: str) -> DumpReport:
         _select(root_inferior)
         records = [tree.process_record(p) for p in [root] + pids]
         live = [root] + [p for p in pids if p in attached]
-        pipes, warnings = tree.shared_pipes(live, _buffered)
+        pipes, warnings = tree.shared_pipes(live, buffered)
         sockets, more = tree.shared_sockets(live, unix_sockets())
         hide = tuple(p["path"] or f"pipe:[{p['inode']}]" for p in pipes) + tuple(
             f"socket:[{i}]" for s in sockets for i in s["inodes"]) + ("children are not in",)

@@ -53,7 +53,7 @@ def _matches(seen: Seen) -> bool:
     return seen.link.startswith("pipe:[") or stat.S_ISFIFO(seen.mode)
 
 
-def _buffered(pid: int, fd: int) -> tuple[int, bytes]:
+def buffered(pid: int, fd: int) -> tuple[int, bytes]:
     """(capacity, bytes buffered) of the inferior's pipe at fd, left where they are."""
     ours = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     copy_r, copy_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -89,7 +89,7 @@ def _dump(plan: DumpPlan, seen: Seen) -> dict:
         raise Lost(f"{seen.link}, also open in {seen.elsewhere}")
     first = seen is seen.group[0]
     try:
-        size, data = _buffered(plan.pid, seen.fd) if first else (DEFAULT_SIZE, b"")
+        size, data = buffered(plan.pid, seen.fd) if first else (DEFAULT_SIZE, b"")
     except OSError as error:
         raise RestoreError(f"fd {seen.fd}: reading what {seen.link} holds: "
                            f"{error.strerror}") from None

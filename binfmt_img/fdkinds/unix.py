@@ -72,7 +72,7 @@ def unix_sockets() -> dict[int, tuple[int, int, bool]]:
                 at += (length + 3) & ~3
 
 
-def _peek_all(plan: DumpPlan, fd: int, sock_type: int) -> list[bytes]:
+def peek_all(plan: DumpPlan, fd: int, sock_type: int) -> list[bytes]:
     """What is queued to be read at fd, message by message, left in place."""
     inj, read = plan.injector, plan.target.read_memory
     inj.reset_data()
@@ -118,7 +118,7 @@ def _dump(plan: DumpPlan, seen: Seen) -> dict:
         raise Lost(f"{seen.link}, a unix socket connected to another process")
     if sock_type not in TYPES:
         raise Lost(f"{seen.link}, a unix socket of type {sock_type}")
-    queued = _peek_all(plan, seen.fd, sock_type) if seen is seen.group[0] else []
+    queued = peek_all(plan, seen.fd, sock_type) if seen is seen.group[0] else []
     return {"inode": ino, "peer": peer, "type": sock_type, "queued": queued}
 
 
@@ -175,7 +175,7 @@ def _restore(ctx: Restorer, entries: list[Entry]) -> None:
         here, there = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
         for sender, messages in ((there, _queued(group)), (here, _queued(other))):
             for message in messages:
-                _send(ctx, sender, message, step)
+                send_message(ctx, sender, message, step)
         ctx.place([(here, group[0]), (there, other[0])])
         ctx.dup_to(group[0].fd, group[1:])
         ctx.dup_to(other[0].fd, other[1:])
@@ -185,7 +185,7 @@ def _queued(group: list[Entry]) -> list[bytes]:
     return [message for entry in group for message in entry.value.queued]
 
 
-def _send(ctx: Restorer, fd: int, message: bytes, step: str) -> None:
+def send_message(ctx: Restorer, fd: int, message: bytes, step: str) -> None:
     view = memoryview(message)
     while True:  # a stream's bytes in pieces the scratch area holds; a datagram whole
         ctx.inj.reset_data()

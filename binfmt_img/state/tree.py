@@ -47,7 +47,7 @@ def dump(plan: DumpPlan) -> dict | None:
     also records the tree (the other processes were dumped first)."""
     for fd, sock_type, key in tree.PEEK.pop(plan.pid, []):
         try:
-            tree.PEEKED[key] = unix._peek_all(plan, fd, sock_type)  # noqa: SLF001
+            tree.PEEKED[key] = unix.peek_all(plan, fd, sock_type)
         except Lost as why:
             raise RestoreError(f"fd {fd}: {why}") from None
     record = tree.PENDING.pop(plan.pid, None)
@@ -160,7 +160,7 @@ def _make_pair(plan: RestorePlan, pair, temp: int, above: int) -> None:  # noqa:
     ctx = Restorer(plan, high=above)
     for side, sender in ((0, made[1]), (1, made[0])):  # each side's data sent from the other
         for message in pair.queued[side]:
-            unix._send(ctx, sender, bytes(message), step)  # noqa: SLF001
+            unix.send_message(ctx, sender, bytes(message), step)
     _hold(plan, made, temp, above)
 
 
