@@ -22,6 +22,7 @@ import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import lldb
 
@@ -32,6 +33,9 @@ from binfmt_img.live.inject import SAVED_REGISTERS, SCRATCH_SIZE, Injector, free
 from binfmt_img.live.procfs import Mapping, read_maps
 from binfmt_img.live.threads import put_back_registers
 from lldb_img.target import LldbTarget
+
+if TYPE_CHECKING:
+    from binfmt_img.live.dump import DumpPlan
 
 # LLDB's permission bits (lldb.ePermissions*): writable 1, readable 2, executable 4.
 _PERMISSIONS = range(1, 8)
@@ -151,6 +155,11 @@ def without_lldb_memory(maps: list[Mapping], process: lldb.SBProcess) -> list[Ma
         if start < m.end:
             out.append(replace(m, start=start, end=m.end))
     return out
+
+
+def leave_out_lldb_memory(plan: DumpPlan, process: lldb.SBProcess) -> None:
+    """img-dump and img-checkpoint: the plan dumps the program's memory, not LLDB's."""
+    plan.maps = without_lldb_memory(plan.maps, process)
 
 
 def _mapping_at(maps: list[Mapping], address: int) -> Mapping | None:

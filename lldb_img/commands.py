@@ -23,7 +23,7 @@ from binfmt_img.live.outcome import failure_line
 from binfmt_img.live.restore import RestorePlan
 from binfmt_img.safeio import executable_problem, printable
 from lldb_img import relocation
-from lldb_img.allocations import lldb_memory, put_back, without_lldb_memory
+from lldb_img.allocations import leave_out_lldb_memory, lldb_memory, put_back
 from lldb_img.family import batch, breakpoints_lifted, masked_pages, stopped_process, synchronous
 from lldb_img.modules import sync_modules
 from lldb_img.pidlaunch import launch_with_pid
@@ -397,7 +397,7 @@ The process is left as it was and can be continued."""
             inferior = LldbTarget(stopped_process(debugger))
             with breakpoints_lifted(inferior.process.GetTarget()):
                 plan = DumpPlan(inferior, args.format)
-                plan.maps = without_lldb_memory(plan.maps, inferior.process)
+                leave_out_lldb_memory(plan, inferior.process)
                 image = plan.collect()
                 relocation.pack(image, args, plan.sources)
                 line = progress.on_stderr("img-dump", args.progress, batch())

@@ -27,6 +27,7 @@ def test_two_restores_in_place_then_a_clash(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     images = [tmp_path / f"c{n}.img" for n in (1, 2, 3)]
     later = tmp_path / "c3-again.img"
+    store = tmp_path / "store"
     session = lldb_batch(
         f"settings set target.output-path {out}", "breakpoint set -n stage", "run",
         "finish", f"img-dump {images[0]}", "continue",
@@ -38,6 +39,8 @@ def test_two_restores_in_place_then_a_clash(tmp_path: Path) -> None:
         f"img-restore --yes {images[2]}", NEEDS_MEMORY, "expression at_stage",
         # Dumped now, the image leaves LLDB's pages out: restored in place again.
         f"img-dump {later}", f"img-restore --yes {later}", NEEDS_MEMORY,
+        # So does a checkpoint of the store.
+        f"img-checkpoint --store {store}", f"img-restore --yes --store {store} 1", NEEDS_MEMORY,
         # Stage 1's image maps `region` where LLDB's pages are: a fresh process.
         f"img-restore --yes {images[0]}", NEEDS_MEMORY, "expression at_stage",
         "expression region", "breakpoint disable", "continue",
@@ -46,14 +49,14 @@ def test_two_restores_in_place_then_a_clash(tmp_path: Path) -> None:
     assert "error:" not in text, text
     assert _results(text)[:1] == ["3"], text
     restores = text.split("img-restore --yes")[1:]
-    assert len(restores) == 4, text
-    for restore in restores[:3]:  # in place, LLDB's pages mapped again
+    assert len(restores) == 5, text
+    for restore in restores[:4]:  # in place, LLDB's pages mapped again
         assert "started" not in restore and "fresh process" not in restore, restore
         assert "LLDB's memory for expressions" in restore, restore
     assert re.search(r"the image maps \d+ pages? \(0x[0-9a-f-]+.*\) where LLDB keeps memory "
-                     r"for its expressions in this process", restores[3]), restores[3]
-    assert "started" in restores[3], restores[3]
-    assert _results(text)[1:8] == ["3", "2", "3", "3", "3", "3", "1"], text
-    assert '"mapped at stage 1"' in _results(text)[8], text
+                     r"for its expressions in this process", restores[4]), restores[4]
+    assert "started" in restores[4], restores[4]
+    assert _results(text)[1:9] == ["3", "2", "3", "3", "3", "3", "3", "1"], text
+    assert '"mapped at stage 1"' in _results(text)[9], text
     assert "exited with status = 0" in text, text
     assert out.read_text() == "ended at stage 3\n"

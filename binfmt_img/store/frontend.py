@@ -95,11 +95,15 @@ def _no_words(args: argparse.Namespace, most: int) -> None:
 def take(target: Target, store: Store, name: str | None, describe: Describe,
          progress: Callable[[int, int], None] | None = None,
          pages: Callable[[DumpPlan], Iterable[tuple[int, memoryview | bytes]]] | None = None,
-         pack: bool = False) -> tuple[Entry, DumpReport]:
+         pack: bool = False,
+         prepare: Callable[[DumpPlan], None] | None = None) -> tuple[Entry, DumpReport]:
     """A checkpoint of the stopped process into the store (img-dump's work, into a store).
-    `pages(plan)` gives the page chunks when the adapter must filter them (LLDB's traps)."""
+    `pages(plan)` gives the page chunks when the adapter must filter them (LLDB's traps);
+    `prepare(plan)` adjusts the plan before it collects (LLDB leaves its own pages out)."""
     started = time.monotonic()
     plan = DumpPlan(target, "v1")
+    if prepare is not None:
+        prepare(plan)
     try:
         image = plan.collect()
         if pack:  # img-checkpoint --pack: the files, stored once in the store's blobs
