@@ -16,6 +16,7 @@ from binfmt_img.formats.model import Image
 from binfmt_img.live import progress
 from binfmt_img.live.restore import load_image
 from binfmt_img.store import Store, frontend
+from lldb_img.allocations import leave_out_lldb_memory
 from lldb_img.commands import Command, Option
 from lldb_img.family import (
     batch,
@@ -110,7 +111,7 @@ the checkpoints, img-restore N|NAME restores one."""
                     inferior, store, args.words[0] if args.words else None,
                     lambda pc: describe_pc(target, pc), line,
                     pages=lambda plan: masked_pages(plan, inferior, line),
-                    pack=args.pack)
+                    pack=args.pack, prepare=lambda plan: leave_out_lldb_memory(plan, process))
                 line.finish()
             inferior.memory_changed()
         for warning in report.warnings:
