@@ -194,7 +194,7 @@ class LldbTarget:
                     waiting.discard(thread.GetThreadID())
         return resumes
 
-    def name_code(self, header: int) -> None:
+    def name_code(self, header: int) -> bool:
         """The injected code's ELF image at `header` (binfmt_img/live/codename.py) loaded as a
         module read from memory: at each stop LLDB unwinds frame 0, and a pc without a symbol
         makes it ask lldb-server for the memory region, which reads /proc/PID/smaps afresh
@@ -202,6 +202,7 @@ class LldbTarget:
         self.forget_code()
         module = lldb.SBModule(self.process, header)
         self._named = module if module.IsValid() else None
+        return self._named is not None
 
     def forget_code(self) -> None:
         named, self._named = getattr(self, "_named", None), None

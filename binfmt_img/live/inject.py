@@ -112,8 +112,7 @@ class Injector:
             code = code.ljust(NAME_AT, b"\xcc") + codename.image(address + NAME_AT, address,
                                                                  NAME_AT)
         write_bulk(self.target, address, code)
-        if name_code is not None:
-            name_code(address + NAME_AT)
+        if name_code is not None and name_code(address + NAME_AT):
             self._frame = {"rsp": address + FRAME_AT, "rbp": address + FRAME_AT}
 
     def close_scratch(self) -> None:

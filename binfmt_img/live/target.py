@@ -58,10 +58,11 @@ class Target(Protocol):
     def memory_changed(self) -> None:
         """The address space was changed behind the debugger: drop its caches."""
 
-    def name_code(self, header: int) -> None:
+    def name_code(self, header: int) -> bool:
         """Optional. The Injector's code is named by the ELF image at `header` in the
         inferior (binfmt_img/live/codename.py): a debugger that asks the inferior's memory map
-        at each stop whose pc has no symbol (LLDB) loads it as a module."""
+        at each stop whose pc has no symbol (LLDB) loads it as a module. True when it did
+        (the injected code then runs with rsp and rbp on zeros: the unwind ends there)."""
 
     def forget_code(self) -> None:
         """Optional, with name_code: the named code is gone (drop the module)."""
