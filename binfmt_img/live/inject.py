@@ -94,12 +94,13 @@ class Injector:
         `code` when given (rip may point nowhere), else at the current rip."""
         rip = code if code is not None else self.target.read_registers(("rip",))["rip"]
         saved = self.target.read_memory(rip, len(SYSCALL))
-        self.target.write_memory(rip, SYSCALL)
+        write = _borrowing_writer(self.target, rip, saved)
+        write(rip, SYSCALL)
         try:
             result = self._run(rip, sc.MMAP, address, SCRATCH_SIZE, 7,
                                0x22 | sc.MAP_FIXED_NOREPLACE, -1, 0)
         finally:
-            self.target.write_memory(rip, saved)
+            write(rip, saved)
         if sc.is_error(result) or result != address:
             detail = sc.errno_text(result) if sc.is_error(result) else f"got {result:#x}"
             raise RestoreError(f"mapping the scratch area at {address:#x} failed: {detail}")
@@ -505,6 +506,39 @@ def write_bulk(target: Target, addr: int, data: bytes) -> None:
             finally:
                 mem.close()
     target.write_memory(addr, data)
+
+
+def _borrowing_writer(target: Target, addr: int,
+                      shown: bytes) -> Callable[[int, bytes], None]:
+    """How to write the program's bytes at `addr` that the scratch area's first syscall
+    borrows: through /proc/PID/mem where the debugger prefers it (Target.prefers_proc_writes)
+    and no breakpoint trap of its is there (the raw bytes are the ones it shows: it would put
+    its own saved bytes back over ours when stepping off a trap), else through the debugger.
+    A stop follows each write, which drops what the debugger cached of the old bytes."""
+    pid = target.pid() if getattr(target, "prefers_proc_writes", False) and \
+        target.is_local() else None
+    if pid is None:
+        return target.write_memory
+    try:
+        mem = ProcMem(pid, writable=True)
+    except OSError:
+        return target.write_memory
+    try:
+        raw = mem.read(addr, len(shown))
+    except OSError:
+        raw = b""
+    finally:
+        mem.close()
+    if raw != shown:
+        return target.write_memory
+
+    def write(at: int, data: bytes) -> None:
+        proc = ProcMem(pid, writable=True)
+        try:
+            proc.write(at, data)
+        finally:
+            proc.close()
+    return write
 
 
 def pack_u64(*values: int) -> bytes:
