@@ -89,11 +89,24 @@ def _reserve_all(process: lldb.SBProcess, permissions: int) -> list[tuple[int, i
     return taken
 
 
-def _free_pages(process: lldb.SBProcess, pid: int) -> set[int]:
+def _anonymous_permissions(maps: list[Mapping]) -> set[int]:
+    """The permissions (LLDB's bits) of the process's anonymous private mappings. LLDB's
+    pages are such mappings, of the permission they are cached under: a permission that no
+    mapping has holds none of them, and its probe, a failing allocation that costs lldb-server
+    a read of /proc/PID/smaps (0.15 s with 30,000 VMAs), is left out."""
+    return {(2 if m.perms[0] == "r" else 0) | (1 if m.perms[1] == "w" else 0)
+            | (4 if m.perms[2] == "x" else 0)
+            for m in maps if not m.path and m.perms[3] == "p"}
+
+
+def _free_pages(process: lldb.SBProcess, pid: int, maps: list[Mapping]) -> set[int]:
     """The pages with room in LLDB's cache; the cache is left as it was."""
     pages: set[int] = set()
+    present = _anonymous_permissions(maps)
     with _no_new_mappings(pid):
         for permissions in _PERMISSIONS:
+            if permissions not in present:
+                continue
             taken = _reserve_all(process, permissions)
             for address, size in taken:
                 process.DeallocateMemory(address)
@@ -108,22 +121,25 @@ def _free_pages(process: lldb.SBProcess, pid: int) -> set[int]:
 _seen: dict[int, set[int]] = {}
 
 
-def held_pages(process: lldb.SBProcess, remembered: bool = False) -> list[HeldPage]:
+def held_pages(process: lldb.SBProcess, remembered: bool = False,
+               maps: list[Mapping] | None = None) -> list[HeldPage]:
     """LLDB's pages in a local stopped process, with their bytes (none for a remote one: its
-    rlimit cannot be set from here); with REMEMBERED, those found before too."""
+    rlimit cannot be set from here); with REMEMBERED, those found before too. MAPS: the
+    process's mappings when the caller has just read them."""
     target = LldbTarget(process)
     pid = target.pid()
     if pid is None or not target.is_local():
         return []
+    if maps is None:
+        maps = read_maps(pid)
     try:
-        pages = _free_pages(process, pid)
+        pages = _free_pages(process, pid, maps)
     except OSError:  # prlimit refused: no probe that could map a page
         return []
     seen = _seen.setdefault(process.GetUniqueID(), set())
     seen |= pages
     if remembered:
         pages = pages | seen
-    maps = read_maps(pid)
     out = []
     for address in sorted(pages):
         mapping = _mapping_at(maps, address)
@@ -138,7 +154,7 @@ def without_lldb_memory(maps: list[Mapping], process: lldb.SBProcess) -> list[Ma
     restored, they would sit where LLDB keeps its own, or just be left over). The kernel
     merges an LLDB page with a neighbouring anonymous mapping of the same protection, so a
     mapping may lose a part only."""
-    pages = {p.address for p in held_pages(process)}
+    pages = {p.address for p in held_pages(process, maps=maps)}
     if not pages:
         return maps
     out = []

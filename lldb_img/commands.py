@@ -316,6 +316,7 @@ is a checkpoint of the store (img-checkpoint): --store DIR, else $BINFMT_IMG_STO
                     plan.check()
                     done = plan.run()
                 except (ImageError, RestoreError, KeyboardInterrupt) as error:
+                    plan.target.forget_code()  # the scratch code's module, if still loaded
                     if not had_process:  # refused or half-restored: no use for it
                         process.Kill()
                     raise RestoreError(failure_line(error, plan.changed,

@@ -18,8 +18,9 @@ import struct
 import lldb
 
 from binfmt_img.formats.model import PAGE_SIZE, PROT_EXEC, Image
-from binfmt_img.live.procfs import read_auxv
+from binfmt_img.live.procfs import ProcMem, read_auxv
 from lldb_img.modules import AT_BASE, _Memory, _r_debug
+from lldb_img.target import LldbTarget
 
 RET = 0xC3
 BELOW = 512  # bytes below rsp: past the 128-byte red zone and what a signal frame would not use
@@ -97,6 +98,30 @@ def _run_alone(process: lldb.SBProcess, thread: lldb.SBThread) -> None:
             other.Resume()
 
 
+def _write_before_run(process: lldb.SBProcess, address: int, data: bytes) -> bool:
+    """Stack bytes written for the run: through /proc/PID/mem for a local process, as the
+    restore's own writes are (LLDB's first write after a stop makes lldb-server read the
+    process's smaps; the run's stop drops what LLDB cached of the old bytes). Putting them
+    back after the run goes through LLDB, whose cache then holds the stack."""
+    target = LldbTarget(process)
+    pid = target.pid()
+    if pid is not None and target.is_local():
+        try:
+            mem = ProcMem(pid, writable=True)
+        except OSError:
+            pass
+        else:
+            try:
+                mem.write(address, data)
+                return True
+            except OSError:
+                pass
+            finally:
+                mem.close()
+    error = lldb.SBError()
+    return process.WriteMemory(address, data, error) == len(data) and error.Success()
+
+
 def stop_at_checkpoint(process: lldb.SBProcess, image: Image) -> str | None:
     """Run the selected thread through r_brk (LLDB's dynamic loader reads the restored link
     map) and back to the checkpoint. With the user's breakpoint at the checkpoint it returns
@@ -120,7 +145,7 @@ def stop_at_checkpoint(process: lldb.SBProcess, image: Image) -> str | None:
     if error.Fail():
         return f"reading the stack at {sp:#x}: {error.GetCString()}"
     at_user_breakpoint = rip in users
-    if process.WriteMemory(sp, struct.pack("<QQ", brk, rip), error) != 16 \
+    if not _write_before_run(process, sp, struct.pack("<QQ", brk, rip)) \
             or not _set(thread, "rsp", sp) or not _set(thread, "rip", ret):
         _set(thread, "rsp", rsp)
         _set(thread, "rip", rip)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import USER_TOP
-from binfmt_img.live import restorer
+from binfmt_img.live import codename, restorer
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.procfs import ProcMem
 from binfmt_img.live.target import Target
@@ -24,6 +24,12 @@ CLONE_AT = 32  # `syscall; jmp .`: a clone made by single steps leaves its child
 CHILD_STACK_AT = 0xF00  # a new thread's rsp until it gets its registers; it never pushes
 DATA_AT = 0x1000
 RESTORER_AT = 0x100  # the restorer program (binfmt_img/live/restorer.py), in the code page
+# An ELF image naming the code before it (binfmt_img/live/codename.py), for a debugger that
+# wants a symbol at every pc it stops at.
+NAME_AT = 0x400
+# Zeros: rsp and rbp while named code runs, so that a debugger unwinding the thread finds a
+# return address of 0 (the end of the stack) instead of asking about a stranger address.
+FRAME_AT = 0xE00
 # A batch too large for the data pages goes to the table area, mapped on first use this far
 # from the scratch area's start (past the restore's vDSO parking place), TABLE_ROOM long.
 TABLE_GAP, TABLE_ROOM = 0x100000, 0x4000000
@@ -32,7 +38,7 @@ MAP_NORESERVE = 0x4000
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 # Registers an injected step may change; saved before and put back after a dump.
 SAVED_REGISTERS = ("rip", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rcx", "r11",
-                   "rbx", "r12", "r13", "r14", "eflags", "orig_rax")
+                   "rbx", "r12", "r13", "r14", "rsp", "rbp", "eflags", "orig_rax")
 
 
 ENOSYS = (1 << 64) - 38
@@ -81,26 +87,34 @@ class Injector:
         self._data_used = 0
         self._table_mapped = False
         self._batch: Batch | None = None
+        self._frame: dict[str, int] = {}  # rsp and rbp for named code (FRAME_AT)
 
     def open_scratch(self, address: int, code: int | None = None) -> None:
         """Map the scratch area, borrowing two bytes of mapped code for that one syscall: at
         `code` when given (rip may point nowhere), else at the current rip."""
         rip = code if code is not None else self.target.read_registers(("rip",))["rip"]
         saved = self.target.read_memory(rip, len(SYSCALL))
-        self.target.write_memory(rip, SYSCALL)
+        write = _borrowing_writer(self.target, rip, saved)
+        write(rip, SYSCALL)
         try:
             result = self._run(rip, sc.MMAP, address, SCRATCH_SIZE, 7,
                                0x22 | sc.MAP_FIXED_NOREPLACE, -1, 0)
         finally:
-            self.target.write_memory(rip, saved)
+            write(rip, saved)
         if sc.is_error(result) or result != address:
             detail = sc.errno_text(result) if sc.is_error(result) else f"got {result:#x}"
             raise RestoreError(f"mapping the scratch area at {address:#x} failed: {detail}")
         self.scratch = address
         code = CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc") + XSAVE64_RDI
         code = code.ljust(CLONE_AT, b"\xcc") + SYSCALL + SPIN
-        self.target.write_memory(address, code + b"\xcc" * 4)
-        self.target.write_memory(address + RESTORER_AT, restorer.CODE)
+        code = (code + b"\xcc" * 4).ljust(RESTORER_AT, b"\xcc") + restorer.CODE
+        name_code = getattr(self.target, "name_code", None)
+        if name_code is not None:
+            code = code.ljust(NAME_AT, b"\xcc") + codename.image(address + NAME_AT, address,
+                                                                 NAME_AT)
+        write_bulk(self.target, address, code)
+        if name_code is not None and name_code(address + NAME_AT):
+            self._frame = {"rsp": address + FRAME_AT, "rbp": address + FRAME_AT}
 
     def close_scratch(self) -> None:
         """Unmap the scratch area; the single-step stops before the next fetch from it."""
@@ -110,9 +124,13 @@ class Injector:
             self._table_mapped = False
         self.call(sc.MUNMAP, self.scratch, SCRATCH_SIZE, step="unmapping the scratch area")
         self.scratch = None
+        self._frame = {}
+        forget_code = getattr(self.target, "forget_code", None)
+        if forget_code is not None:  # after the step: its stop is still in named code
+            forget_code()
 
     def _run(self, at: int, nr: int, *args: int) -> int:
-        regs = {"rip": at, "rax": nr}
+        regs = {"rip": at, "rax": nr, **self._frame}
         regs.update({name: _unsigned(value) for name, value in zip(ARG_REGISTERS, args)})
         self.target.write_registers(regs)
         self.target.step_instruction()
@@ -151,7 +169,7 @@ class Injector:
         at = -(-self._data_used // align) * align
         if DATA_AT + at + len(data) > SCRATCH_SIZE:
             self._data_used = at = 0
-        self.target.write_memory(self.scratch + DATA_AT + at, data)
+        write_bulk(self.target, self.scratch + DATA_AT + at, data)
         self._data_used = at + len(data)
         return self.scratch + DATA_AT + at
 
@@ -174,7 +192,8 @@ class Injector:
         """One xsave64/xrstor64 on the 64-byte aligned `area`, features in edx:eax."""
         assert self.scratch is not None
         self.target.write_registers({"rip": self.scratch + at, "rdi": area,
-                                     "rax": features & 0xFFFFFFFF, "rdx": features >> 32})
+                                     "rax": features & 0xFFFFFFFF, "rdx": features >> 32,
+                                     **self._frame})
         self.target.step_instruction()
 
 
@@ -271,7 +290,8 @@ class Injector:
         # rax 0: a thread stopped inside an interrupted system call (LLDB cannot write
         # orig_rax) would otherwise have the kernel restart it, moving rip back 2 bytes.
         self.target.write_registers({"rip": self.scratch + RESTORER_AT, "rbx": layout.table,
-                                     "r12": count, "r14": layout.results, "rax": 0})
+                                     "r12": count, "r14": layout.results, "rax": 0,
+                                     **self._frame})
 
     def _table_results(self, layout: restorer.Layout, count: int) -> list[int]:
         """The results of the table run by the selected thread, which stopped: up to the
@@ -463,11 +483,15 @@ BULK = 1 << 16  # bytes from which a local inferior's memory is written through 
 
 
 def write_bulk(target: Target, addr: int, data: bytes) -> None:
-    """A large write (a restorer table of thousands of entries) into a local inferior through
-    /proc/PID/mem, as the pages are: LLDB sends it as hex in 64 KiB packets, each preceded by
-    a memory region query that costs lldb-server a read of smaps. The debugger reads the
-    table's results only after the run's stop, with its caches dropped."""
-    pid = target.pid() if len(data) >= BULK and target.is_local() else None
+    """A write into memory no debugger breakpoint is in (the Injector's scratch and table
+    areas; the restored process's memory, its breakpoints lifted meanwhile), through
+    /proc/PID/mem for a local inferior when it is large (a restorer table of thousands of
+    entries: LLDB sends it as hex in 64 KiB packets, each preceded by a memory region query)
+    or when the debugger's every write costs one (Target.prefers_proc_writes: lldb-server
+    reads smaps for the first after each stop). The debugger reads what the inferior made of
+    it only after the next stop, its caches dropped."""
+    large = len(data) >= BULK or getattr(target, "prefers_proc_writes", False)
+    pid = target.pid() if large and target.is_local() else None
     if pid is not None:
         try:
             mem = ProcMem(pid, writable=True)
@@ -482,6 +506,39 @@ def write_bulk(target: Target, addr: int, data: bytes) -> None:
             finally:
                 mem.close()
     target.write_memory(addr, data)
+
+
+def _borrowing_writer(target: Target, addr: int,
+                      shown: bytes) -> Callable[[int, bytes], None]:
+    """How to write the program's bytes at `addr` that the scratch area's first syscall
+    borrows: through /proc/PID/mem where the debugger prefers it (Target.prefers_proc_writes)
+    and no breakpoint trap of its is there (the raw bytes are the ones it shows: it would put
+    its own saved bytes back over ours when stepping off a trap), else through the debugger.
+    A stop follows each write, which drops what the debugger cached of the old bytes."""
+    pid = target.pid() if getattr(target, "prefers_proc_writes", False) and \
+        target.is_local() else None
+    if pid is None:
+        return target.write_memory
+    try:
+        mem = ProcMem(pid, writable=True)
+    except OSError:
+        return target.write_memory
+    try:
+        raw = mem.read(addr, len(shown))
+    except OSError:
+        raw = b""
+    finally:
+        mem.close()
+    if raw != shown:
+        return target.write_memory
+
+    def write(at: int, data: bytes) -> None:
+        proc = ProcMem(pid, writable=True)
+        try:
+            proc.write(at, data)
+        finally:
+            proc.close()
+    return write
 
 
 def pack_u64(*values: int) -> bytes:

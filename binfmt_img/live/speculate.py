@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING
 from binfmt_img.formats.model import Thread
 from binfmt_img.live import restorer
 from binfmt_img.live import syscalls as sc
-from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Entry, Injector, checked
+from binfmt_img.live.inject import (
+    DATA_AT,
+    SCRATCH_SIZE,
+    Entry,
+    Injector,
+    checked,
+    write_bulk,
+)
 
 if TYPE_CHECKING:
     from binfmt_img.live.restore import RestorePlan
@@ -223,14 +230,14 @@ def _run(injector: Injector, recorder: Recorder) -> list[int]:
         return []
     assert injector.scratch is not None
     if recorder.data:
-        injector.target.write_memory(recorder.base, bytes(recorder.data))
+        write_bulk(injector.target, recorder.base, bytes(recorder.data))
     after = -(-(DATA_AT + len(recorder.data)) // 64) * 64
     size = restorer.Layout(0, len(entries), 0).size + 64
     base = injector.scratch + after if after + size <= SCRATCH_SIZE \
         else injector._table_area(size)
     base = -(-base // 64) * 64
     layout = restorer.Layout(base, len(entries), 0)
-    injector.target.write_memory(base, restorer.build(
+    write_bulk(injector.target, base, restorer.build(
         layout, [(e.nr, e.args, False) for e in entries], b""))
     injector.reset_data()
     return injector.run_table(layout, entries)

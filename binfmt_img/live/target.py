@@ -58,6 +58,19 @@ class Target(Protocol):
     def memory_changed(self) -> None:
         """The address space was changed behind the debugger: drop its caches."""
 
+    def name_code(self, header: int) -> bool:
+        """Optional. The Injector's code is named by the ELF image at `header` in the
+        inferior (binfmt_img/live/codename.py): a debugger that asks the inferior's memory map
+        at each stop whose pc has no symbol (LLDB) loads it as a module. True when it did
+        (the injected code then runs with rsp and rbp on zeros: the unwind ends there)."""
+
+    def forget_code(self) -> None:
+        """Optional, with name_code: the named code is gone (drop the module)."""
+
+    # Optional attribute prefers_proc_writes (bool): each memory write through the debugger
+    # costs more than one through /proc/PID/mem (LLDB: a memory region query that makes
+    # lldb-server read /proc/PID/smaps), so the core writes memory it owns through /proc.
+
     def run_to_trap(self, traps: tuple[int, ...] = ()) -> None:
         """Optional (without it: every batched system call is its own single-step). Resume
         the selected thread alone, the others staying stopped, until it stops again: at one

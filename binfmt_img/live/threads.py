@@ -179,7 +179,7 @@ def restore_threads(plan: RestorePlan) -> None:
     target, main = plan.target, plan.main_thread
     plan.live_tids = {main.tid: plan.live_tid}
     if main.tid in plan.tid_addresses:
-        target.write_memory(plan.tid_addresses[main.tid], struct.pack("<I", plan.live_tid))
+        write_bulk(target, plan.tid_addresses[main.tid], struct.pack("<I", plan.live_tid))
     others = [t for t in plan.image.threads if t is not main]
     if not others:
         return
