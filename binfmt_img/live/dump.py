@@ -191,7 +191,7 @@ class DumpPlan:
         inj = self.injector
         self.threads = threads
         saved = save_registers(self.target, threads)
-        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], RESERVED))
+        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], RESERVED), whole=True)
         try:
             self._states()
         finally:
