@@ -15,14 +15,15 @@ umask.py): it queues them through `plan.reads(thread)` (without a thread: the pr
 by the first thread), `yield`s, and reads their results after the yield (`.value(ref)`,
 `.read(ref, size)`); a call made with `.call` that failed is raised at the yield. Every
 thread's calls of all the hooks run in one resume (binfmt_img/live/rounds.py); a hook whose
-calls depend on earlier results yields again, once per round, not once per thread. The restore calls `check(plan, value)` while nothing has
-changed yet (append to `plan.report.warnings`, or to `plan.losses` for state that cannot come
-back: the restore is then refused unless the user accepts the loss), and `restore(plan,
-value)` in its phase: "process" (memory and signal handlers are in place, before the other
-threads exist), or "late" (every thread exists, just before the registers; timers go there so
-their remaining time starts as late as possible; `order` sorts the kinds of a phase).
-`restore_thread(plan, value, thread)` runs
-for every thread of the image with that thread selected (main thread first).
+calls depend on earlier results yields again, once per round, not once per thread.
+
+The restore calls `check(plan, value)` while nothing has changed yet (append to
+`plan.report.warnings`, or to `plan.losses` for state that cannot come back: the restore is
+then refused unless the user accepts the loss), and `restore(plan, value)` in its phase:
+"process" (memory and signal handlers are in place, before the other threads exist), or "late"
+(every thread exists, just before the registers; timers go there so their remaining time starts
+as late as possible; `order` sorts the kinds of a phase). `restore_thread(plan, value, thread)`
+runs for every thread of the image with that thread selected (main thread first).
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ def _probe(plan: DumpPlan) -> Generator[None, None, list[dict]]:
     the threads in the same rounds: a probe, then the next length to try or the unregistering
     of what the probe registered."""
     assert plan.injector.scratch is not None
+    if any("fs_base" not in thread.registers for thread in plan.threads):
+        yield  # a debugger that does not show it: the first round reads it (arch_prctl)
     scratch = (plan.injector.scratch + PROBE_AREA, ORIG_RSEQ_SIZE)  # the rounds leave it be
     entries, todo = {}, {}
     for thread in plan.threads:
