@@ -45,10 +45,10 @@ def _lldb_dump_stops(tmp_path: Path, threads: int) -> int:
 def test_dump_stops_do_not_grow_with_the_threads_lldb(tmp_path: Path) -> None:
     """As in GDB, but LLDB stops the whole process when the first thread reaches the end of
     its table, and resumes the others again (lldb_img's run_threads_to_trap): a few resumes
-    more, by the machine's timing, not one or more per thread (before the rounds: 39 stops
-    for one thread, 204 for 16)."""
+    more by the machine's timing (0 to 2 seen for 32 threads, 5 for 16 under load), not one
+    or more per thread (before the rounds: 39 stops for one thread, 204 for 16)."""
     one, many = _lldb_dump_stops(tmp_path, 1), _lldb_dump_stops(tmp_path, 32)
-    assert one <= 4 and many <= one + 8, (one, many)
+    assert one <= 4 and many <= one + 12, (one, many)
 
 
 @needs_gdb
