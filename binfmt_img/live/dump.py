@@ -148,7 +148,8 @@ class DumpPlan:
 
     def each_thread(self, action: Callable[[Thread], Any]) -> dict[int, Any]:
         """action(thread) with each thread selected in turn (for system calls that only the
-        thread itself can make); the first thread is selected again afterwards."""
+        thread itself can make, one stop each: a dump hook's go in rounds, plan.reads); the
+        first thread is selected again afterwards."""
         out = {}
         for thread in self.threads:
             if len(self.threads) > 1:
