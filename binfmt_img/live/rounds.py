@@ -56,7 +56,7 @@ class Reads:
     def call(self, nr: int, *args: int | restorer.Ref, step: str,
              address: int | None = None) -> restorer.Ref:
         """A call that must succeed: its failure is raised into the hook at its yield."""
-        ref = self.batch.raw(nr, *args)
+        ref = self.raw(nr, *args)
         entry = self.batch.entries[-1]
         entry.step, entry.address = step, address
         self.checks.append(ref.at)
@@ -64,19 +64,23 @@ class Reads:
 
     def raw(self, nr: int, *args: int | restorer.Ref) -> restorer.Ref:
         """A call that may fail: value() is then -errno as rax holds it."""
-        return self.batch.raw(nr, *args)
+        return self._open().raw(nr, *args)
 
     def put(self, data: bytes, align: int = 16) -> restorer.Ref:
-        return self.batch.put(data, align)
+        return self._open().put(data, align)
 
     def reserve(self, size: int, align: int = 16) -> restorer.Ref:
-        return self.batch.reserve(size, align)
+        return self._open().reserve(size, align)
 
     def put_string(self, text: str) -> restorer.Ref:
-        return self.batch.put_string(text)
+        return self._open().put_string(text)
 
     def xsave(self, size: int, features: int) -> restorer.Ref:
-        return self.batch.xsave(size, features)
+        return self._open().xsave(size, features)
+
+    def _open(self) -> Batch:
+        assert self.batch.results is None, "a later round's calls go through its plan.reads()"
+        return self.batch
 
     def value(self, ref: restorer.Ref) -> int:
         """A call's result (rax), or the address of a piece of data."""
