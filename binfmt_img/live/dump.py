@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import mmap
 import os
 import struct
@@ -26,7 +27,7 @@ from binfmt_img.formats.model import (
     Vma,
     Xsave,
 )
-from binfmt_img.live import mapped_files
+from binfmt_img.live import mapped_files, rounds
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.files import read_open_files
 from binfmt_img.live.inject import RESERVED, Injector, check_not_in_syscall_entry, free_area
@@ -142,10 +143,13 @@ class DumpPlan:
         self.injector = Injector(self.target)
         self.threads: list[Thread] = []
         self.sources: dict[str, str] = {}  # mapped path -> /proc/PID/map_files/... (v1)
+        self.round: rounds.Round | None = None  # the dump hooks' round being queued
+        self.brk = 0
 
     def each_thread(self, action: Callable[[Thread], Any]) -> dict[int, Any]:
         """action(thread) with each thread selected in turn (for system calls that only the
-        thread itself can make); the first thread is selected again afterwards."""
+        thread itself can make, one stop each: a dump hook's go in rounds, plan.reads); the
+        first thread is selected again afterwards."""
         out = {}
         for thread in self.threads:
             if len(self.threads) > 1:
@@ -155,40 +159,41 @@ class DumpPlan:
             select(self.target, self.threads[0].tid)
         return out
 
+    def reads(self, thread: Thread | None = None) -> rounds.Reads:
+        """The running dump hook's calls for `thread` in this round (without a thread: the
+        process's, made by the first thread); binfmt_img/live/rounds.py."""
+        assert self.round is not None, "reads() is for a dump hook's generator"
+        return self.round.reads(thread or self.threads[0])
+
     def _states(self) -> None:
-        """Every kind of binfmt_img.state, read by the process itself."""
+        """Every kind of binfmt_img.state, read by the process itself. The hooks that make
+        calls (generators) run in rounds together with the threads' own state, each round
+        one resume; the others run first, as they are."""
+        hooks: list[tuple[str, rounds.Hook]] = [("", self._own_state())]
+        values = {}
         for kind in state.KINDS:
             self.injector.reset_data()
             value = kind.dump(self)
-            if value is not None:
-                state.put(self.image, kind, value)
+            if inspect.isgenerator(value):
+                hooks.append((kind.name, value))
+            else:
+                values[kind.name] = value
+        values.update(rounds.run(self, hooks))
+        for kind in state.KINDS:
+            if values.get(kind.name) is not None:
+                state.put(self.image, kind, values[kind.name])
         if self.fmt == "v0" and self.image.states:
             self.report.warnings.append("a v0 image cannot hold " + ", ".join(
                 self.image.states) + ": not recorded (v1 keeps them)")
 
     def _thread_state(self, threads: list[Thread]) -> int:
-        """What only the process itself can tell: each thread's FPU, signal mask, TLS..., and
-        the process's signal handlers and brk. Returns brk."""
+        """What only the process itself can tell: each thread's FPU, signal mask, TLS..., the
+        process's signal handlers and brk, and the state kinds. Returns brk."""
         inj = self.injector
         self.threads = threads
         saved = save_registers(self.target, threads)
-        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], RESERVED))
+        inj.open_scratch(free_area([(m.start, m.end) for m in self.maps], RESERVED), whole=True)
         try:
-            for thread in threads:  # the other threads stay stopped meanwhile
-                if len(threads) > 1:
-                    select(self.target, thread.tid)
-                self._one_thread(inj, thread)
-            if len(threads) > 1:
-                select(self.target, threads[0].tid)
-            with inj.batch() as batch:
-                brk = batch.raw(sc.BRK, 0)
-                out = batch.reserve(32 * sc.NSIG)
-                for number in range(1, sc.NSIG + 1):
-                    batch.call(sc.RT_SIGACTION, number, 0, out + 32 * (number - 1), 8,
-                               step="reading signal handlers")
-            data = batch.read(out, 32 * sc.NSIG)
-            self.image.sigactions = [SigAction(*struct.unpack_from("<4Q", data, 32 * i))
-                                     for i in range(sc.NSIG)]
             self._states()
         finally:
             if len(threads) > 1:
@@ -197,40 +202,60 @@ class DumpPlan:
                 inj.close_scratch()
             put_back_registers(self.target, saved)
             self.report.stops = self.target.stops
-        return batch.value(brk)
+        return self.brk
 
-    def _one_thread(self, inj: Injector, thread: Thread) -> None:
-        """The selected thread's own state, by system calls it makes itself."""
+    def _own_state(self) -> rounds.Hook:
+        """Each thread's own state and the process's signal handlers and brk: calls of the
+        first round."""
+        parse = [self._one_thread(self.reads(thread), thread) for thread in self.threads]
+        batch = self.reads()
+        brk = batch.raw(sc.BRK, 0)
+        out = batch.reserve(32 * sc.NSIG)
+        for number in range(1, sc.NSIG + 1):
+            batch.call(sc.RT_SIGACTION, number, 0, out + 32 * (number - 1), 8,
+                       step="reading signal handlers")
+        yield
+        for done in parse:
+            done()
+        data = batch.read(out, 32 * sc.NSIG)
+        self.image.sigactions = [SigAction(*struct.unpack_from("<4Q", data, 32 * i))
+                                 for i in range(sc.NSIG)]
+        self.brk = batch.value(brk)
+
+    def _one_thread(self, batch: rounds.Reads, thread: Thread) -> Callable[[], None]:
+        """The thread's own state, by system calls it makes itself: queued, and what reads
+        their answers once the round ran."""
         bases = [(name, code) for name, code in (("fs_base", sc.ARCH_GET_FS),
                                                   ("gs_base", sc.ARCH_GET_GS))
                  if name not in thread.registers]  # a debugger that does not show them
-        with inj.batch() as batch:
-            mask = batch.reserve(8)
-            batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, mask, 8, step="reading the mask")
-            base_out = {name: batch.reserve(8) for name, _ in bases}
-            for name, code in bases:
-                batch.call(sc.ARCH_PRCTL, code, base_out[name], step=f"reading {name}")
-            alt = batch.reserve(24)
-            batch.call(sc.SIGALTSTACK, 0, alt, step="reading the alternate stack")
-            descs = [batch.put(USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0))
-                     for i in range(3)]
-            tls = [batch.raw(sc.GET_THREAD_AREA, d) for d in descs]
-            head = batch.reserve(16)
-            robust = batch.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)
-            xsave = batch.xsave(XSAVE_AREA, XSAVE_RESTORABLE)
-        thread.xsave = Xsave(XSAVE_RESTORABLE, batch.read(xsave, XSAVE_AREA))
-        (thread.sigmask,) = struct.unpack("<Q", batch.read(mask, 8))
-        for name, _ in bases:
-            (thread.registers[name],) = struct.unpack("<Q", batch.read(base_out[name], 8))
-        sp, flags, _, size = struct.unpack("<QiiQ", batch.read(alt, 24))
-        thread.altstack = AltStack(sp, flags, size)
-        for i in range(3):
-            if sc.is_error(batch.value(tls[i])):
-                break  # a kernel without 32-bit emulation has no GDT TLS entries
-            thread.tls[i] = user_desc_to_descriptor(batch.read(descs[i], USER_DESC_SIZE))
-        if not sc.is_error(batch.value(robust)):
-            thread.robust_list, thread.robust_list_len = struct.unpack(
-                "<QQ", batch.read(head, 16))
+        mask = batch.reserve(8)
+        batch.call(sc.RT_SIGPROCMASK, sc.SIG_SETMASK, 0, mask, 8, step="reading the mask")
+        base_out = {name: batch.reserve(8) for name, _ in bases}
+        for name, code in bases:
+            batch.call(sc.ARCH_PRCTL, code, base_out[name], step=f"reading {name}")
+        alt = batch.reserve(24)
+        batch.call(sc.SIGALTSTACK, 0, alt, step="reading the alternate stack")
+        descs = [batch.put(USER_DESC.pack(GDT_ENTRY_TLS_MIN + i, 0, 0, 0)) for i in range(3)]
+        tls = [batch.raw(sc.GET_THREAD_AREA, d) for d in descs]
+        head = batch.reserve(16)
+        robust = batch.raw(sc.GET_ROBUST_LIST, 0, head, head + 8)
+        xsave = batch.xsave(XSAVE_AREA, XSAVE_RESTORABLE)
+
+        def done() -> None:
+            thread.xsave = Xsave(XSAVE_RESTORABLE, batch.read(xsave, XSAVE_AREA))
+            (thread.sigmask,) = struct.unpack("<Q", batch.read(mask, 8))
+            for name, _ in bases:
+                (thread.registers[name],) = struct.unpack("<Q", batch.read(base_out[name], 8))
+            sp, flags, _, size = struct.unpack("<QiiQ", batch.read(alt, 24))
+            thread.altstack = AltStack(sp, flags, size)
+            for i in range(3):
+                if sc.is_error(batch.value(tls[i])):
+                    break  # a kernel without 32-bit emulation has no GDT TLS entries
+                thread.tls[i] = user_desc_to_descriptor(batch.read(descs[i], USER_DESC_SIZE))
+            if not sc.is_error(batch.value(robust)):
+                thread.robust_list, thread.robust_list_len = struct.unpack(
+                    "<QQ", batch.read(head, 16))
+        return done
 
     def collect(self) -> Image:
         threads = read_threads(self.target, self.pid)

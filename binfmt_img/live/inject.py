@@ -86,25 +86,29 @@ class Injector:
         self.scratch: int | None = None
         self._data_used = 0
         self._table_mapped = False
+        self._whole = False  # the table area mapped with the scratch area, as one
         self._batch: Batch | None = None
         self._frame: dict[str, int] = {}  # rsp and rbp for named code (FRAME_AT)
 
-    def open_scratch(self, address: int, code: int | None = None) -> None:
+    def open_scratch(self, address: int, code: int | None = None, whole: bool = False) -> None:
         """Map the scratch area, borrowing two bytes of mapped code for that one syscall: at
-        `code` when given (rip may point nowhere), else at the current rip."""
+        `code` when given (rip may point nowhere), else at the current rip. `whole`: the
+        table area too, in the same mapping from `address` to RESERVED past it (a dump,
+        whose threads' tables take it whatever their number: no stop to map it later)."""
         rip = code if code is not None else self.target.read_registers(("rip",))["rip"]
         saved = self.target.read_memory(rip, len(SYSCALL))
         write = _borrowing_writer(self.target, rip, saved)
         write(rip, SYSCALL)
         try:
-            result = self._run(rip, sc.MMAP, address, SCRATCH_SIZE, 7,
-                               0x22 | sc.MAP_FIXED_NOREPLACE, -1, 0)
+            result = self._run(rip, sc.MMAP, address, RESERVED if whole else SCRATCH_SIZE, 7,
+                               0x22 | sc.MAP_FIXED_NOREPLACE | (MAP_NORESERVE * whole), -1, 0)
         finally:
             write(rip, saved)
         if sc.is_error(result) or result != address:
             detail = sc.errno_text(result) if sc.is_error(result) else f"got {result:#x}"
             raise RestoreError(f"mapping the scratch area at {address:#x} failed: {detail}")
         self.scratch = address
+        self._table_mapped = self._whole = whole
         code = CODE.ljust(XRSTOR_AT, b"\xcc") + XRSTOR64_RDI.ljust(8, b"\xcc") + XSAVE64_RDI
         code = code.ljust(CLONE_AT, b"\xcc") + SYSCALL + SPIN
         code = (code + b"\xcc" * 4).ljust(RESTORER_AT, b"\xcc") + restorer.CODE
@@ -119,10 +123,11 @@ class Injector:
     def close_scratch(self) -> None:
         """Unmap the scratch area; the single-step stops before the next fetch from it."""
         assert self.scratch is not None
-        if self._table_mapped:
+        if self._table_mapped and not self._whole:
             self.raw(sc.MUNMAP, self.scratch + TABLE_GAP, TABLE_ROOM)
-            self._table_mapped = False
-        self.call(sc.MUNMAP, self.scratch, SCRATCH_SIZE, step="unmapping the scratch area")
+        size = RESERVED if self._whole else SCRATCH_SIZE
+        self._table_mapped = self._whole = False
+        self.call(sc.MUNMAP, self.scratch, size, step="unmapping the scratch area")
         self.scratch = None
         self._frame = {}
         forget_code = getattr(self.target, "forget_code", None)

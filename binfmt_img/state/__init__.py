@@ -9,15 +9,21 @@ framing (binfmt_img.formats.v1 keeps them raw in `Image.raw_states`); `decode` a
 here turn them into values and back, so formats never imports this layer.
 
 The dump calls `dump(plan)` with the scratch area open and the main thread selected
-(`plan.injector`, `plan.each_thread`, `plan.pid`, `plan.report.warnings`); it returns the
-value to record, or None for nothing. The restore calls `check(plan, value)` while nothing has
-changed yet (append to `plan.report.warnings`, or to `plan.losses` for state that cannot come
-back: the restore is then refused unless the user accepts the loss), and `restore(plan,
-value)` in its phase: "process" (memory and signal handlers are in place, before the other
-threads exist), or "late" (every thread exists, just before the registers; timers go there so
-their remaining time starts as late as possible; `order` sorts the kinds of a phase).
-`restore_thread(plan, value, thread)` runs
-for every thread of the image with that thread selected (main thread first).
+(`plan.pid`, `plan.threads`, `plan.report.warnings`); it returns the value to record, or None
+for nothing. A hook that needs system calls made by the process itself is a generator (see
+umask.py): it queues them through `plan.reads(thread)` (without a thread: the process's, made
+by the first thread), `yield`s, and reads their results after the yield (`.value(ref)`,
+`.read(ref, size)`); a call made with `.call` that failed is raised at the yield. Every
+thread's calls of all the hooks run in one resume (binfmt_img/live/rounds.py); a hook whose
+calls depend on earlier results yields again, once per round, not once per thread.
+
+The restore calls `check(plan, value)` while nothing has changed yet (append to
+`plan.report.warnings`, or to `plan.losses` for state that cannot come back: the restore is
+then refused unless the user accepts the loss), and `restore(plan, value)` in its phase:
+"process" (memory and signal handlers are in place, before the other threads exist), or "late"
+(every thread exists, just before the registers; timers go there so their remaining time starts
+as late as possible; `order` sorts the kinds of a phase). `restore_thread(plan, value, thread)`
+runs for every thread of the image with that thread selected (main thread first).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ middle of them (see README, "Limits today")."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Array, Int64ul, Struct
@@ -29,14 +30,14 @@ Record = Struct("timers" / Array(3, Timer))
 MAX_SECONDS = 1 << 40  # far beyond any a kernel accepts; guards against a forged image
 
 
-def dump(plan: DumpPlan) -> dict | None:
-    inj, timers = plan.injector, []
-    out = inj.reserve(32)
+def dump(plan: DumpPlan) -> Generator[None, None, dict]:
+    reads, outs = plan.reads(), []
     for which, name in enumerate(NAMES):
-        inj.call(GETITIMER, which, out, step=f"reading {name}")
-        fields = struct.unpack("<4Q", plan.target.read_memory(out, 32))
-        timers.append(dict(zip(("interval_sec", "interval_usec", "value_sec",
-                                "value_usec"), fields)))
+        outs.append(reads.reserve(32))
+        reads.call(GETITIMER, which, outs[-1], step=f"reading {name}")
+    yield
+    timers = [dict(zip(("interval_sec", "interval_usec", "value_sec", "value_usec"),
+                       struct.unpack("<4Q", reads.read(out, 32)))) for out in outs]
     return {"timers": timers}
 
 

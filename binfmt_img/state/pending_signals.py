@@ -26,6 +26,7 @@ signal it handles `stop`) would be left in the middle of the restore: refused as
 from __future__ import annotations
 
 import struct
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Bytes, Int32ul, PrefixedArray, Struct
@@ -34,12 +35,14 @@ from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import signal_name
 from binfmt_img.live import ptrace
 from binfmt_img.live import syscalls as sc
+from binfmt_img.live.inject import checked
 from binfmt_img.state import ORDER_QUEUE, Kind
 
 if TYPE_CHECKING:
     from binfmt_img.formats.model import Thread
     from binfmt_img.live.dump import DumpPlan
     from binfmt_img.live.restore import RestorePlan
+    from binfmt_img.live.rounds import Reads
 
 RT_SIGQUEUEINFO, RT_SIGTIMEDWAIT, GETTID, RT_TGSIGQUEUEINFO = 129, 128, 186, 297
 SIGINFO = ptrace.SIGINFO_SIZE
@@ -50,6 +53,9 @@ Record = Struct(
 )
 UNQUEUEABLE = (sc.SIGKILL, sc.SIGSTOP)
 DRAIN_LIMIT = 100_000  # RLIMIT_SIGPENDING is a few ten thousands at most by default
+SIGRTMIN = 32  # the kernel's: from here a signal can be queued more than once
+TAKE_AT_ONCE = 64  # calls a round makes at most for one real-time signal of one queue
+EAGAIN = (1 << 64) - 11
 
 
 def _number(info: bytes) -> int:
@@ -58,7 +64,7 @@ def _number(info: bytes) -> int:
 
 # ---- dump ----
 
-def dump(plan: DumpPlan) -> dict | None:
+def dump(plan: DumpPlan) -> Generator[None, None, dict | None]:
     try:
         if not ptrace.available(plan.target):
             raise ptrace.Unavailable
@@ -66,7 +72,7 @@ def dump(plan: DumpPlan) -> dict | None:
                    for t in plan.threads]
         shared = ptrace.peek_siginfo(plan.threads[0].tid, True)
     except ptrace.Unavailable:
-        threads, shared = _drain_and_refill(plan)
+        threads, shared = yield from _drain_and_refill(plan)
     for entry in threads:
         entry["signals"] = _without_stops(plan, entry["signals"], f"thread {entry['tid']}")
     shared = _without_stops(plan, shared, "the process")
@@ -100,13 +106,21 @@ def _bits(mask: int) -> list[int]:
     return [n for n in range(1, sc.NSIG + 1) if mask >> (n - 1) & 1]
 
 
-def _drain_and_refill(plan: DumpPlan) -> tuple[list[dict], list[bytes]]:
-    """Without ptrace: take every pending signal with rt_sigtimedwait, then queue them back."""
-    own = plan.each_thread(lambda t: _take(plan, t.tid, "SigPnd"))
+def _drain_and_refill(plan: DumpPlan) -> Generator[None, None, tuple[list[dict], list[bytes]]]:
+    """Without ptrace: take every pending signal with rt_sigtimedwait, then queue them back,
+    each thread making its own calls, all the threads in the same rounds (live/rounds.py):
+    every thread's own queue emptied, then the process's (by the main thread, its own queue
+    empty), then all put back."""
     main = _main_thread(plan)
-    shared = plan.each_thread(
-        lambda t: _take(plan, t.tid, "ShdPnd") if t is main else [])[main.tid]
-    plan.each_thread(lambda t: _put_back(plan, own[t.tid], shared if t is main else []))
+    own = yield from _take(plan, plan.threads, "SigPnd")
+    shared = (yield from _take(plan, [main], "ShdPnd"))[main.tid]
+    queued = False
+    for thread in plan.threads:
+        queued |= _queue_in(plan.reads(thread), plan.pid, thread.tid, own[thread.tid])
+        if thread is main:
+            queued |= _queue_in(plan.reads(thread), plan.pid, 0, shared)
+    if queued:
+        yield
     return [{"tid": tid, "signals": infos} for tid, infos in own.items()], shared
 
 
@@ -114,29 +128,84 @@ def _main_thread(plan: DumpPlan) -> Thread:
     return next((t for t in plan.threads if t.tid == plan.pid), plan.threads[0])
 
 
-def _take(plan: DumpPlan, tid: int, field: str) -> list[bytes]:
-    inj, taken = plan.injector, []
-    inj.reset_data()
-    timeout, info = inj.put(bytes(16)), inj.reserve(SIGINFO)
-    for number in _bits(_pending(plan.pid, tid, field)):
-        if number in UNQUEUEABLE:  # rt_sigtimedwait cannot take them: left where they are
-            taken.append(struct.pack("<i", number).ljust(SIGINFO, b"\0"))
-            continue
-        one = inj.put(struct.pack("<Q", 1 << (number - 1)))
-        while _pending(plan.pid, tid, field) >> (number - 1) & 1:
-            if len(taken) > DRAIN_LIMIT:
-                raise RestoreError(f"thread {tid}: more than {DRAIN_LIMIT} pending signals")
-            got = inj.call(RT_SIGTIMEDWAIT, one, info, timeout, 8,
-                           step=f"taking pending {signal_name(number)} to read it")
-            if got != number:
-                raise RestoreError(f"taking pending {signal_name(number)} gave signal {got}")
-            taken.append(plan.target.read_memory(info, SIGINFO))
-    return taken
+def _take(plan: DumpPlan, threads: list[Thread],
+          field: str) -> Generator[None, None, dict[int, list[bytes]]]:
+    """Each thread's signals pending in `field` of its /proc status (SigPnd: its own queue,
+    ShdPnd: the process's), taken by the thread, signal by signal in the order of their
+    numbers, each in its queue's order. A round takes every instance it can of each signal
+    pending (`_at_once`); what is still pending after it, the next takes."""
+    taken: dict[int, dict[int, list[bytes]]] = {t.tid: {} for t in threads}
+    numbers: dict[int, list[int]] = {}
+    for thread in threads:
+        numbers[thread.tid] = _bits(_pending(plan.pid, thread.tid, field))
+        for number in numbers[thread.tid]:
+            # rt_sigtimedwait cannot take them: left where they are
+            taken[thread.tid][number] = [struct.pack("<i", number).ljust(SIGINFO, b"\0")] \
+                if number in UNQUEUEABLE else []
+    while True:
+        asked = []
+        for thread in threads:
+            now = _pending(plan.pid, thread.tid, field)
+            left = [n for n in numbers[thread.tid] if n not in UNQUEUEABLE and now >> (n - 1) & 1]
+            if not left:
+                continue
+            if sum(len(infos) for infos in taken[thread.tid].values()) > DRAIN_LIMIT:
+                raise RestoreError(f"thread {thread.tid}: more than {DRAIN_LIMIT} pending "
+                                   "signals")
+            reads = plan.reads(thread)
+            timeout = reads.put(bytes(16))
+            for number in left:
+                one = reads.put(struct.pack("<Q", 1 << (number - 1)))
+                calls = []
+                for _ in range(_at_once(plan, thread.tid, field, number)):
+                    info = reads.reserve(SIGINFO)
+                    calls.append((info, reads.raw(RT_SIGTIMEDWAIT, one, info, timeout, 8)))
+                asked.append((thread.tid, number, reads, calls))
+        if not asked:
+            break
+        yield
+        for tid, number, reads, calls in asked:
+            for i, (info, ref) in enumerate(calls):
+                got = reads.value(ref)
+                if i and got == EAGAIN:
+                    break  # the queue held fewer: the rest found none
+                checked(RT_SIGTIMEDWAIT, got, f"taking pending {signal_name(number)} to read it")
+                if got != number:
+                    raise RestoreError(f"taking pending {signal_name(number)} gave signal {got}")
+                taken[tid][number].append(reads.read(info, SIGINFO))
+    return {tid: [info for number in sorted(by) for info in by[number]]
+            for tid, by in taken.items()}
 
 
-def _put_back(plan: DumpPlan, own: list[bytes], shared: list[bytes]) -> None:
-    _queue(plan, plan.pid, own, thread=True)
-    _queue(plan, plan.pid, shared, thread=False)
+def _at_once(plan: DumpPlan, tid: int, field: str, number: int) -> int:
+    """How many of signal `number` one round takes from the queue: a signal below SIGRTMIN is
+    pending once at most; a real-time one as many times as the signals queued for the user
+    (SigQ), unless the thread's own queue is emptied while the process's holds it too (a
+    call past the last of its own would take the process's)."""
+    if number < SIGRTMIN or field == "SigPnd" and _pending(
+            plan.pid, tid, "ShdPnd") >> (number - 1) & 1:
+        return 1
+    with open(f"/proc/{plan.pid}/task/{tid}/status") as f:
+        queued = next((line.split()[1] for line in f if line.startswith("SigQ:")), "1/0")
+    return max(1, min(int(queued.split("/")[0]), TAKE_AT_ONCE))
+
+
+def _queue_in(reads: Reads, pid: int, tid: int, infos: list[bytes]) -> bool:
+    """_queue's calls in a dump's round, by the thread whose calls `reads` holds: to itself
+    (`tid`, its id), or with tid 0 to the process. Whether there was any to queue."""
+    infos = [info for info in infos if _number(info) not in UNQUEUEABLE]
+    if not infos:
+        return False
+    own = reads.call(GETTID, step="reading the thread id") if tid else 0
+    for info in infos:
+        number, at = _number(info), reads.put(info)
+        if tid:
+            reads.call(RT_TGSIGQUEUEINFO, pid, own, number, at,
+                       step=f"queueing pending {signal_name(number)} for thread {tid}")
+        else:
+            reads.call(RT_SIGQUEUEINFO, pid, number, at,
+                       step=f"queueing pending {signal_name(number)} for the process")
+    return True
 
 
 def _queue(plan: DumpPlan | RestorePlan, pid: int, infos: list[bytes], thread: bool) -> None:

@@ -7,6 +7,7 @@ default; the image's value wins, with or without it."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Int32ul, Struct
@@ -29,8 +30,11 @@ FLAGS = {0x0040000: "ADDR_NO_RANDOMIZE", 0x0400000: "READ_IMPLIES_EXEC",
 Record = Struct("persona" / Int32ul)
 
 
-def dump(plan: DumpPlan) -> dict:
-    return {"persona": plan.injector.call(PERSONALITY, QUERY, step="reading the personality")}
+def dump(plan: DumpPlan) -> Generator[None, None, dict]:
+    reads = plan.reads()
+    persona = reads.call(PERSONALITY, QUERY, step="reading the personality")
+    yield
+    return {"persona": reads.value(persona)}
 
 
 def check(_plan: RestorePlan, value) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, Int64sl, Int64ul, PrefixedArray, Struct
@@ -81,15 +82,18 @@ def parse_timers(text: str) -> list[dict]:
     return timers
 
 
-def dump(plan: DumpPlan) -> dict | None:
+def dump(plan: DumpPlan) -> Generator[None, None, dict | None]:
     timers = parse_timers(proc_file(plan.target, plan.pid, "timers").decode())
     if not timers:
         return None
-    inj = plan.injector
-    out = inj.reserve(32)
+    reads, outs = plan.reads(), []
     for timer in timers:
-        inj.call(TIMER_GETTIME, timer["id"], out, step=f"reading POSIX timer {timer['id']}")
-        fields = struct.unpack("<4q", plan.target.read_memory(out, 32))
+        outs.append(reads.reserve(32))
+        reads.call(TIMER_GETTIME, timer["id"], outs[-1],
+                   step=f"reading POSIX timer {timer['id']}")
+    yield
+    for timer, out in zip(timers, outs):
+        fields = struct.unpack("<4q", reads.read(out, 32))
         timer.update(zip(("interval_sec", "interval_nsec", "value_sec", "value_nsec"), fields))
     return {"timers": sorted(timers, key=lambda t: t["id"])}
 

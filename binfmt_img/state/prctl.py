@@ -20,6 +20,8 @@ original. Process-wide values go in the late phase, dumpable last of all.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
 from construct import Int32sl, Int32ul, Int64ul, PrefixedArray, Struct
@@ -33,7 +35,6 @@ from binfmt_img.state._proc import (
     debugger_has_capability,
     has_capability,
     inferior_status,
-    read_i32,
     status_fields,
 )
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from binfmt_img.formats.model import Thread
     from binfmt_img.live.dump import DumpPlan
     from binfmt_img.live.restore import RestorePlan
+    from binfmt_img.live.rounds import Reads
 
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 2, 3, 4
 PR_GET_KEEPCAPS, PR_SET_KEEPCAPS = 7, 8
@@ -62,36 +64,45 @@ Record = Struct("thp_disable" / Int32sl, "dumpable" / Int32sl, "child_subreaper"
                 "threads" / PrefixedArray(Int32ul, ThreadEntry))
 
 
-def _get(plan: DumpPlan, option: int) -> int:
-    """prctl's answer as a small int, or UNKNOWN."""
-    result = plan.injector.raw(sc.PRCTL, option, 0, 0, 0, 0)
-    return UNKNOWN if sc.is_error(result) else result
+def _ask(reads: Reads, option: int) -> Callable[[], int]:
+    """prctl(option) queued; what gives its answer, a small int, or UNKNOWN."""
+    result = reads.raw(sc.PRCTL, option, 0, 0, 0, 0)
+    return lambda: UNKNOWN if sc.is_error(reads.value(result)) else reads.value(result)
 
 
-def _get_into(plan: DumpPlan, option: int) -> int:
-    """The options that answer through an int pointer."""
-    out = plan.injector.reserve(8)
-    result = plan.injector.raw(sc.PRCTL, option, out, 0, 0, 0)
-    return UNKNOWN if sc.is_error(result) else read_i32(plan, out)
+def _ask_into(reads: Reads, option: int) -> Callable[[], int]:
+    """The same for the options that answer through an int pointer."""
+    out = reads.reserve(8)
+    result = reads.raw(sc.PRCTL, option, out, 0, 0, 0)
+    return lambda: UNKNOWN if sc.is_error(reads.value(result)) else struct.unpack(
+        "<i", reads.read(out, 4))[0]
 
 
-def dump(plan: DumpPlan) -> dict:
-    def one(thread: Thread) -> dict:
-        plan.injector.reset_data()
-        slack = plan.injector.raw(sc.PRCTL, PR_GET_TIMERSLACK, 0, 0, 0, 0)
-        return {"tid": thread.tid, "pdeathsig": _get_into(plan, PR_GET_PDEATHSIG),
-                "timerslack": 0 if sc.is_error(slack) else slack,
-                "no_new_privs": _get(plan, PR_GET_NO_NEW_PRIVS),
-                "keepcaps": _get(plan, PR_GET_KEEPCAPS),
-                "io_flusher": _get(plan, PR_GET_IO_FLUSHER), "tsc": _get_into(plan, PR_GET_TSC)}
-    threads = list(plan.each_thread(one).values())
+def _thread(plan: DumpPlan, thread: Thread) -> Callable[[], dict]:
+    """The thread's own values, asked by the thread itself."""
+    reads = plan.reads(thread)
+    slack = reads.raw(sc.PRCTL, PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    asked = {"pdeathsig": _ask_into(reads, PR_GET_PDEATHSIG),
+             "no_new_privs": _ask(reads, PR_GET_NO_NEW_PRIVS),
+             "keepcaps": _ask(reads, PR_GET_KEEPCAPS),
+             "io_flusher": _ask(reads, PR_GET_IO_FLUSHER), "tsc": _ask_into(reads, PR_GET_TSC)}
+    return lambda: {"tid": thread.tid, "timerslack": 0 if sc.is_error(reads.value(slack))
+                    else reads.value(slack), **{name: got() for name, got in asked.items()}}
+
+
+def dump(plan: DumpPlan) -> Generator[None, None, dict]:
+    threads = [_thread(plan, thread) for thread in plan.threads]
+    reads = plan.reads()
+    process = {"thp_disable": _ask(reads, PR_GET_THP_DISABLE),
+               "dumpable": _ask(reads, PR_GET_DUMPABLE),
+               "child_subreaper": _ask_into(reads, PR_GET_CHILD_SUBREAPER)}
+    yield
     with open(f"/proc/{plan.pid}/status") as f:
         status = status_fields(f.read())
-    return {"thp_disable": _get(plan, PR_GET_THP_DISABLE),
-            "dumpable": _get(plan, PR_GET_DUMPABLE),
-            "child_subreaper": _get_into(plan, PR_GET_CHILD_SUBREAPER),
+    return {**{name: got() for name, got in process.items()},
             "seccomp": int(status.get("Seccomp", "0")),
-            "seccomp_filters": int(status.get("Seccomp_filters", "-1")), "threads": threads}
+            "seccomp_filters": int(status.get("Seccomp_filters", "-1")),
+            "threads": [got() for got in threads]}
 
 
 # ---- restore ----

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import weakref
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Int32ul, Int64ul, PrefixedArray, Struct
@@ -54,12 +55,15 @@ def _text(value: int) -> str:
     return "unlimited" if value == INFINITY else str(value)
 
 
-def dump(plan: DumpPlan) -> dict:
-    inj, limits = plan.injector, []
-    out = inj.reserve(16)
+def dump(plan: DumpPlan) -> Generator[None, None, dict]:
+    reads, outs = plan.reads(), []
     for resource in range(len(NAMES)):
-        inj.call(PRLIMIT64, 0, resource, 0, out, step=f"reading {_name(resource)}")
-        cur, max_ = struct.unpack("<QQ", plan.target.read_memory(out, 16))
+        outs.append(reads.reserve(16))
+        reads.call(PRLIMIT64, 0, resource, 0, outs[-1], step=f"reading {_name(resource)}")
+    yield
+    limits = []
+    for resource, out in enumerate(outs):
+        cur, max_ = struct.unpack("<QQ", reads.read(out, 16))
         limits.append({"resource": resource, "cur": cur, "max": max_})
     return {"limits": limits}
 

@@ -14,6 +14,7 @@ glibc's area whatever the process had (images without it keep that older behavio
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Int8ul, Int32ul, Int64ul, PrefixedArray, Struct
@@ -21,8 +22,8 @@ from construct import Int8ul, Int32ul, Int64ul, PrefixedArray, Struct
 from binfmt_img.formats.model import USER_TOP
 from binfmt_img.live import ptrace
 from binfmt_img.live import syscalls as sc
-from binfmt_img.live.inject import DATA_AT
 from binfmt_img.live.procfs import read_auxv
+from binfmt_img.live.rounds import PROBE_AREA
 from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
 from binfmt_img.state import Kind
 
@@ -39,13 +40,13 @@ Registration = Struct("tid" / Int32ul, "state" / Int8ul, "area" / Int64ul,
 Record = Struct("threads" / PrefixedArray(Int32ul, Registration))
 
 
-def dump(plan: DumpPlan) -> dict:
+def dump(plan: DumpPlan) -> Generator[None, None, dict]:
     try:
         if not ptrace.available(plan.target):
             raise ptrace.Unavailable
         threads = [_configured(t.tid) for t in plan.threads]
     except ptrace.Unavailable:
-        threads = list(plan.each_thread(lambda t: _probe(plan, t)).values())
+        threads = yield from _probe(plan)
     for entry in threads:
         if entry["state"] == UNKNOWN:
             plan.report.warnings.append(
@@ -68,29 +69,46 @@ def _glibc_area(plan: DumpPlan, thread: Thread) -> tuple[int, int] | None:
     return rseq_area(plan.target.read_memory, auxv, ld, thread.registers.get("fs_base", 0))
 
 
-def _probe(plan: DumpPlan, thread: Thread) -> dict:
-    """Ask the kernel with rseq(2) itself, run by the thread (see the module's doc)."""
-    inj = plan.injector
-    area = _glibc_area(plan, thread)
-    if area is None:
-        assert inj.scratch is not None
-        area = (inj.scratch + DATA_AT, ORIG_RSEQ_SIZE)  # the data page is 32-byte aligned
-        inj.reset_data()
-        inj.reserve(ORIG_RSEQ_SIZE)  # keep it from other data meanwhile
-    entry = {"tid": thread.tid, "state": UNKNOWN, "area": 0, "length": 0, "signature": 0}
-    for length in dict.fromkeys((ORIG_RSEQ_SIZE, area[1])):
-        result = inj.raw(RSEQ, area[0], length, 0, RSEQ_SIG)
-        if result == EBUSY:
-            entry.update(state=REGISTERED, area=area[0], length=length, signature=RSEQ_SIG)
-            break
-        if not sc.is_error(result):
-            inj.call(RSEQ, area[0], length, RSEQ_FLAG_UNREGISTER, RSEQ_SIG,
-                     step="unregistering the rseq area the probe registered")
-            entry["state"] = NONE
-            break
-        if result != EINVAL:
-            break  # EPERM: that area, another signature
-    return entry
+def _probe(plan: DumpPlan) -> Generator[None, None, list[dict]]:
+    """Ask the kernel with rseq(2) itself, each thread for itself (see the module's doc), all
+    the threads in the same rounds: a probe, then the next length to try or the unregistering
+    of what the probe registered."""
+    assert plan.injector.scratch is not None
+    if any("fs_base" not in thread.registers for thread in plan.threads):
+        yield  # a debugger that does not show it: the first round reads it (arch_prctl)
+    scratch = (plan.injector.scratch + PROBE_AREA, ORIG_RSEQ_SIZE)  # the rounds leave it be
+    entries, todo = {}, {}
+    for thread in plan.threads:
+        area = _glibc_area(plan, thread)
+        if area is None:
+            area = scratch
+            plan.target.write_memory(area[0], bytes(ORIG_RSEQ_SIZE))  # no rseq_cs in it
+        entries[thread.tid] = {"tid": thread.tid, "state": UNKNOWN, "area": 0, "length": 0,
+                               "signature": 0}
+        todo[thread.tid] = (thread, area[0], list(dict.fromkeys((ORIG_RSEQ_SIZE, area[1]))))
+    undo: list[tuple[Thread, int, int]] = []
+    while todo or undo:
+        for thread, area, length in undo:
+            plan.reads(thread).call(RSEQ, area, length, RSEQ_FLAG_UNREGISTER, RSEQ_SIG,
+                                    step="unregistering the rseq area the probe registered")
+        probes = [(thread, area, lengths, plan.reads(thread))
+                  for thread, area, lengths in todo.values()]
+        asked = [reads.raw(RSEQ, area, lengths[0], 0, RSEQ_SIG)
+                 for thread, area, lengths, reads in probes]
+        yield
+        todo, undo = {}, []
+        for (thread, area, lengths, reads), ref in zip(probes, asked):
+            result, entry = reads.value(ref), entries[thread.tid]
+            if result == EBUSY:
+                entry.update(state=REGISTERED, area=area, length=lengths[0],
+                             signature=RSEQ_SIG)
+            elif not sc.is_error(result):
+                entry["state"] = NONE  # once unregistered again, in the next round
+                undo.append((thread, area, lengths[0]))
+            elif result == EINVAL and len(lengths) > 1:
+                todo[thread.tid] = (thread, area, lengths[1:])
+            # else EPERM: that area, another signature; EINVAL at every length: unknown
+    return list(entries.values())
 
 
 def _valid(entry) -> bool:

@@ -13,6 +13,7 @@ not have) is a warning too.
 from __future__ import annotations
 
 import struct
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import (
@@ -50,32 +51,42 @@ Entry = CStruct("tid" / Int32ul, "policy" / Int32ul, "flags" / Int64ul, "nice" /
 Record = CStruct("threads" / PrefixedArray(Int32ul, Entry))
 
 
-def _getattr(plan: DumpPlan | RestorePlan, step: str) -> dict:
-    out = plan.injector.reserve(64)
-    plan.injector.call(SCHED_GETATTR, 0, out, ATTR_SIZE, 0, step=step)
-    _, policy, flags, nice, priority, runtime, deadline, period = ATTR.unpack(
-        plan.target.read_memory(out, ATTR.size))
+def _attr(data: bytes) -> dict:
+    _, policy, flags, nice, priority, runtime, deadline, period = ATTR.unpack(data)
     return {"policy": policy, "flags": flags & FLAGS_KEPT, "nice": nice, "priority": priority,
             "runtime": runtime, "deadline": deadline, "period": period}
 
 
-def _affinity(plan: DumpPlan | RestorePlan, step: str) -> bytes:
+def _getattr(plan: RestorePlan, step: str) -> dict:
+    out = plan.injector.reserve(64)
+    plan.injector.call(SCHED_GETATTR, 0, out, ATTR_SIZE, 0, step=step)
+    return _attr(plan.target.read_memory(out, ATTR.size))
+
+
+def _affinity(plan: RestorePlan, step: str) -> bytes:
     out = plan.injector.reserve(AFFINITY_BYTES)
     size = plan.injector.call(SCHED_GETAFFINITY, 0, AFFINITY_BYTES, out, step=step)
     return plan.target.read_memory(out, size)
 
 
-def dump(plan: DumpPlan) -> dict | None:
-    def one(thread: Thread) -> dict:
-        plan.injector.reset_data()
-        entry = _getattr(plan, f"reading the scheduling of thread {thread.tid}")
-        entry["affinity"] = _affinity(plan, f"reading the CPU affinity of thread {thread.tid}")
-        return {"tid": thread.tid, **entry}
+def dump(plan: DumpPlan) -> Generator[None, None, dict | None]:
+    asked = []
+    for thread in plan.threads:  # each thread's own, in the same round
+        reads = plan.reads(thread)
+        attr, mask = reads.reserve(64), reads.reserve(AFFINITY_BYTES)
+        reads.call(SCHED_GETATTR, 0, attr, ATTR_SIZE, 0,
+                   step=f"reading the scheduling of thread {thread.tid}")
+        size = reads.call(SCHED_GETAFFINITY, 0, AFFINITY_BYTES, mask,
+                          step=f"reading the CPU affinity of thread {thread.tid}")
+        asked.append((thread, reads, attr, mask, size))
     try:
-        return {"threads": list(plan.each_thread(one).values())}
+        yield
     except RestoreError as error:  # a sandbox that forbids the call: say so, dump the rest
         plan.report.warnings.append(f"scheduling and CPU affinity not recorded: {error}")
         return None
+    return {"threads": [{"tid": thread.tid, **_attr(reads.read(attr, ATTR.size)),
+                         "affinity": reads.read(mask, reads.value(size))}
+                        for thread, reads, attr, mask, size in asked]}
 
 
 def check(plan: RestorePlan, value) -> None:

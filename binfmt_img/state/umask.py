@@ -3,6 +3,7 @@ call both sets and returns), set at the restore."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from construct import Int32ul, Struct
@@ -17,10 +18,12 @@ UMASK = 95
 Record = Struct("mask" / Int32ul)
 
 
-def dump(plan: DumpPlan) -> dict:
-    old = plan.injector.call(UMASK, 0o022, step="reading the umask")
-    plan.injector.call(UMASK, old, step="putting the umask back")
-    return {"mask": old & 0o777}
+def dump(plan: DumpPlan) -> Generator[None, None, dict]:
+    reads = plan.reads()  # calls the process makes in the dump's next round (live/rounds.py)
+    old = reads.call(UMASK, 0o022, step="reading the umask")
+    reads.call(UMASK, old, step="putting the umask back")  # the answer, as the argument
+    yield  # the round runs
+    return {"mask": reads.value(old) & 0o777}
 
 
 def restore(plan: RestorePlan, value) -> None:
