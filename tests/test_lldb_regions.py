@@ -40,9 +40,9 @@ def _queries(log: Path) -> int:
 
 @needs_lldb
 def test_restore_and_dump_stops_ask_no_memory_regions(tmp_path: Path) -> None:
-    """A restore takes about 15 stops and a dump 40; each stop in the injected code used to
-    cost a region query (43 in a restore, 39 in a dump). What is left is LLDB's own at the
-    launch and at the program's stops."""
+    """A restore takes about 15 stops and a dump 3; each stop in the injected code used to
+    cost a region query (43 in a restore, 39 in a dump when it took 39 stops). What is left
+    is LLDB's own at the launch and at the program's stops."""
     binary = tmp_path / "manyvmas"
     subprocess.run(["gcc", "-O0", "-g", "-pthread", "-I", str(ROOT / "tests" / "programs"),
                     "-o", str(binary), str(ROOT / "tests" / "programs" / "manyvmas.c")],
@@ -61,6 +61,6 @@ def test_restore_and_dump_stops_ask_no_memory_regions(tmp_path: Path) -> None:
     assert out.read_text() == "manyvmas 300 1: ok\n", restored.stdout + restored.stderr
     stops = [int(line.split()[1]) for text in (dumped.stdout, restored.stdout)
              for line in text.splitlines() if line.startswith("STOPS")]
-    assert stops[0] > 20 and stops[1] > 10, stops
+    assert stops[0] >= 3 and stops[1] > 10, stops
     assert _queries(dump_log) <= 6, _queries(dump_log)
     assert _queries(restore_log) <= 8, _queries(restore_log)
