@@ -48,6 +48,7 @@ from binfmt_img.live.procfs import Mapping, parse_auxv, parse_maps, proc_file
 from binfmt_img.live.relocate import content_check
 from binfmt_img.live.restorer import Ref
 from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from binfmt_img.live.samelibs import thread_library_kept
 from binfmt_img.live.speculate import run_hooks
 from binfmt_img.live.target import Target, counting
 from binfmt_img.live.threads import (
@@ -316,7 +317,8 @@ class RestorePlan:
             self.target.write_registers({"rip": self._code_address()})
         before_changes = getattr(self.target, "before_changes", None)
         if before_changes is not None:
-            self._while_spinning(before_changes)
+            kept = thread_library_kept(self.image, self.live)
+            self._while_spinning(functools.partial(before_changes, libraries_kept=kept))
         self.log(f"restore: scratch area at {self.scratch:#x}")
         inj.open_scratch(self.scratch)
         if self.live_rseq is not None:  # the kernel would fault writing it once unmapped
