@@ -88,6 +88,10 @@ class RestoreReport:
     warnings: list[str] = field(default_factory=list)
 
 
+def _start(vma: Vma) -> int:
+    return vma.start
+
+
 def _is_stack(image: Image, vma: Vma) -> bool:
     if vma.name == "[stack]":
         return True
@@ -391,25 +395,45 @@ class RestorePlan:
     def _create_vmas(self) -> None:
         extra = vma_extra.entries(self)
         shared_done: set[int] = set()
-        mapped = []
+        mapped: list[tuple[Vma, Ref]] = []
         vdso = {id(v) for v in self.vdso_block}
         kept = set(self.keep_mapped)
+        # Per VMA only what differs: tens of thousands of them cost microseconds each.
+        how: dict[tuple[int, int, bool, str | None, str | None], tuple[int, int, str]] = {}
+        stack_at = self.image.mm.get("start_stack", 0)
         with self.injector.batch() as batch:
-            for vma in sorted(self.image.vmas, key=lambda v: v.start):
-                if id(vma) in vdso or vma.name in MOVABLE_NAMES \
-                        or vma.start >= VSYSCALL_START or (vma.start, vma.end) in kept:
+            call = batch.call
+            for vma in sorted(self.image.vmas, key=_start):
+                start, end, name = vma.start, vma.end, vma.name
+                if name in MOVABLE_NAMES or start >= VSYSCALL_START or id(vma) in vdso \
+                        or kept and (start, end) in kept:
                     continue
-                entry = extra.get(vma.start)
+                entry = extra.get(start)
                 if entry is not None and entry.object:
                     vma_extra.create_shared(self, vma, entry, shared_done)
                     self.report.vmas += 1
                     continue
-                mapped.append((vma, self._map_vma(batch, vma, entry)))
+                if vma.path is not None:
+                    mapped.append((vma, self._map_vma(batch, vma, entry)))
+                    continue
+                stack = name == "[stack]" or name is None and start <= stack_at < end
+                key = (vma.flags, vma.prot, stack, None if entry is None else entry.vmflags,
+                       name)
+                known = how.get(key)
+                if known is None:
+                    known = how[key] = (_mapped_prot(vma), vma_extra.mmap_flags(
+                        vma, entry, stack) | MAP_FIXED | MAP_ANONYMOUS,
+                        f"mapping {name or 'anonymous memory'}")
+                prot, flags, what = known
+                mapped.append((vma, call(sc.MMAP, start, end - start, prot, flags, -1, 0,
+                                         step=what, address=start)))
+        results = batch.results
+        assert results is not None
         for vma, got in mapped:
-            if batch.value(got) != vma.start:
+            if results[got.at] != vma.start:
                 raise RestoreError(f"mapping {vma.label} landed at {batch.value(got):#x}, "
                                    f"not {vma.start:#x}")
-            self.report.vmas += 1
+        self.report.vmas += len(mapped)
 
     def _map_vma(self, batch: Batch, vma: Vma, entry: object) -> Ref:
         """Queue the calls that map `vma` (a file's: open, mmap, close); the mmap's result."""

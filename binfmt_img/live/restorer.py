@@ -20,8 +20,7 @@ checks them against GNU as).
 
 from __future__ import annotations
 
-import array
-import sys
+import struct
 
 ENTRY = 112  # bytes: 14 qwords
 MAY_FAIL = 1  # flags bit 0: an error result does not stop the table
@@ -156,34 +155,17 @@ def build(layout: Layout, entries: list[tuple[int, tuple[int | Ref, ...], bool]]
           data: bytes) -> bytes:
     """The bytes from layout.base to layout.end: entries are (nr, args, flags), flags a bool
     (MAY_FAIL or not) or MAY_FAIL | SPIN_CHILD bits."""
-    # One flat array of qwords for the whole table (a table may hold tens of thousands of
-    # entries: one per VMA), most arguments plain numbers.
-    zero, results, data_at = layout.zero, layout.results, layout.data
-    pads = [(0,) * (6 - n) for n in range(7)]
-    ref_pads = [(zero,) * (6 - n) for n in range(7)]
-    words: list[int] = []
-    put = words.extend
-    for nr, args, flags in entries:
-        imms: list[int] = []
-        refs: list[int] = []
-        for arg in args:
-            if arg.__class__ is int:
-                imms.append(arg & MASK)
-                refs.append(zero)
-            elif arg.kind == "result":
-                imms.append(arg.add & MASK)
-                refs.append(results + 8 * arg.at)
+    out = bytearray(16)
+    pack, zero = struct.Struct("<14Q").pack, layout.zero
+    for nr, args, may_fail in entries:
+        imms, refs = [0] * 6, [zero] * 6
+        for i, arg in enumerate(args):
+            if isinstance(arg, int):
+                imms[i] = arg & MASK
             else:
-                imms.append((data_at + arg.at + arg.add) & MASK)
-                refs.append(zero)
-        put((nr, int(flags)))
-        put(imms)
-        put(pads[len(args)])
-        put(refs)
-        put(ref_pads[len(args)])
-    table = array.array("Q", words)
-    if sys.byteorder != "little":
-        table.byteswap()
-    out = b"".join((bytes(16), table.tobytes(), bytes(layout.data - layout.results), data))
+                imms[i], refs[i] = layout.resolve(arg)
+        out += pack(nr, int(may_fail), *imms, *refs)
+    out += bytes(layout.data - layout.results)
+    out += data
     assert len(out) == layout.size
-    return out
+    return bytes(out)

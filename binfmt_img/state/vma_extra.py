@@ -140,6 +140,12 @@ def _codes(vmflags: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=1024)
+def _acted_on(vmflags: str) -> bool:
+    """Whether restore() has something to do for a VMA with these VmFlags."""
+    return bool(_codes(vmflags) & ACTED_ON)
+
+
+@functools.lru_cache(maxsize=1024)
 def _well_formed(vmflags: str) -> bool:
     return all(CODE.fullmatch(c) for c in vmflags.split())
 
@@ -332,8 +338,8 @@ def _check_entry(vma: Vma, e) -> None:
 def restore(plan: RestorePlan, value) -> None:
     by_start = {v.start: v for v in plan.image.vmas}
     vdso = {id(v) for v in plan.vdso_block}
-    todo = [(vma, e) for e in value.vmas if (vma := by_start[e.start]).name not in NOT_TOUCHED
-            and id(vma) not in vdso and (e.guards or codes(e) & ACTED_ON)]
+    todo = [(vma, e) for e in value.vmas if (e.guards or _acted_on(e.vmflags))
+            and (vma := by_start[e.start]).name not in NOT_TOUCHED and id(vma) not in vdso]
     # (result, the warning should it fail) for every call, all run in one batch
     checks: list[tuple[object, str]] = []
     with plan.injector.batch() as batch:
