@@ -278,14 +278,16 @@ def _read_vmas(image: Image, records, section_offset: int, offsets: dict[str, li
     # A record's length: the fixed fields and the two strings' length prefixes, then their
     # bytes (the strings were decoded from utf8, so they encode back to the same length).
     fixed = len(_VMA_EMPTY)
-    for rec in records:
-        identity = (FileIdentity(rec.size, rec.mtime_ns, rec.inode, rec.device)
-                    if rec.has_identity else None)
-        image.vmas.append(Vma(start=rec.start, end=rec.end, prot=rec.prot, flags=rec.flags,
-                              pgoff=rec.pgoff, path=rec.path or None, name=rec.name or None,
-                              file=identity))
-        offsets["vmas"].append(at)
-        at += fixed + len(rec.path.encode()) + len(rec.name.encode())
+    vmas, starts = image.vmas, offsets["vmas"]
+    for rec in records:  # a Container is a dict: items, quicker than attributes
+        path, name = rec["path"], rec["name"]
+        identity = (FileIdentity(rec["size"], rec["mtime_ns"], rec["inode"], rec["device"])
+                    if rec["has_identity"] else None)
+        vmas.append(Vma(start=rec["start"], end=rec["end"], prot=rec["prot"],
+                        flags=rec["flags"], pgoff=rec["pgoff"], path=path or None,
+                        name=name or None, file=identity))
+        starts.append(at)
+        at += fixed + (len(path.encode()) if path else 0) + (len(name.encode()) if name else 0)
 
 
 def _read_process(image: Image, rec) -> None:
