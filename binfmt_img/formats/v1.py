@@ -6,8 +6,6 @@ See docs/FORMAT.md for the byte layout; this module is its only implementation.
 from __future__ import annotations
 
 import bisect
-import mmap
-import os
 import struct
 import zlib
 from collections import deque
@@ -31,7 +29,7 @@ from construct import (
 )
 
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import fastbuild, packed
+from binfmt_img.formats import checksum, fastbuild, packed
 from binfmt_img.formats.identity import ContentId, PackedFile
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
@@ -153,7 +151,6 @@ RUN_COUNT = struct.Struct("<I")
 # One section per thread and per state kind: enough for validate.MAX_THREADS threads.
 MAX_SECTIONS = 8192
 ZERO_PAGE = bytes(PAGE_SIZE)
-VERIFY_CHUNK = 16 << 20
 
 
 def _entry_checked(buf: memoryview, entry, what: str) -> memoryview:
@@ -281,14 +278,16 @@ def _read_vmas(image: Image, records, section_offset: int, offsets: dict[str, li
     # A record's length: the fixed fields and the two strings' length prefixes, then their
     # bytes (the strings were decoded from utf8, so they encode back to the same length).
     fixed = len(_VMA_EMPTY)
-    for rec in records:
-        identity = (FileIdentity(rec.size, rec.mtime_ns, rec.inode, rec.device)
-                    if rec.has_identity else None)
-        image.vmas.append(Vma(start=rec.start, end=rec.end, prot=rec.prot, flags=rec.flags,
-                              pgoff=rec.pgoff, path=rec.path or None, name=rec.name or None,
-                              file=identity))
-        offsets["vmas"].append(at)
-        at += fixed + len(rec.path.encode()) + len(rec.name.encode())
+    vmas, starts = image.vmas, offsets["vmas"]
+    for rec in records:  # a Container is a dict: items, quicker than attributes
+        path, name = rec["path"], rec["name"]
+        identity = (FileIdentity(rec["size"], rec["mtime_ns"], rec["inode"], rec["device"])
+                    if rec["has_identity"] else None)
+        vmas.append(Vma(start=rec["start"], end=rec["end"], prot=rec["prot"],
+                        flags=rec["flags"], pgoff=rec["pgoff"], path=path or None,
+                        name=name or None, file=identity))
+        starts.append(at)
+        at += fixed + (len(path.encode()) if path else 0) + (len(name.encode()) if name else 0)
 
 
 def _read_process(image: Image, rec) -> None:
@@ -375,20 +374,10 @@ def verify_pages(image: Image) -> list[PageRun]:
     if image.fd is None:
         return [run for run in checked if zlib.crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
-    buffer = memoryview(mmap.mmap(-1, VERIFY_CHUNK))
-    bad = []
-    for run in checked:  # the very file the restore will read its pages from
-        crc, done, size = 0, 0, run.count * PAGE_SIZE
-        while done < size:
-            got = os.preadv(image.fd, [buffer[:min(VERIFY_CHUNK, size - done)]],
-                            run.offset + done)
-            if got <= 0:
-                break
-            crc = zlib.crc32(buffer[:got], crc)
-            done += got
-        if done < size or crc != run.checksum:
-            bad.append(run)
-    return bad
+    # The very file the restore will read its pages from, on two threads (formats/checksum).
+    crcs = checksum.file_ranges(image.fd, [(run.offset, run.count * PAGE_SIZE)
+                                           for run in checked])
+    return [run for run, crc in zip(checked, crcs) if crc != run.checksum]
 
 
 def _file_backed(image: Image) -> Callable[[int], bool]:

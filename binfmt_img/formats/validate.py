@@ -58,6 +58,13 @@ def validate(image: Image, offsets: dict[str, list[int]]) -> None:
     vma_offsets = offsets.get("vmas") or [None] * len(image.vmas)
     previous: Vma | None = None
     for vma, at in sorted(zip(image.vmas, vma_offsets), key=lambda pair: pair[0].start):
+        if not (vma.start | vma.end) % PAGE_SIZE and vma.start < vma.end \
+                and (vma.end <= USER_ADDRESS_LIMIT or _is_vsyscall(vma)) \
+                and not vma.prot & ~7 and not vma.flags & ~(MAP_TYPE | VMA_FLAGS) \
+                and vma.flags & MAP_TYPE in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE) \
+                and (previous is None or vma.start >= previous.end):
+            previous = vma
+            continue  # well formed: the checks below name the first problem otherwise
         span = f"VMA {vma.start:#x}-{vma.end:#x}"
         if vma.start % PAGE_SIZE or vma.end % PAGE_SIZE:
             raise ImageError(f"{span} is not page aligned", at)
@@ -187,8 +194,12 @@ def _check_paths(image: Image) -> None:
     printed on the user's terminal (where an escape sequence can fake a line)."""
     named = [("the executable path", image.exe_path or ""), ("the working directory",
              image.cwd or "")]
-    named += [(f"VMA {v.start:#x}", v.path or "") for v in image.vmas]
-    named += [(f"VMA {v.start:#x} name", v.name or "") for v in image.vmas]
+    # Each distinct text once (tens of thousands of VMAs share a few paths); named on a find.
+    bad = {text for text in {v.path or "" for v in image.vmas} | {v.name or "" for v in
+                                                                  image.vmas}
+           if has_control_characters(text)}
+    named += [(f"VMA {v.start:#x}", v.path or "") for v in image.vmas if v.path in bad]
+    named += [(f"VMA {v.start:#x} name", v.name or "") for v in image.vmas if v.name in bad]
     named += [(f"fd {f.fd}", f.path) for f in image.files or []]
     for what, text in named:
         if has_control_characters(text):

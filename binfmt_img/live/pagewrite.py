@@ -84,46 +84,56 @@ class PageWriter:
         """The image file read into two reused buffers by a helper thread while the other
         buffer goes to the inferior: the read hides behind the write. (A pwrite straight from
         the file's mapping would fault in every source page, several times slower.)"""
-        fd, source = self.image.fd, self.image.reader
+        source = self.image.reader
         piece_size = max(p.count for p, _, _ in todo) * PAGE_SIZE if todo else 0
         buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE))) for _ in range(2)]
 
-        def load(i: int) -> memoryview:
-            piece, buffer = todo[i][0], buffers[i % 2]
-            if source is not None:  # a store's pages: decompressed on its helper threads
-                source.read_into(piece.offset, buffer[:piece.count * PAGE_SIZE])
-                return buffer[:piece.count * PAGE_SIZE]
-            assert fd is not None
-            # Contiguous runs in one read; v0's per-page records one page at a time.
-            parts = ([(0, piece.offset, piece.count * PAGE_SIZE)] if piece.stride == PAGE_SIZE
-                     else [(j * PAGE_SIZE, piece.offset + j * piece.stride, PAGE_SIZE)
-                           for j in range(piece.count)])
-            for at, offset, size in parts:
-                done = 0
-                while done < size:
-                    got = os.preadv(fd, [buffer[at + done:at + size]], offset + done)
-                    if got <= 0:
-                        raise OSError(f"the image file ends before its page data at "
-                                      f"{offset + done:#x} (changed since it was checked?)")
-                    done += got
-            return buffer[:piece.count * PAGE_SIZE]
+        crc = 0  # the run's checksum so far, kept by the reader (one thread, in order)
 
-        crc = 0
+        def load(i: int) -> tuple[memoryview, int]:
+            """Piece i read into its buffer, and its run's checksum up to its end (computed
+            here, beside the writes)."""
+            nonlocal crc
+            piece, run, first = todo[i]
+            data = buffers[i % 2][:piece.count * PAGE_SIZE]
+            if source is not None:  # a store's pages: decompressed on its helper threads
+                source.read_into(piece.offset, data)  # and checked as they are read
+                return data, 0
+            self._read(piece, data)
+            if run.checksum is not None:
+                crc = zlib.crc32(data, 0 if first else crc)
+            return data, crc
+
         with ThreadPoolExecutor(max_workers=1) as reader:
             loading = reader.submit(load, 0) if todo else None
-            for i, (piece, run, first) in enumerate(todo):
+            for i, (piece, run, _) in enumerate(todo):
                 assert loading is not None
-                data = self._guarded(piece, lambda _p, f=loading: f.result())
+                data, got = self._guarded(piece, lambda _p, f=loading: f.result())
                 loading = reader.submit(load, i + 1) if i + 1 < len(todo) else None
-                if run.checksum is not None:  # a reader's runs are checked as it reads them
-                    crc = zlib.crc32(data, 0 if first else crc)
                 self._guarded(piece, lambda p, d=data: put(p.vaddr, d))
                 self._done(piece)
                 last = i + 1 == len(todo) or todo[i + 1][2]
-                if last and run.checksum is not None and crc != run.checksum:
+                if last and run.checksum is not None and got != run.checksum:
                     raise RestoreError(f"the image file changed during the restore: page run "
                                        f"{run.vaddr:#x} no longer matches its checksum; the "
                                        "inferior is half-restored")
+
+    def _read(self, piece: PageRun, buffer: memoryview) -> None:
+        """A piece's bytes from the image file: contiguous runs in one read; v0's per-page
+        records one page at a time."""
+        fd = self.image.fd
+        assert fd is not None
+        parts = ([(0, piece.offset, piece.count * PAGE_SIZE)] if piece.stride == PAGE_SIZE
+                 else [(j * PAGE_SIZE, piece.offset + j * piece.stride, PAGE_SIZE)
+                       for j in range(piece.count)])
+        for at, offset, size in parts:
+            done = 0
+            while done < size:
+                got = os.preadv(fd, [buffer[at + done:at + size]], offset + done)
+                if got <= 0:
+                    raise OSError(f"the image file ends before its page data at "
+                                  f"{offset + done:#x} (changed since it was checked?)")
+                done += got
 
     def _from_source(self, piece: PageRun, put: Callable[[int, memoryview], None]) -> None:
         """An image held in memory (a core converted on load, a synthetic image)."""

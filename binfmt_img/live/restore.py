@@ -48,6 +48,7 @@ from binfmt_img.live.procfs import Mapping, parse_auxv, parse_maps, proc_file
 from binfmt_img.live.relocate import content_check
 from binfmt_img.live.restorer import Ref
 from binfmt_img.live.rseq import AT_BASE, RSEQ, RSEQ_FLAG_UNREGISTER, RSEQ_SIG, rseq_area
+from binfmt_img.live.samelibs import thread_library_kept
 from binfmt_img.live.speculate import run_hooks
 from binfmt_img.live.target import Target, counting
 from binfmt_img.live.threads import (
@@ -85,6 +86,10 @@ class RestoreReport:
     stops: int = 0  # debugger stops (single-steps and restorer runs) the restore took
     path: str = ""
     warnings: list[str] = field(default_factory=list)
+
+
+def _start(vma: Vma) -> int:
+    return vma.start
 
 
 def _is_stack(image: Image, vma: Vma) -> bool:
@@ -316,7 +321,8 @@ class RestorePlan:
             self.target.write_registers({"rip": self._code_address()})
         before_changes = getattr(self.target, "before_changes", None)
         if before_changes is not None:
-            self._while_spinning(before_changes)
+            kept = thread_library_kept(self.image, self.live)
+            self._while_spinning(functools.partial(before_changes, libraries_kept=kept))
         self.log(f"restore: scratch area at {self.scratch:#x}")
         inj.open_scratch(self.scratch)
         if self.live_rseq is not None:  # the kernel would fault writing it once unmapped
@@ -389,25 +395,45 @@ class RestorePlan:
     def _create_vmas(self) -> None:
         extra = vma_extra.entries(self)
         shared_done: set[int] = set()
-        mapped = []
+        mapped: list[tuple[Vma, Ref]] = []
         vdso = {id(v) for v in self.vdso_block}
         kept = set(self.keep_mapped)
+        # Per VMA only what differs: tens of thousands of them cost microseconds each.
+        how: dict[tuple[int, int, bool, str | None, str | None], tuple[int, int, str]] = {}
+        stack_at = self.image.mm.get("start_stack", 0)
         with self.injector.batch() as batch:
-            for vma in sorted(self.image.vmas, key=lambda v: v.start):
-                if id(vma) in vdso or vma.name in MOVABLE_NAMES \
-                        or vma.start >= VSYSCALL_START or (vma.start, vma.end) in kept:
+            call = batch.call
+            for vma in sorted(self.image.vmas, key=_start):
+                start, end, name = vma.start, vma.end, vma.name
+                if name in MOVABLE_NAMES or start >= VSYSCALL_START or id(vma) in vdso \
+                        or kept and (start, end) in kept:
                     continue
-                entry = extra.get(vma.start)
+                entry = extra.get(start)
                 if entry is not None and entry.object:
                     vma_extra.create_shared(self, vma, entry, shared_done)
                     self.report.vmas += 1
                     continue
-                mapped.append((vma, self._map_vma(batch, vma, entry)))
+                if vma.path is not None:
+                    mapped.append((vma, self._map_vma(batch, vma, entry)))
+                    continue
+                stack = name == "[stack]" or name is None and start <= stack_at < end
+                key = (vma.flags, vma.prot, stack, None if entry is None else entry.vmflags,
+                       name)
+                known = how.get(key)
+                if known is None:
+                    known = how[key] = (_mapped_prot(vma), vma_extra.mmap_flags(
+                        vma, entry, stack) | MAP_FIXED | MAP_ANONYMOUS,
+                        f"mapping {name or 'anonymous memory'}")
+                prot, flags, what = known
+                mapped.append((vma, call(sc.MMAP, start, end - start, prot, flags, -1, 0,
+                                         step=what, address=start)))
+        results = batch.results
+        assert results is not None
         for vma, got in mapped:
-            if batch.value(got) != vma.start:
+            if results[got.at] != vma.start:
                 raise RestoreError(f"mapping {vma.label} landed at {batch.value(got):#x}, "
                                    f"not {vma.start:#x}")
-            self.report.vmas += 1
+        self.report.vmas += len(mapped)
 
     def _map_vma(self, batch: Batch, vma: Vma, entry: object) -> Ref:
         """Queue the calls that map `vma` (a file's: open, mmap, close); the mmap's result."""

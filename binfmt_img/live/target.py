@@ -48,8 +48,10 @@ class Target(Protocol):
         step_instruction, reaches the program (its handler runs) and the step still ends
         after the instruction, without stopping."""
 
-    def before_changes(self) -> None:
-        """Optional. Called once all checks passed, just before the first change."""
+    def before_changes(self, libraries_kept: bool = False) -> None:
+        """Optional. Called once all checks passed, just before the first change.
+        `libraries_kept`: the image maps the live process's thread library (libc, the
+        dynamic linker) just where it is and brings back one thread (live/samelibs.py)."""
 
     def reload_process(self) -> None:
         """Optional. Make the debugger read the process afresh (exe link, auxv, libraries),

@@ -96,7 +96,12 @@ BY_NAME = {kind.name: kind for kind in KINDS}
 def decode(image: Image) -> Image:
     """Fill `image.states` from its raw sections (again: the values are the sections'), and
     `image.unknown_states` with the types of kinds this version does not know. A record that
-    does not parse is an ImageError at its section's offset, before any change."""
+    does not parse is an ImageError at its section's offset, before any change. Decoding
+    the same sections into the same values again is skipped (a record of one entry per VMA
+    takes a while to parse)."""
+    done = image.__dict__.get("_decoded")
+    if done is not None and _unchanged(image, *done):
+        return image
     image.states, image.unknown_states = {}, []
     for section, offset, payload in image.raw_states:
         kind = BY_SECTION.get(section)
@@ -106,11 +111,20 @@ def decode(image: Image) -> Image:
         if kind.name in image.states:
             raise ImageError(f"second {kind.name} section", offset)
         try:
-            image.states[kind.name] = kind.record.parse(payload)
+            image.states[kind.name] = fastbuild.parse(kind.record, payload)
         except (ConstructError, UnicodeDecodeError) as error:
             reason = str(error).splitlines()[0][:120]
             raise ImageError(f"malformed {kind.name} state section: {reason}", offset) from None
+    image.__dict__["_decoded"] = (list(image.raw_states), dict(image.states))
     return image
+
+
+def _unchanged(image: Image, raws: list, values: dict[str, Any]) -> bool:
+    """The image still holds the very sections and values decode() made."""
+    return (len(raws) == len(image.raw_states)
+            and all(a is b for a, b in zip(raws, image.raw_states))
+            and image.states.keys() == values.keys()
+            and all(image.states[name] is value for name, value in values.items()))
 
 
 def put(image: Image, kind: Kind, value: Any) -> None:

@@ -124,7 +124,7 @@ def entries(plan: RestorePlan) -> dict[int, object]:
     cached = getattr(plan, "_vma_extra", None)
     if cached is None:
         value = plan.image.states.get(KIND.name)
-        cached = {e.start: e for e in value.vmas} if value is not None else {}
+        cached = {e["start"]: e for e in value.vmas} if value is not None else {}
         plan._vma_extra = cached  # type: ignore[attr-defined]
     return cached
 
@@ -137,6 +137,12 @@ def codes(entry) -> frozenset[str]:
 def _codes(vmflags: str) -> frozenset[str]:
     """Cached: most VMAs of a process share one of a few VmFlags lines."""
     return frozenset(vmflags.split())
+
+
+@functools.lru_cache(maxsize=1024)
+def _acted_on(vmflags: str) -> bool:
+    """Whether restore() has something to do for a VMA with these VmFlags."""
+    return bool(_codes(vmflags) & ACTED_ON)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -275,9 +281,14 @@ def check(plan: RestorePlan, value) -> None:
     seen: dict[int, int] = {}
     extents: dict[int, int] = {}
     for e in value.vmas:
-        vma = by_start.get(e.start)
+        # An entry (a construct Container) is a dict: its items are quicker to reach than
+        # its attributes, which counts for tens of thousands of VMAs.
+        vma = by_start.get(e["start"])
         if vma is None:
             raise RestoreError(f"vma_extra state names a VMA at {e.start:#x} the image lacks")
+        if vma.path is None and not e["object"] and not e["guards"] and not e["pgoff"] \
+                and _well_formed(e["vmflags"]):
+            continue  # the common case: memory with nothing more to check
         _check_entry(vma, e)
         if vma.is_file and vma.is_shared and "mw" in codes(e) and plan.local \
                 and not os.access(vma.path or "", os.W_OK):
@@ -295,7 +306,7 @@ def check(plan: RestorePlan, value) -> None:
             plan.report.warnings.append(
                 f"SysV shared memory at {vma.start:#x} (key {e.key:#x}) comes back as a new "
                 "private segment: its key and shmid are not the dumped ones")
-    lines = {e.vmflags for e in value.vmas}
+    lines = {e["vmflags"] for e in value.vmas}
     for code in sorted({c for line in lines for c in _codes(line)} & {"ss", "um", "uw", "ui"}):
         plan.report.warnings.append(f"VmFlags {code} (shadow stack or userfaultfd "
                                     "registration) is not restored")
@@ -332,8 +343,8 @@ def _check_entry(vma: Vma, e) -> None:
 def restore(plan: RestorePlan, value) -> None:
     by_start = {v.start: v for v in plan.image.vmas}
     vdso = {id(v) for v in plan.vdso_block}
-    todo = [(vma, e) for e in value.vmas if (vma := by_start[e.start]).name not in NOT_TOUCHED
-            and id(vma) not in vdso and (e.guards or codes(e) & ACTED_ON)]
+    todo = [(vma, e) for e in value.vmas if (e["guards"] or _acted_on(e["vmflags"]))
+            and (vma := by_start[e["start"]]).name not in NOT_TOUCHED and id(vma) not in vdso]
     # (result, the warning should it fail) for every call, all run in one batch
     checks: list[tuple[object, str]] = []
     with plan.injector.batch() as batch:
