@@ -26,6 +26,22 @@ def pieces(run: PageRun, size: int) -> list[PageRun]:
                     run.offset + i * run.stride, run.stride) for i in range(0, run.count, per)]
 
 
+def joined(runs: list[PageRun]) -> list[PageRun]:
+    """A reader's runs (checked as it reads them) joined where they follow each other both in
+    memory and in its page space: a compressed image's runs hold 64 pages at most, and a
+    restore goes faster in large pieces, whose frames the reader decompresses together."""
+    out: list[PageRun] = []
+    for run in runs:
+        last = out[-1] if out else None
+        if (last is not None and run.checksum is None and last.checksum is None
+                and run.stride == last.stride == PAGE_SIZE and last.end == run.vaddr
+                and last.offset + last.count * PAGE_SIZE == run.offset):
+            out[-1] = PageRun(last.vaddr, last.count + run.count, last.offset, PAGE_SIZE)
+        else:
+            out.append(run)
+    return out
+
+
 def outside(image: Image, runs: list[PageRun], holes: list[tuple[int, int]]) -> list[PageRun]:
     """The parts of `runs` that lie outside the address ranges `holes`."""
     holes = sorted(holes) + [(1 << 64, 1 << 64)]
@@ -60,6 +76,8 @@ class PageWriter:
 
     def write(self, runs: list[PageRun]) -> None:
         size = WRITE_PIECE if self.fast else DEBUGGER_PIECE
+        if self.image.reader is not None:
+            runs = joined(runs)
         todo = [(p, run, i == 0) for run in runs for i, p in enumerate(pieces(run, size))]
         self._total = sum(p.count for p, _, _ in todo)
         started = time.monotonic()
@@ -81,16 +99,20 @@ class PageWriter:
 
     def _staged(self, todo: list[tuple[PageRun, PageRun, bool]],
                 put: Callable[[int, memoryview], None]) -> None:
-        """The image file read into two reused buffers by a helper thread while the other
-        buffer goes to the inferior: the read hides behind the write. (A pwrite straight from
-        the file's mapping would fault in every source page, several times slower.)"""
+        """The image file read into reused buffers by helper threads while another buffer goes
+        to the inferior: the read hides behind the write. (A pwrite straight from the file's
+        mapping would fault in every source page, several times slower.)"""
         fd, source = self.image.fd, self.image.reader
         piece_size = max(p.count for p, _, _ in todo) * PAGE_SIZE if todo else 0
-        buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE))) for _ in range(2)]
+        # A reader (compressed pages) decompresses two pieces at once on their own threads,
+        # without the GIL, while this one writes a third: both cores stay busy.
+        ahead = 2 if source is not None else 1
+        buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE)))
+                   for _ in range(ahead + 1)]
 
         def load(i: int) -> memoryview:
-            piece, buffer = todo[i][0], buffers[i % 2]
-            if source is not None:  # a store's pages: decompressed on its helper threads
+            piece, buffer = todo[i][0], buffers[i % len(buffers)]
+            if source is not None:  # compressed pages: decompressed by this thread
                 source.read_into(piece.offset, buffer[:piece.count * PAGE_SIZE])
                 return buffer[:piece.count * PAGE_SIZE]
             assert fd is not None
@@ -109,12 +131,13 @@ class PageWriter:
             return buffer[:piece.count * PAGE_SIZE]
 
         crc = 0
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            loading = reader.submit(load, 0) if todo else None
+        with ThreadPoolExecutor(max_workers=ahead) as reader:
+            loading = [reader.submit(load, i) for i in range(min(ahead, len(todo)))]
             for i, (piece, run, first) in enumerate(todo):
-                assert loading is not None
-                data = self._guarded(piece, lambda _p, f=loading: f.result())
-                loading = reader.submit(load, i + 1) if i + 1 < len(todo) else None
+                future = loading.pop(0)
+                data = self._guarded(piece, lambda _p, f=future: f.result())
+                if i + ahead < len(todo):  # into the buffer written before this one
+                    loading.append(reader.submit(load, i + ahead))
                 if run.checksum is not None:  # a reader's runs are checked as it reads them
                     crc = zlib.crc32(data, 0 if first else crc)
                 self._guarded(piece, lambda p, d=data: put(p.vaddr, d))
