@@ -9,6 +9,7 @@ import struct
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import elfcore, filekind, v0, v1
@@ -35,6 +36,7 @@ class DirectWriter:
         self._buffer: mmap.mmap | None = None
         self._start = 0  # file offset of the gathered bytes
         self._used = 0
+        self._helper: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> DirectWriter:
         try:
@@ -49,6 +51,8 @@ class DirectWriter:
             if exc_type is None:
                 self.flush()
         finally:
+            if self._helper is not None:
+                self._helper.shutdown()
             for fd in (self.direct, self.plain):
                 if fd is not None:
                     os.close(fd)
@@ -71,6 +75,32 @@ class DirectWriter:
         self._buffer[self._used:self._used + size] = data
         self._used += size
 
+    def writev(self, offset: int, views: list[memoryview]) -> None:
+        """Views that follow each other in the file from `offset`. A large aligned set goes
+        out as two O_DIRECT writes at once, one from a helper thread: the device takes two
+        requests in flight faster than one, and the caller's other threads work meanwhile."""
+        total = sum(len(v) for v in views)
+        if (total < 2 * self.GATHER or self.direct is None or offset % 4096
+                or not all(_aligned(v) for v in views)):
+            for view in views:
+                self.write(offset, view)
+                offset += len(view)
+            return
+        self.flush()
+        first, second = _halves(views, total // 2 // 4096 * 4096)
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1)
+        other = self._helper.submit(self._writev, offset + sum(len(v) for v in first), second)
+        try:
+            self._writev(offset, first)
+        finally:
+            other.result()
+
+    def _writev(self, offset: int, views: list[memoryview]) -> None:
+        for view in views:
+            self._write(offset, view)
+            offset += len(view)
+
     def flush(self) -> None:
         if self._used and self._buffer is not None:
             used, self._used = self._used, 0
@@ -89,6 +119,19 @@ class DirectWriter:
                 fd = self.plain  # O_DIRECT refused this one: write it plainly
                 continue
             view, offset = view[done:], offset + done
+
+
+def _halves(views: list[memoryview], cut: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The views split at byte `cut` of their concatenation."""
+    first: list[memoryview] = []
+    for i, view in enumerate(views):
+        if cut <= 0:
+            return first, views[i:]
+        if len(view) > cut:
+            return first + [view[:cut]], [view[cut:]] + views[i + 1:]
+        first.append(view)
+        cut -= len(view)
+    return first, []
 
 
 def _aligned(data: memoryview) -> bool:
@@ -202,7 +245,7 @@ def save(path: str, image: Image, fmt: str = "v1",
                 v0.write(out, image, pages)
             else:
                 with DirectWriter(f"/proc/self/fd/{out.fileno()}") as direct:
-                    v1.write(out, image, pages, direct.write, compress)
+                    v1.write(out, image, pages, direct.writev, compress)
             out.flush()
             if temporary is None:  # give the finished file a name, then the one asked for
                 temporary = os.path.join(directory, f".img-{os.getpid()}-{id(out):x}")
