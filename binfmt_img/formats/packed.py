@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import zstandard
-
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import zstdfast
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
@@ -50,12 +48,6 @@ class StoredRun:
     @property
     def stored_size(self) -> int:
         return self.length if self.compressed else self.count * PAGE_SIZE
-
-
-def compress_run(data: memoryview | bytes, level: int = LEVEL) -> bytes | None:
-    """The zstd frame of a run's pages, or None where it would not save enough."""
-    frame = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
-    return frame if len(frame) <= RAW_ABOVE * len(data) else None
 
 
 def split(vaddr: int, data: memoryview) -> Iterator[tuple[int, memoryview]]:
