@@ -210,3 +210,16 @@ def test_vmread_reads_this_process_and_refuses_what_it_cannot() -> None:
         assert not vmread.read_into(os.getpid(), none, out[:PAGE_SIZE])
     finally:
         libc.munmap(none, PAGE_SIZE)
+
+
+def test_frame_changed_after_the_check_is_noticed_in_whole_reads(tmp_path: Path) -> None:
+    path = _image(tmp_path, _heap(), True)
+    image = image_file.load(str(path))
+    run = next(s for s in image.reader.stored if s.compressed)
+    with open(path, "r+b") as f:  # the file changes under the loaded image
+        f.seek(run.offset + run.length // 2)
+        byte = f.read(1)
+        f.seek(run.offset + run.length // 2)
+        f.write(bytes([byte[0] ^ 0x5A]))
+    with pytest.raises(ImageError, match="no longer matches its checksum"):
+        _read_all(image, 1 << 20, 2)

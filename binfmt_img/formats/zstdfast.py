@@ -62,6 +62,11 @@ def content_size(frame: Any) -> int | None:
     return None if size == _UNKNOWN else size
 
 
+def has_checksum(frame: Any) -> bool:
+    """Whether a zstd frame carries a checksum of its content (the header's flag)."""
+    return len(frame) > 4 and bytes(frame[:4]) == b"\x28\xb5\x2f\xfd" and bool(frame[4] & 4)
+
+
 def decompress_into(frame: Any, out: memoryview, verify: bool = True) -> int:
     """Decompress one frame into `out` (writable, at most len(out) bytes; a frame that would
     need more fails, nothing is written past it). Returns the decompressed size. The frame's
