@@ -223,3 +223,18 @@ def test_frame_changed_after_the_check_is_noticed_in_whole_reads(tmp_path: Path)
         f.write(bytes([byte[0] ^ 0x5A]))
     with pytest.raises(ImageError, match="no longer matches its checksum"):
         _read_all(image, 1 << 20, 2)
+
+
+def test_crc32_is_zlibs_whatever_the_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from binfmt_img.formats import crc
+
+    data = os.urandom(1 << 18)
+    buffer = mmap.mmap(-1, len(data))
+    buffer[:] = data
+    kinds = [data, memoryview(data), bytearray(data), memoryview(buffer),
+             memoryview(buffer)[PAGE_SIZE:], memoryview(buffer).cast("Q"), data[:100]]
+    for value in kinds:
+        assert crc.crc32(value) == zlib.crc32(value)
+        assert crc.crc32(value, 0x1234) == zlib.crc32(value, 0x1234)
+    monkeypatch.setattr(crc, "_FAST", None)  # a system without libdeflate
+    assert crc.crc32(memoryview(buffer), 7) == zlib.crc32(data, 7)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import zstdfast
+from binfmt_img.formats import crc, zstdfast
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
 
 RUN_PAGES = 64  # pages per compressed run: 256 KiB, large enough for zstd, small to seek
@@ -111,7 +110,7 @@ class RunReader:
 
     def _checked(self, i: int, data: memoryview | bytes) -> None:
         run = self.stored[i]
-        if zlib.crc32(data) != run.crc:
+        if crc.crc32(data) != run.crc:
             raise ImageError(f"page run {run.vaddr:#x} no longer matches its checksum (the "
                              "image file changed since it was checked?)", run.offset)
 
@@ -144,7 +143,7 @@ class RunReader:
             self._read_exact(first, buffer)
         except ImageError:  # the file ends inside: each run on its own says which
             return [i for i in batch if self._bad_alone(i)]
-        return [i for i in batch if zlib.crc32(buffer[self.stored[i].offset - first:
+        return [i for i in batch if crc.crc32(buffer[self.stored[i].offset - first:
                                                       self.stored[i].offset - first
                                                       + self.stored[i].stored_size])
                 != self.stored[i].crc]
@@ -152,7 +151,7 @@ class RunReader:
     def _bad_alone(self, i: int) -> bool:
         run = self.stored[i]
         try:
-            return zlib.crc32(self._bytes(run.offset, run.stored_size)) != run.crc
+            return crc.crc32(self._bytes(run.offset, run.stored_size)) != run.crc
         except ImageError:
             return True
 

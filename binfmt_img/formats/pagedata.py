@@ -3,8 +3,9 @@ pages, each with its crc32, plain (version 0x200) or as zstd frames (0x201, docs
 "Compressed runs").
 
 Both writers keep the work off the thread that writes, so that reading the process (the
-producer's own thread), checksumming or compressing (helper threads, no GIL: zlib and
-binfmt_img.formats.zstdfast release it) and the file writes overlap on the machine's cores.
+producer's own thread), checksumming or compressing (helper threads, no GIL:
+binfmt_img.formats.crc and binfmt_img.formats.zstdfast release it) and the file writes
+overlap on the machine's cores.
 A chunk's bytes are only used until the next chunk is asked for (the producer reuses its
 buffers): every helper's work on a chunk is finished before that.
 """
@@ -13,11 +14,10 @@ from __future__ import annotations
 
 import mmap
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from binfmt_img.formats import packed, zstdfast
+from binfmt_img.formats import crc, packed, zstdfast
 from binfmt_img.formats.model import PAGE_SIZE
 
 Chunks = Iterable[tuple[int, "memoryview | bytes"]]
@@ -53,10 +53,10 @@ def nonzero_runs(vaddr: int, data: memoryview,
 
 
 def _crcs(parts: list[memoryview], start: int) -> list[int]:
-    """crc32 of each part, the first continuing from `start` (zlib releases the GIL)."""
+    """crc32 of each part, the first continuing from `start` (without the GIL)."""
     out = []
     for i, data in enumerate(parts):
-        out.append(zlib.crc32(data, start if i == 0 else 0))
+        out.append(crc.crc32(data, start if i == 0 else 0))
     return out
 
 
@@ -158,9 +158,9 @@ def _compress_batch(pieces: list[memoryview], level: int,
         size = zstdfast.compress_into(piece, buffer, level)
         if size <= packed.RAW_ABOVE * len(piece):
             frame = bytes(buffer[:size])
-            out.append((frame, zlib.crc32(frame)))
+            out.append((frame, crc.crc32(frame)))
         else:
-            out.append((None, zlib.crc32(piece)))
+            out.append((None, crc.crc32(piece)))
     return out
 
 

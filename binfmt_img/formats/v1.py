@@ -30,6 +30,7 @@ from construct import (
 
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import fastbuild, packed, pagedata
+from binfmt_img.formats.crc import crc32 as page_crc32
 from binfmt_img.formats.identity import ContentId, PackedFile
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
@@ -371,7 +372,7 @@ def verify_pages(image: Image) -> list[PageRun]:
         return []  # a store's checkpoint: its chunks are checked as they are read
     assert image.source is not None
     if image.fd is None:
-        return [run for run in checked if zlib.crc32(
+        return [run for run in checked if page_crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
     buffer = memoryview(mmap.mmap(-1, VERIFY_CHUNK))
     bad = []
@@ -382,7 +383,7 @@ def verify_pages(image: Image) -> list[PageRun]:
                             run.offset + done)
             if got <= 0:
                 break
-            crc = zlib.crc32(buffer[:got], crc)
+            crc = page_crc32(buffer[:got], crc)
             done += got
         if done < size or crc != run.checksum:
             bad.append(run)
