@@ -179,7 +179,7 @@ def test_gather_rewrites_a_partial_page(tmp_path: Path) -> None:
     assert gather.at == 3 * PAGE_SIZE
 
 
-def test_two_direct_writes_land_in_place(tmp_path: Path) -> None:
+def test_large_writes_land_in_place(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"")
     size = 4 * image_file.DirectWriter.GATHER + 3 * PAGE_SIZE
@@ -188,9 +188,11 @@ def test_two_direct_writes_land_in_place(tmp_path: Path) -> None:
     buffer[:] = data
     view = memoryview(buffer)
     views = [view[:PAGE_SIZE], view[PAGE_SIZE:size // 2 + PAGE_SIZE], view[size // 2 + PAGE_SIZE:]]
-    with image_file.DirectWriter(str(path)) as writer:
-        writer.writev(PAGE_SIZE, views)
-    assert path.read_bytes() == bytes(PAGE_SIZE) + data
+    for direct in (True, False):
+        path.write_bytes(b"")
+        with image_file.DirectWriter(str(path), direct=direct) as writer:
+            writer.writev(PAGE_SIZE, views)
+        assert path.read_bytes() == bytes(PAGE_SIZE) + data
 
 
 def test_vmread_reads_this_process_and_refuses_what_it_cannot() -> None:

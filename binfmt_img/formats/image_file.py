@@ -21,16 +21,21 @@ FORMATS = ("v0", "v1")
 
 
 class DirectWriter:
-    """Writes page data with O_DIRECT, past the page cache: several times faster here for
-    large images. Buffers that are not page aligned, and file systems without O_DIRECT
-    (tmpfs), take the ordinary path. Small writes that follow each other in the file (a
-    process of many one-page mappings gives one per page) are gathered into one buffer
-    first: an O_DIRECT write waits for the disk, one per page cost most of such a dump."""
+    """Writes page data through the page cache in pieces of at most PIECE bytes, or, with
+    `direct`, with O_DIRECT past it. Measured here (img-dump of a 320 MiB heap and of 1 GiB,
+    against gcore, which writes 1 MiB at a time): 1 MiB writes into the page cache cost
+    0.08 s of CPU for 320 MiB and never wait for the disk; O_DIRECT writes cost no CPU but
+    wait for a disk other processes share (0.25 to 0.9 s for the same 320 MiB); and writes of
+    16 MiB into the page cache make the kernel allocate large folios, 0.7 to 0.9 s. With
+    O_DIRECT, buffers that are not page aligned and file systems without it (tmpfs) take the
+    ordinary path. Small writes that follow each other in the file (a process of many
+    one-page mappings gives one per page) are gathered into one buffer first."""
 
     GATHER = 1 << 22  # bytes gathered before a write; larger pieces go straight out
+    PIECE = 1 << 20  # bytes per write into the page cache
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, direct: bool = False) -> None:
+        self.path, self.use_direct = path, direct
         self.direct: int | None = None
         self.plain: int | None = None
         self._buffer: mmap.mmap | None = None
@@ -40,7 +45,8 @@ class DirectWriter:
 
     def __enter__(self) -> DirectWriter:
         try:
-            self.direct = os.open(self.path, os.O_WRONLY | os.O_DIRECT)
+            if self.use_direct:
+                self.direct = os.open(self.path, os.O_WRONLY | os.O_DIRECT)
         except OSError:
             self.direct = None
         self.plain = os.open(self.path, os.O_WRONLY)
@@ -76,9 +82,9 @@ class DirectWriter:
         self._used += size
 
     def writev(self, offset: int, views: list[memoryview]) -> None:
-        """Views that follow each other in the file from `offset`. A large aligned set goes
-        out as two O_DIRECT writes at once, one from a helper thread: the device takes two
-        requests in flight faster than one, and the caller's other threads work meanwhile."""
+        """Views that follow each other in the file from `offset`. With O_DIRECT, a large
+        aligned set goes out as two writes at once, one from a helper thread: the device takes
+        two requests in flight faster than one."""
         total = sum(len(v) for v in views)
         if (total < 2 * self.GATHER or self.direct is None or offset % 4096
                 or not all(_aligned(v) for v in views)):
@@ -112,7 +118,7 @@ class DirectWriter:
         view = memoryview(data)
         while view:
             try:
-                done = os.pwrite(fd, view, offset)
+                done = os.pwrite(fd, view if fd == self.direct else view[:self.PIECE], offset)
             except OSError as error:
                 if fd != self.direct or error.errno != errno.EINVAL:
                     raise

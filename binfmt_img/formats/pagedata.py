@@ -94,7 +94,7 @@ def plain(chunks: Chunks, keep_zero: Callable[[int], bool], at: int,
 
 class _Gather:
     """Output bytes gathered into one page-aligned buffer and written in large pieces (one
-    O_DIRECT write each where the writer can), starting at a page-aligned offset."""
+    write each), starting at a page-aligned offset."""
 
     def __init__(self, write: Write, at: int) -> None:
         self.write, self.at = write, at
