@@ -9,8 +9,9 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
+
+from binfmt_img.formats.crc import crc32
 
 POLY = 0xEDB88320  # CRC-32's polynomial, bit-reflected as zlib computes it
 PIECE = 16 << 20  # bytes hashed by one task
@@ -71,7 +72,7 @@ def file_ranges(fd: int, ranges: list[tuple[int, int]]) -> list[int | None]:
             got = os.preadv(fd, [buffer[:size - done]], offset + done)
             if got <= 0:
                 return i, None, size
-            crc = zlib.crc32(buffer[:got], crc)
+            crc = crc32(buffer[:got], crc)
             done += got
         return i, crc, size
 

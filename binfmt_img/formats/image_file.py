@@ -9,6 +9,7 @@ import struct
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import elfcore, filekind, v0, v1
@@ -20,25 +21,32 @@ FORMATS = ("v0", "v1")
 
 
 class DirectWriter:
-    """Writes page data with O_DIRECT, past the page cache: several times faster here for
-    large images. Buffers that are not page aligned, and file systems without O_DIRECT
-    (tmpfs), take the ordinary path. Small writes that follow each other in the file (a
-    process of many one-page mappings gives one per page) are gathered into one buffer
-    first: an O_DIRECT write waits for the disk, one per page cost most of such a dump."""
+    """Writes page data through the page cache in pieces of at most PIECE bytes, or, with
+    `direct`, with O_DIRECT past it. Measured here (img-dump of a 320 MiB heap and of 1 GiB,
+    against gcore, which writes 1 MiB at a time): 1 MiB writes into the page cache cost
+    0.08 s of CPU for 320 MiB and never wait for the disk; O_DIRECT writes cost no CPU but
+    wait for a disk other processes share (0.25 to 0.9 s for the same 320 MiB); and writes of
+    16 MiB into the page cache make the kernel allocate large folios, 0.7 to 0.9 s. With
+    O_DIRECT, buffers that are not page aligned and file systems without it (tmpfs) take the
+    ordinary path. Small writes that follow each other in the file (a process of many
+    one-page mappings gives one per page) are gathered into one buffer first."""
 
     GATHER = 1 << 22  # bytes gathered before a write; larger pieces go straight out
+    PIECE = 1 << 20  # bytes per write into the page cache
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, direct: bool = False) -> None:
+        self.path, self.use_direct = path, direct
         self.direct: int | None = None
         self.plain: int | None = None
         self._buffer: mmap.mmap | None = None
         self._start = 0  # file offset of the gathered bytes
         self._used = 0
+        self._helper: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> DirectWriter:
         try:
-            self.direct = os.open(self.path, os.O_WRONLY | os.O_DIRECT)
+            if self.use_direct:
+                self.direct = os.open(self.path, os.O_WRONLY | os.O_DIRECT)
         except OSError:
             self.direct = None
         self.plain = os.open(self.path, os.O_WRONLY)
@@ -49,6 +57,8 @@ class DirectWriter:
             if exc_type is None:
                 self.flush()
         finally:
+            if self._helper is not None:
+                self._helper.shutdown()
             for fd in (self.direct, self.plain):
                 if fd is not None:
                     os.close(fd)
@@ -71,6 +81,32 @@ class DirectWriter:
         self._buffer[self._used:self._used + size] = data
         self._used += size
 
+    def writev(self, offset: int, views: list[memoryview]) -> None:
+        """Views that follow each other in the file from `offset`. With O_DIRECT, a large
+        aligned set goes out as two writes at once, one from a helper thread: the device takes
+        two requests in flight faster than one."""
+        total = sum(len(v) for v in views)
+        if (total < 2 * self.GATHER or self.direct is None or offset % 4096
+                or not all(_aligned(v) for v in views)):
+            for view in views:
+                self.write(offset, view)
+                offset += len(view)
+            return
+        self.flush()
+        first, second = _halves(views, total // 2 // 4096 * 4096)
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1)
+        other = self._helper.submit(self._writev, offset + sum(len(v) for v in first), second)
+        try:
+            self._writev(offset, first)
+        finally:
+            other.result()
+
+    def _writev(self, offset: int, views: list[memoryview]) -> None:
+        for view in views:
+            self._write(offset, view)
+            offset += len(view)
+
     def flush(self) -> None:
         if self._used and self._buffer is not None:
             used, self._used = self._used, 0
@@ -82,13 +118,26 @@ class DirectWriter:
         view = memoryview(data)
         while view:
             try:
-                done = os.pwrite(fd, view, offset)
+                done = os.pwrite(fd, view if fd == self.direct else view[:self.PIECE], offset)
             except OSError as error:
                 if fd != self.direct or error.errno != errno.EINVAL:
                     raise
                 fd = self.plain  # O_DIRECT refused this one: write it plainly
                 continue
             view, offset = view[done:], offset + done
+
+
+def _halves(views: list[memoryview], cut: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The views split at byte `cut` of their concatenation."""
+    first: list[memoryview] = []
+    for i, view in enumerate(views):
+        if cut <= 0:
+            return first, views[i:]
+        if len(view) > cut:
+            return first + [view[:cut]], [view[cut:]] + views[i + 1:]
+        first.append(view)
+        cut -= len(view)
+    return first, []
 
 
 def _aligned(data: memoryview) -> bool:
@@ -202,7 +251,7 @@ def save(path: str, image: Image, fmt: str = "v1",
                 v0.write(out, image, pages)
             else:
                 with DirectWriter(f"/proc/self/fd/{out.fileno()}") as direct:
-                    v1.write(out, image, pages, direct.write, compress)
+                    v1.write(out, image, pages, direct.writev, compress)
             out.flush()
             if temporary is None:  # give the finished file a name, then the one asked for
                 temporary = os.path.join(directory, f".img-{os.getpid()}-{id(out):x}")

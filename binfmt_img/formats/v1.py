@@ -8,9 +8,7 @@ from __future__ import annotations
 import bisect
 import struct
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from construct import (
@@ -29,7 +27,8 @@ from construct import (
 )
 
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import checksum, fastbuild, packed
+from binfmt_img.formats import checksum, fastbuild, packed, pagedata
+from binfmt_img.formats.crc import crc32 as page_crc32
 from binfmt_img.formats.identity import ContentId, PackedFile
 from binfmt_img.formats.model import (
     ALL_REGISTERS,
@@ -372,7 +371,7 @@ def verify_pages(image: Image) -> list[PageRun]:
         return []  # a store's checkpoint: its chunks are checked as they are read
     assert image.source is not None
     if image.fd is None:
-        return [run for run in checked if zlib.crc32(
+        return [run for run in checked if page_crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
     # The very file the restore will read its pages from, on two threads (formats/checksum).
     crcs = checksum.file_ranges(image.fd, [(run.offset, run.count * PAGE_SIZE)
@@ -391,29 +390,14 @@ def _file_backed(image: Image) -> Callable[[int], bool]:
     return inside
 
 
-def _nonzero_runs(vaddr: int, data: memoryview,
-                  keep_zero: Callable[[int], bool]) -> Iterable[tuple[int, memoryview]]:
-    """Split a chunk of pages into runs of pages to store: zero pages are left out, except
-    where `keep_zero` says a reader could not assume zeros (file mappings)."""
-    start = None
-    for at in range(0, len(data), PAGE_SIZE):
-        zero = data[at:at + PAGE_SIZE] == ZERO_PAGE and not keep_zero(vaddr + at)
-        if zero and start is not None:
-            yield vaddr + start, data[start:at]
-            start = None
-        elif not zero and start is None:
-            start = at
-    if start is not None:
-        yield vaddr + start, data[start:]
-
-
 def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | bytes]],
-          write_data: Callable[[int, memoryview], None] | None = None,
+          write_data: Callable[[int, list[memoryview]], None] | None = None,
           compress: bool = False) -> None:
     """Write `image` as v1 to a seekable file; `pages` gives (vaddr, data) chunks of whole pages.
-    `write_data(offset, bytes)` stores page data (page-aligned offsets and lengths) when the
-    caller has a faster way than `out`, such as O_DIRECT. `compress`: runs of pages as zstd
-    frames where that pays (version 0x201, binfmt_img.formats.packed)."""
+    `write_data(offset, views)` stores page data (views that follow each other in the file
+    from `offset`; page-aligned offsets and lengths) when the caller has a faster way than
+    `out`, such as O_DIRECT. `compress`: runs of pages as zstd frames where that pays
+    (version 0x201, binfmt_img.formats.packed). binfmt_img.formats.pagedata does the pages."""
     metadata = [(SECTION_MM, MmSection.build({
         "fields": [image.mm.get(f, 0) for f in MM_FIELDS],
         "exe_path": image.exe_path or "",
@@ -458,38 +442,17 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     out.write(bytes(data_start - at))
     out.flush()
     at = data_start
-    out_write = None
     if write_data is None:
-        def write_data(_offset: int, data: memoryview) -> None:
-            out.write(data)
-        out_write = write_data
-    run_table = bytearray()
-    runs = 0
-    last_end, last_index = None, -1
+        write_data = _positioned(out)
     keep_zero = _file_backed(image)
     if compress:
-        if write_data is out_write:
-            write_data = _positioned(out)
-        at, runs, run_table = _compressed_data(pages, keep_zero, at, write_data)
-        pages = ()
-    for vaddr, chunk in pages:
-        view = memoryview(chunk).cast("B")
-        for run_vaddr, run_data in _nonzero_runs(vaddr, view, keep_zero):
-            write_data(at, run_data)
-            count = len(run_data) // PAGE_SIZE
-            if run_vaddr == last_end:  # continues the previous run in vaddr and in the file
-                prev = RUN_RECORD.unpack_from(run_table, last_index * RUN_RECORD.size)
-                RUN_RECORD.pack_into(run_table, last_index * RUN_RECORD.size, prev[0],
-                                     prev[1] + count, prev[2], zlib.crc32(run_data, prev[3]), 0)
-            else:
-                run_table += RUN_RECORD.pack(run_vaddr, count, at, zlib.crc32(run_data), 0)
-                last_index = runs
-                runs += 1
-            last_end = run_vaddr + len(run_data)
-            at += len(run_data)
+        at, runs = pagedata.compressed(pages, keep_zero, at, write_data)
+    else:
+        at, runs = pagedata.plain(pages, keep_zero, at, write_data)
+    run_table = b"".join(RUN_RECORD.pack(*run) for run in runs)
     entries.append((SECTION_PAGE_DATA, 0, data_start, at - data_start))
     out.seek(at)
-    runs_payload = RUN_COUNT.pack(runs) + bytes(run_table)
+    runs_payload = RUN_COUNT.pack(len(runs)) + run_table
     out.write(runs_payload)
     entries.append((SECTION_PAGE_RUNS, zlib.crc32(runs_payload), at, len(runs_payload)))
 
@@ -501,50 +464,12 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     out.write(table)
 
 
-def _positioned(out: BinaryIO) -> Callable[[int, memoryview], None]:
-    def write_at(offset: int, data: memoryview) -> None:
+def _positioned(out: BinaryIO) -> Callable[[int, list[memoryview]], None]:
+    def write_at(offset: int, views: list[memoryview]) -> None:
         out.seek(offset)
-        out.write(data)
+        for view in views:
+            out.write(view)
     return write_at
-
-
-def _compressed_data(pages: Iterable[tuple[int, memoryview | bytes]],
-                     keep_zero: Callable[[int], bool], at: int,
-                     write_data: Callable[[int, memoryview], None]
-                     ) -> tuple[int, int, bytearray]:
-    """The page data as runs of at most packed.RUN_PAGES pages, compressed on helper threads
-    while the next chunk is read; zstd frames packed tight, raw runs page aligned.
-    Returns the end offset, the run count and the run table."""
-    table = bytearray()
-    pending: deque = deque()
-
-    def put(vaddr: int, data: bytes, frame: bytes | None) -> None:
-        nonlocal at
-        if frame is None:
-            at = -(-at // PAGE_SIZE) * PAGE_SIZE
-            stored, length = data, 0
-        else:
-            stored, length = frame, len(frame)
-        write_data(at, memoryview(stored))
-        table.extend(RUN_RECORD.pack(vaddr, len(data) // PAGE_SIZE, at, zlib.crc32(stored),
-                                     length))
-        at += len(stored)
-
-    with ThreadPoolExecutor(max_workers=packed.WORKERS) as pool:
-        for vaddr, chunk in pages:
-            view = memoryview(chunk).cast("B")
-            for run_vaddr, run_data in _nonzero_runs(vaddr, view, keep_zero):
-                for piece_vaddr, piece in packed.split(run_vaddr, run_data):
-                    data = bytes(piece)  # the dump reuses its buffer
-                    pending.append((piece_vaddr, data, pool.submit(packed.compress_run, data)))
-                    while len(pending) > 4 * packed.WORKERS:
-                        piece_vaddr, data, future = pending.popleft()
-                        put(piece_vaddr, data, future.result())
-        while pending:
-            piece_vaddr, data, future = pending.popleft()
-            put(piece_vaddr, data, future.result())
-    at = -(-at // PAGE_SIZE) * PAGE_SIZE  # the run table after, as in a plain image
-    return at, len(table) // RUN_RECORD.size, table
 
 
 def _vma_record(vma: Vma) -> dict:

@@ -27,7 +27,7 @@ from binfmt_img.formats.model import (
     Vma,
     Xsave,
 )
-from binfmt_img.live import mapped_files, rounds
+from binfmt_img.live import mapped_files, rounds, vmread
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.files import read_open_files
 from binfmt_img.live.inject import RESERVED, Injector, check_not_in_syscall_entry, free_area
@@ -346,6 +346,8 @@ class DumpPlan:
             mem.close()  # the pool waited for its read; the buffers go with their views
 
     def _read(self, mem: ProcMem, addr: int, view: memoryview) -> None:
+        if vmread.read_into(self.pid, addr, view):  # one copy; else /proc/PID/mem reads it
+            return
         try:
             mem.read_into(addr, view)
         except OSError:

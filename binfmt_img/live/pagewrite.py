@@ -6,11 +6,11 @@ from __future__ import annotations
 import mmap
 import os
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from binfmt_img.errors import RestoreError
+from binfmt_img.formats.crc import crc32
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
 from binfmt_img.live.procfs import ProcMem
 from binfmt_img.live.target import Target
@@ -24,6 +24,22 @@ def pieces(run: PageRun, size: int) -> list[PageRun]:
     per = max(1, size // PAGE_SIZE)
     return [PageRun(run.vaddr + i * PAGE_SIZE, min(per, run.count - i),
                     run.offset + i * run.stride, run.stride) for i in range(0, run.count, per)]
+
+
+def joined(runs: list[PageRun]) -> list[PageRun]:
+    """A reader's runs (checked as it reads them) joined where they follow each other both in
+    memory and in its page space: a compressed image's runs hold 64 pages at most, and a
+    restore goes faster in large pieces, whose frames the reader decompresses together."""
+    out: list[PageRun] = []
+    for run in runs:
+        last = out[-1] if out else None
+        if (last is not None and run.checksum is None and last.checksum is None
+                and run.stride == last.stride == PAGE_SIZE and last.end == run.vaddr
+                and last.offset + last.count * PAGE_SIZE == run.offset):
+            out[-1] = PageRun(last.vaddr, last.count + run.count, last.offset, PAGE_SIZE)
+        else:
+            out.append(run)
+    return out
 
 
 def outside(image: Image, runs: list[PageRun], holes: list[tuple[int, int]]) -> list[PageRun]:
@@ -60,6 +76,8 @@ class PageWriter:
 
     def write(self, runs: list[PageRun]) -> None:
         size = WRITE_PIECE if self.fast else DEBUGGER_PIECE
+        if self.image.reader is not None:
+            runs = joined(runs)
         todo = [(p, run, i == 0) for run in runs for i, p in enumerate(pieces(run, size))]
         self._total = sum(p.count for p, _, _ in todo)
         started = time.monotonic()
@@ -81,35 +99,40 @@ class PageWriter:
 
     def _staged(self, todo: list[tuple[PageRun, PageRun, bool]],
                 put: Callable[[int, memoryview], None]) -> None:
-        """The image file read into two reused buffers by a helper thread while the other
-        buffer goes to the inferior: the read hides behind the write. (A pwrite straight from
-        the file's mapping would fault in every source page, several times slower.)"""
+        """The image file read into reused buffers by helper threads while another buffer goes
+        to the inferior: the read hides behind the write. (A pwrite straight from the file's
+        mapping would fault in every source page, several times slower.)"""
         source = self.image.reader
         piece_size = max(p.count for p, _, _ in todo) * PAGE_SIZE if todo else 0
-        buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE))) for _ in range(2)]
-
-        crc = 0  # the run's checksum so far, kept by the reader (one thread, in order)
+        # A reader (compressed pages) decompresses two pieces at once on their own threads,
+        # without the GIL, while this one writes a third: both cores stay busy. A plain file
+        # has one reader thread, which also keeps each run's checksum (in order).
+        ahead = 2 if source is not None else 1
+        buffers = [memoryview(mmap.mmap(-1, max(piece_size, PAGE_SIZE)))
+                   for _ in range(ahead + 1)]
+        crc = 0  # the run's checksum so far, kept by the one plain reader
 
         def load(i: int) -> tuple[memoryview, int]:
             """Piece i read into its buffer, and its run's checksum up to its end (computed
             here, beside the writes)."""
             nonlocal crc
             piece, run, first = todo[i]
-            data = buffers[i % 2][:piece.count * PAGE_SIZE]
-            if source is not None:  # a store's pages: decompressed on its helper threads
-                source.read_into(piece.offset, data)  # and checked as they are read
-                return data, 0
+            data = buffers[i % len(buffers)][:piece.count * PAGE_SIZE]
+            if source is not None:  # compressed or a store's: checked as they are read
+                source.read_into(piece.offset, data)
+                return data, run.checksum or 0
             self._read(piece, data)
             if run.checksum is not None:
-                crc = zlib.crc32(data, 0 if first else crc)
+                crc = crc32(data, 0 if first else crc)
             return data, crc
 
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            loading = reader.submit(load, 0) if todo else None
+        with ThreadPoolExecutor(max_workers=ahead) as reader:
+            loading = [reader.submit(load, i) for i in range(min(ahead, len(todo)))]
             for i, (piece, run, _) in enumerate(todo):
-                assert loading is not None
-                data, got = self._guarded(piece, lambda _p, f=loading: f.result())
-                loading = reader.submit(load, i + 1) if i + 1 < len(todo) else None
+                future = loading.pop(0)
+                data, got = self._guarded(piece, lambda _p, f=future: f.result())
+                if i + ahead < len(todo):  # into the buffer written before this one
+                    loading.append(reader.submit(load, i + ahead))
                 self._guarded(piece, lambda p, d=data: put(p.vaddr, d))
                 self._done(piece)
                 last = i + 1 == len(todo) or todo[i + 1][2]
