@@ -188,9 +188,10 @@ class LldbTarget:
                 detail = error.GetCString() or lldb.SBDebugger.StateAsCString(state)
                 raise RestoreError(f"running the restorer failed: {detail}")
             for thread in self.process:
-                pc = thread.GetFrameAtIndex(0).GetPC()
-                if thread.GetThreadID() in waiting and (
-                        pc in at_trap or thread.GetStopReason() == lldb.eStopReasonSignal):
+                if thread.GetThreadID() not in waiting:  # unwinding each thread costs time
+                    continue
+                if (thread.GetStopReason() == lldb.eStopReasonSignal
+                        or thread.GetFrameAtIndex(0).GetPC() in at_trap):
                     waiting.discard(thread.GetThreadID())
         return resumes
 
