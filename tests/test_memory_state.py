@@ -153,6 +153,7 @@ def test_unreadable_page_is_named() -> None:
     """A page that cannot be read gives one line naming its address, not a bare errno."""
     plan = DumpPlan.__new__(DumpPlan)
     plan.maps = parse_maps("7f0000000000-7f0000004000 rw-s 00000000 00:05 9 /dev/weird\n")
+    plan.pid = 0  # no such process: process_vm_readv fails, /proc/PID/mem (Mem) is read
 
     class Mem:
         def read(self, addr: int, size: int) -> bytes:
