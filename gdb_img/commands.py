@@ -132,8 +132,10 @@ no live inferior, the image's executable is started first (stopped at its first 
 Accepts v0 and v1 images and ELF cores; a crash core stops at the faulting instruction with
 its signal shown. N or NAME (when no such file exists) is a checkpoint of the store
 (img-checkpoint): --store DIR, else $BINFMT_IMG_STORE, else ./img-checkpoints.
---via auto|fast|debugger: fast writes pages through /proc/PID/mem, debugger through GDB's
-memory API (slower); auto picks fast. --progress: a progress line in batch mode too.
+--via auto|fast|debugger: fast writes pages through /proc/PID/mem in 16 MiB pieces, debugger
+in 1 MiB pieces through GDB's adapter (for a remote target; a local process's memory it also
+writes through /proc/PID/mem); auto picks fast for a local process. --progress: a progress
+line in batch mode too.
 State the restore cannot bring back (a pipe to another process, children, ...) is listed and
 the restore refused before any change; --accept-loss restores without it, one warning each.
 A live process is replaced after a question, as `run` asks (--yes, batch mode or `set
