@@ -48,15 +48,19 @@ def interpreter_name() -> str | None:
             continue
         if not _:
             value = args[i + 1] if i + 1 < len(args) else ""
-        return value if value.startswith("mi") else None
+        # Only a name GDB knows (mi, mi1..mi4): it goes into an interpreter-exec command.
+        return value if re.fullmatch(r"mi\d?", value) else None
     return None
+
+
+_LIBC = ctypes.CDLL(None)
 
 
 def _flush() -> None:
     """GDB's streams and C stdio: nothing of GDB's buffered output may cross a switch of
     fd 1."""
     gdb.flush()
-    ctypes.CDLL(None).fflush(None)
+    _LIBC.fflush(None)
 
 
 class _Capture:
