@@ -1,10 +1,10 @@
 """A v1 image's page data as it is written: the chunks a dump reads become runs of non-zero
-pages, each with its crc32, plain (version 0x200) or as zstd frames (0x201, docs/FORMAT.md
-"Compressed runs").
+pages, each with its crc32, plain (version 0x200), as zstd frames (0x201, docs/FORMAT.md
+"Compressed runs") or as LZ4 blocks (0x202, "LZ4 runs").
 
 Both writers keep the work off the thread that writes, so that reading the process (the
 producer's own thread), checksumming or compressing (helper threads, no GIL:
-binfmt_img.formats.crc and binfmt_img.formats.zstdfast release it) and the file writes
+binfmt_img.formats.crc, zstdfast and lz4fast release it) and the file writes
 overlap on the machine's cores.
 A chunk's bytes are only used until the next chunk is asked for (the producer reuses its
 buffers): every helper's work on a chunk is finished before that.
@@ -15,9 +15,9 @@ from __future__ import annotations
 import mmap
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
-from binfmt_img.formats import crc, packed, zstdfast
+from binfmt_img.formats import crc, lz4fast, packed, zstdfast
 from binfmt_img.formats.model import PAGE_SIZE
 
 Chunks = Iterable[tuple[int, "memoryview | bytes"]]
@@ -144,58 +144,75 @@ class _Scratch(threading.local):
 
     def get(self) -> memoryview:
         if self.buffer is None:
-            self.buffer = memoryview(bytearray(zstdfast.bound(packed.RUN_PAGES * PAGE_SIZE)))
+            size = packed.RUN_PAGES * PAGE_SIZE
+            self.buffer = memoryview(bytearray(max(zstdfast.bound(size), lz4fast.bound(size)
+                                                   if lz4fast.AVAILABLE else 0)))
         return self.buffer
 
 
-def _compress_batch(pieces: list[memoryview], level: int,
-                    scratch: _Scratch) -> list[tuple[bytes | None, int]]:
-    """(frame, crc32 of the frame) per piece, or (None, crc32 of the raw bytes) where the
-    frame would not save enough."""
-    out: list[tuple[bytes | None, int]] = []
+# A compressed piece: vaddr, pages, the bytes to store, their crc32, the frame's length
+# (0: the raw pages).
+Piece = tuple[int, int, bytes, int, int]
+
+
+def _compress_part(vaddr: int, data: memoryview, keep_zero: Callable[[int], bool], level: int,
+                   codec: str, scratch: _Scratch) -> list[Piece]:
+    """A part of a chunk (BATCH bytes) cut into runs of non-zero pages of at most
+    packed.RUN_PAGES pages, each compressed: a frame where it saves enough, else the raw
+    bytes. Everything returned is a copy: the chunk's buffer may be reused once it is."""
+    out: list[Piece] = []
     buffer = scratch.get()
-    for piece in pieces:
-        size = zstdfast.compress_into(piece, buffer, level)
-        if size <= packed.RAW_ABOVE * len(piece):
-            frame = bytes(buffer[:size])
-            out.append((frame, crc.crc32(frame)))
-        else:
-            out.append((None, crc.crc32(piece)))
+    lz4 = codec == "lz4"
+    for run_vaddr, run in nonzero_runs(vaddr, data, keep_zero):
+        for piece_vaddr, piece in packed.split(run_vaddr, run):
+            size = (lz4fast.compress_into(piece, buffer) if lz4
+                    else zstdfast.compress_into(piece, buffer, level))
+            count = len(piece) // PAGE_SIZE
+            if size <= packed.RAW_ABOVE * len(piece):
+                frame = bytes(buffer[:size])
+                out.append((piece_vaddr, count, frame, crc.crc32(frame), size))
+            else:
+                out.append((piece_vaddr, count, bytes(piece), crc.crc32(piece), 0))
     return out
 
 
+def _put(out: _Gather, runs: list[Run], parts: list[list[Piece]], mark: int) -> None:
+    """Compressed parts into the file, in order; their run records into `runs`."""
+    for part in parts:
+        for vaddr, count, data, crc32, length in part:
+            if not length:
+                out.align()
+                runs.append([vaddr, count, out.put(data), crc32, 0])
+            else:
+                runs.append([vaddr, count, out.put(data), crc32, length | mark])
+
+
 def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write: Write,
-               level: int = packed.LEVEL,
-               workers: int = packed.WORKERS) -> tuple[int, list[Run]]:
-    """Runs of at most packed.RUN_PAGES pages, each one zstd frame (packed back to back) or,
-    where zstd does not pay, raw (page aligned). Compressed on helper threads, straight from
-    the chunk, while the producer reads the next chunk. Returns the (page-aligned) end
-    offset and the runs; adjacent runs are not joined."""
+               level: int = packed.LEVEL, workers: int = packed.WORKERS,
+               codec: str = "zstd") -> tuple[int, list[Run]]:
+    """Runs of at most packed.RUN_PAGES pages, each one zstd frame or LZ4 block (`codec`;
+    packed back to back) or, where it does not pay, raw (page aligned). Compressed on helper
+    threads, straight from the chunk, in parts of BATCH bytes (the zero pages found there
+    too: this thread does little but write), while the producer reads the next chunk and
+    this thread writes the previous one's frames. Returns the (page-aligned) end offset and
+    the runs; adjacent runs are not joined. An LZ4 block's length has packed.LZ4_BIT set in
+    its run's last field."""
+    if codec not in packed.CODECS:
+        raise ValueError(f"unknown codec {codec!r}")
+    mark = packed.LZ4_BIT if codec == "lz4" else 0
     runs: list[Run] = []
     out = _Gather(write, at)
     scratch = _Scratch()
+    done: list[list[Piece]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for vaddr, chunk in chunks:
             view = memoryview(chunk).cast("B")
-            pieces = [piece for run_vaddr, data in nonzero_runs(vaddr, view, keep_zero)
-                      for piece in packed.split(run_vaddr, data)]
-            batches: list[tuple[list[tuple[int, memoryview]], Future]] = []
-            group: list[tuple[int, memoryview]] = []
-            for piece in pieces + [(0, memoryview(b""))]:
-                if group and (not len(piece[1]) or sum(len(p) for _, p in group) >= BATCH):
-                    batches.append((group, pool.submit(
-                        _compress_batch, [p for _, p in group], level, scratch)))
-                    group = []
-                if len(piece[1]):
-                    group.append(piece)
-            for group, future in batches:  # in order; all done before the next chunk
-                for (piece_vaddr, data), (frame, crc) in zip(group, future.result()):
-                    count = len(data) // PAGE_SIZE
-                    if frame is None:
-                        out.align()
-                        runs.append([piece_vaddr, count, out.put(data), crc, 0])
-                    else:
-                        runs.append([piece_vaddr, count, out.put(frame), crc, len(frame)])
+            parts = [pool.submit(_compress_part, vaddr + start, view[start:start + BATCH],
+                                 keep_zero, level, codec, scratch)
+                     for start in range(0, len(view), BATCH)]
+            _put(out, runs, done, mark)  # the chunk before, while this one compresses
+            done = [part.result() for part in parts]  # all done before the next chunk
+    _put(out, runs, done, mark)
     out.align()
     out.flush()
     return out.at, runs
