@@ -13,7 +13,7 @@ buffers): every helper's work on a chunk is finished before that.
 from __future__ import annotations
 
 import mmap
-import threading
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -137,54 +137,76 @@ class _Gather:
                 self.used = 0
 
 
-class _Scratch(threading.local):
-    """One output buffer per compression thread, reused."""
+class _Outputs:
+    """Output buffers of compression parts, reused once their bytes are in the file: each
+    holds one part's frames back to back (and its raw pieces), so that they go into the
+    file in one copy."""
 
-    buffer: memoryview | None = None
+    SIZE = BATCH + 2 * (packed.RUN_PAGES * PAGE_SIZE + (1 << 12))  # a last piece's bound too
+
+    def __init__(self) -> None:
+        self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
 
     def get(self) -> memoryview:
-        if self.buffer is None:
-            size = packed.RUN_PAGES * PAGE_SIZE
-            self.buffer = memoryview(bytearray(max(zstdfast.bound(size), lz4fast.bound(size)
-                                                   if lz4fast.AVAILABLE else 0)))
-        return self.buffer
+        try:
+            return self.free.get_nowait()
+        except queue.Empty:
+            return memoryview(bytearray(self.SIZE))
+
+    def put(self, buffer: memoryview) -> None:
+        self.free.put(buffer)
 
 
-# A compressed piece: vaddr, pages, the bytes to store, their crc32, the frame's length
-# (0: the raw pages).
-Piece = tuple[int, int, bytes, int, int]
+# A compressed part: its output buffer, and per piece: vaddr, pages, the bytes' end in the
+# buffer, their crc32, the frame's length (0: the raw pages, just before the end).
+Part = tuple[memoryview, list[tuple[int, int, int, int, int]]]
 
 
 def _compress_part(vaddr: int, data: memoryview, keep_zero: Callable[[int], bool], level: int,
-                   codec: str, scratch: _Scratch) -> list[Piece]:
+                   codec: str, outputs: _Outputs) -> Part:
     """A part of a chunk (BATCH bytes) cut into runs of non-zero pages of at most
-    packed.RUN_PAGES pages, each compressed: a frame where it saves enough, else the raw
-    bytes. Everything returned is a copy: the chunk's buffer may be reused once it is."""
-    out: list[Piece] = []
-    buffer = scratch.get()
+    packed.RUN_PAGES pages, each compressed into the part's own buffer: a frame where it
+    saves enough, else the raw bytes (copied: the chunk's buffer may be reused once all its
+    parts are done)."""
+    buffer = outputs.get()
+    pieces = []
+    used = 0
     lz4 = codec == "lz4"
     for run_vaddr, run in nonzero_runs(vaddr, data, keep_zero):
         for piece_vaddr, piece in packed.split(run_vaddr, run):
-            size = (lz4fast.compress_into(piece, buffer) if lz4
-                    else zstdfast.compress_into(piece, buffer, level))
+            room = buffer[used:]
+            size = (lz4fast.compress_into(piece, room) if lz4
+                    else zstdfast.compress_into(piece, room, level))
             count = len(piece) // PAGE_SIZE
             if size <= packed.RAW_ABOVE * len(piece):
-                frame = bytes(buffer[:size])
-                out.append((piece_vaddr, count, frame, crc.crc32(frame), size))
+                pieces.append((piece_vaddr, count, used + size, crc.crc32(room[:size]), size))
+                used += size
             else:
-                out.append((piece_vaddr, count, bytes(piece), crc.crc32(piece), 0))
-    return out
+                room[:len(piece)] = piece
+                used += len(piece)
+                pieces.append((piece_vaddr, count, used, crc.crc32(piece), 0))
+    return buffer, pieces
 
 
-def _put(out: _Gather, runs: list[Run], parts: list[list[Piece]], mark: int) -> None:
-    """Compressed parts into the file, in order; their run records into `runs`."""
-    for part in parts:
-        for vaddr, count, data, crc32, length in part:
-            if not length:
+def _put(out: _Gather, runs: list[Run], parts: list[Part], mark: int,
+         outputs: _Outputs) -> None:
+    """Compressed parts into the file, in order, frames that follow each other in one copy;
+    their run records into `runs`."""
+    for buffer, pieces in parts:
+        start = 0  # of the frames not yet in the file
+        base = out.at  # the file offset of buffer[start]
+        for vaddr, count, end, crc32, length in pieces:
+            if not length:  # raw: the frames before it, then it at a page boundary
+                out.put(buffer[start:end - count * PAGE_SIZE])
                 out.align()
-                runs.append([vaddr, count, out.put(data), crc32, 0])
+                runs.append([vaddr, count, out.put(buffer[end - count * PAGE_SIZE:end]),
+                             crc32, 0])
+                start, base = end, out.at
             else:
-                runs.append([vaddr, count, out.put(data), crc32, length | mark])
+                runs.append([vaddr, count, base + end - length - start, crc32, length | mark])
+        if pieces:
+            out.put(buffer[start:pieces[-1][2]])
+        outputs.put(buffer)
 
 
 def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write: Write,
@@ -202,17 +224,17 @@ def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write:
     mark = packed.LZ4_BIT if codec == "lz4" else 0
     runs: list[Run] = []
     out = _Gather(write, at)
-    scratch = _Scratch()
-    done: list[list[Piece]] = []
+    outputs = _Outputs()
+    done: list[Part] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for vaddr, chunk in chunks:
             view = memoryview(chunk).cast("B")
             parts = [pool.submit(_compress_part, vaddr + start, view[start:start + BATCH],
-                                 keep_zero, level, codec, scratch)
+                                 keep_zero, level, codec, outputs)
                      for start in range(0, len(view), BATCH)]
-            _put(out, runs, done, mark)  # the chunk before, while this one compresses
+            _put(out, runs, done, mark, outputs)  # the chunk before, while this one compresses
             done = [part.result() for part in parts]  # all done before the next chunk
-    _put(out, runs, done, mark)
+    _put(out, runs, done, mark, outputs)
     out.align()
     out.flush()
     return out.at, runs
