@@ -32,9 +32,9 @@ needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 IMG_INFO = Path(__file__).resolve().parent.parent / "scripts" / "img-info"
 
 
-def _lz4_image(tmp_path: Path, data: bytes | None = None) -> Path:
+def _lz4_image(tmp_path: Path, data: bytes | None = None, chunk: int = 300) -> Path:
     path = tmp_path / "l.img"
-    image_file.save(str(path), _with_heap(), "v1", _chunks(data or _heap(), 300 * PAGE_SIZE),
+    image_file.save(str(path), _with_heap(), "v1", _chunks(data or _heap(), chunk * PAGE_SIZE),
                     compress="lz4")
     return path
 
@@ -60,9 +60,12 @@ def test_blocks_round_trip_from_any_buffer() -> None:
         assert bytes(out) == data
 
 
-def test_lz4_image_round_trip(tmp_path: Path) -> None:
+# Chunks of a few pages (many in flight, from copies), small ones, and one larger than
+# pagedata.SMALL (compressed in place).
+@pytest.mark.parametrize("chunk", [7, 300, 700])
+def test_lz4_image_round_trip(tmp_path: Path, chunk: int) -> None:
     data = _heap()
-    path = _lz4_image(tmp_path, data)
+    path = _lz4_image(tmp_path, data, chunk)
     assert _version(path) == v1.VERSION_LZ4
     image = image_file.load(str(path))
     assert v1.verify_pages(image) == []

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import mmap
 import queue
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from binfmt_img.formats import crc, lz4fast, packed, zstdfast
 from binfmt_img.formats.model import PAGE_SIZE
@@ -28,6 +29,8 @@ Run = list[int]
 _ZERO = memoryview(bytes(PAGE_SIZE)).cast("Q")
 GATHER = 16 << 20  # compressed output is written in pieces of this size
 BATCH = 1 << 20  # bytes of pages one compression task takes
+SMALL = 2 * BATCH  # a chunk of at most this many bytes is compressed from a copy
+INFLIGHT = 8  # compression tasks waiting to be written, at most (more: the oldest waited for)
 
 
 def nonzero_runs(vaddr: int, data: memoryview,
@@ -137,24 +140,26 @@ class _Gather:
                 self.used = 0
 
 
-class _Outputs:
-    """Output buffers of compression parts, reused once their bytes are in the file: each
-    holds one part's frames back to back (and its raw pieces), so that they go into the
-    file in one copy."""
+class _Buffers:
+    """Buffers of one size, reused once given back (from any thread)."""
 
-    SIZE = BATCH + 2 * (packed.RUN_PAGES * PAGE_SIZE + (1 << 12))  # a last piece's bound too
-
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
+        self.size = size
         self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
 
     def get(self) -> memoryview:
         try:
             return self.free.get_nowait()
         except queue.Empty:
-            return memoryview(bytearray(self.SIZE))
+            return memoryview(bytearray(self.size))
 
     def put(self, buffer: memoryview) -> None:
         self.free.put(buffer)
+
+
+# A part's output buffer holds its frames back to back (and its raw pieces), so that they go
+# into the file in one copy; room for a last piece's bound too.
+OUTPUT = BATCH + 2 * (packed.RUN_PAGES * PAGE_SIZE + (1 << 12))
 
 
 # A compressed part: its output buffer, and per piece: vaddr, pages, the bytes' end in the
@@ -163,7 +168,7 @@ Part = tuple[memoryview, list[tuple[int, int, int, int, int]]]
 
 
 def _compress_part(vaddr: int, data: memoryview, keep_zero: Callable[[int], bool], level: int,
-                   codec: str, outputs: _Outputs) -> Part:
+                   codec: str, outputs: _Buffers) -> Part:
     """A part of a chunk (BATCH bytes) cut into runs of non-zero pages of at most
     packed.RUN_PAGES pages, each compressed into the part's own buffer: a frame where it
     saves enough, else the raw bytes (copied: the chunk's buffer may be reused once all its
@@ -189,7 +194,7 @@ def _compress_part(vaddr: int, data: memoryview, keep_zero: Callable[[int], bool
 
 
 def _put(out: _Gather, runs: list[Run], parts: list[Part], mark: int,
-         outputs: _Outputs) -> None:
+         outputs: _Buffers) -> None:
     """Compressed parts into the file, in order, frames that follow each other in one copy;
     their run records into `runs`."""
     for buffer, pieces in parts:
@@ -214,27 +219,50 @@ def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write:
                codec: str = "zstd") -> tuple[int, list[Run]]:
     """Runs of at most packed.RUN_PAGES pages, each one zstd frame or LZ4 block (`codec`;
     packed back to back) or, where it does not pay, raw (page aligned). Compressed on helper
-    threads, straight from the chunk, in parts of BATCH bytes (the zero pages found there
-    too: this thread does little but write), while the producer reads the next chunk and
-    this thread writes the previous one's frames. Returns the (page-aligned) end offset and
-    the runs; adjacent runs are not joined. An LZ4 block's length has packed.LZ4_BIT set in
-    its run's last field."""
+    threads in parts of BATCH bytes (the zero pages found there too: this thread does little
+    but write), while the producer reads the next chunk and this thread writes the frames
+    compressed before. A large chunk is compressed in place, all its parts done before the
+    next chunk is asked for; a small one (a process of many small mappings: python's
+    arenas) from a copy, so that several are in flight at once and both helpers stay busy.
+    Returns the (page-aligned) end offset and the runs; adjacent runs are not joined. An LZ4
+    block's length has packed.LZ4_BIT set in its run's last field."""
     if codec not in packed.CODECS:
         raise ValueError(f"unknown codec {codec!r}")
     mark = packed.LZ4_BIT if codec == "lz4" else 0
     runs: list[Run] = []
     out = _Gather(write, at)
-    outputs = _Outputs()
-    done: list[Part] = []
+    outputs, copies = _Buffers(OUTPUT), _Buffers(SMALL)
+    # Parts in order, each with the copy to give back once it is written (a chunk's last).
+    pending: deque[tuple[Future[Part], memoryview | None]] = deque()
+
+    def put_done(wait: int) -> None:
+        """Write the parts done at the front, and at least the first `wait` ones."""
+        while pending and (wait > 0 or pending[0][0].done()):
+            part, copy = pending.popleft()
+            _put(out, runs, [part.result()], mark, outputs)
+            if copy is not None:
+                copies.put(copy)
+            wait -= 1
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for vaddr, chunk in chunks:
             view = memoryview(chunk).cast("B")
+            copy = None
+            if len(view) <= SMALL:
+                copy = copies.get()
+                copy[:len(view)] = view
+                view = copy[:len(view)]
             parts = [pool.submit(_compress_part, vaddr + start, view[start:start + BATCH],
                                  keep_zero, level, codec, outputs)
                      for start in range(0, len(view), BATCH)]
-            _put(out, runs, done, mark, outputs)  # the chunk before, while this one compresses
-            done = [part.result() for part in parts]  # all done before the next chunk
-    _put(out, runs, done, mark, outputs)
+            pending.extend((part, None) for part in parts[:-1])
+            pending.append((parts[-1], copy))
+            put_done(0)  # what is done, while this chunk compresses
+            if copy is None:
+                for part in parts:  # all done before the next chunk reuses the buffer
+                    part.exception()
+            put_done(len(pending) - INFLIGHT)
+        put_done(len(pending))
     out.align()
     out.flush()
     return out.at, runs
