@@ -193,25 +193,22 @@ def _compress_part(vaddr: int, data: memoryview, keep_zero: Callable[[int], bool
     return buffer, pieces
 
 
-def _put(out: _Gather, runs: list[Run], parts: list[Part], mark: int,
-         outputs: _Buffers) -> None:
-    """Compressed parts into the file, in order, frames that follow each other in one copy;
-    their run records into `runs`."""
-    for buffer, pieces in parts:
-        start = 0  # of the frames not yet in the file
-        base = out.at  # the file offset of buffer[start]
-        for vaddr, count, end, crc32, length in pieces:
-            if not length:  # raw: the frames before it, then it at a page boundary
-                out.put(buffer[start:end - count * PAGE_SIZE])
-                out.align()
-                runs.append([vaddr, count, out.put(buffer[end - count * PAGE_SIZE:end]),
-                             crc32, 0])
-                start, base = end, out.at
-            else:
-                runs.append([vaddr, count, base + end - length - start, crc32, length | mark])
-        if pieces:
-            out.put(buffer[start:pieces[-1][2]])
-        outputs.put(buffer)
+def _put(out: _Gather, runs: list[Run], part: Part, mark: int) -> None:
+    """A compressed part into the file, frames that follow each other in one copy; its run
+    records into `runs`."""
+    buffer, pieces = part
+    start = 0  # of the frames not yet in the file
+    base = out.at  # the file offset of buffer[start]
+    for vaddr, count, end, crc32, length in pieces:
+        if not length:  # raw: the frames before it, then it at a page boundary
+            out.put(buffer[start:end - count * PAGE_SIZE])
+            out.align()
+            runs.append([vaddr, count, out.put(buffer[end - count * PAGE_SIZE:end]), crc32, 0])
+            start, base = end, out.at
+        else:
+            runs.append([vaddr, count, base + end - length - start, crc32, length | mark])
+    if pieces:
+        out.put(buffer[start:pieces[-1][2]])
 
 
 def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write: Write,
@@ -239,7 +236,9 @@ def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write:
         """Write the parts done at the front, and at least the first `wait` ones."""
         while pending and (wait > 0 or pending[0][0].done()):
             part, copy = pending.popleft()
-            _put(out, runs, [part.result()], mark, outputs)
+            done = part.result()
+            _put(out, runs, done, mark)
+            outputs.put(done[0])
             if copy is not None:
                 copies.put(copy)
             wait -= 1
@@ -247,6 +246,8 @@ def compressed(chunks: Chunks, keep_zero: Callable[[int], bool], at: int, write:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for vaddr, chunk in chunks:
             view = memoryview(chunk).cast("B")
+            if not len(view):
+                continue
             copy = None
             if len(view) <= SMALL:
                 copy = copies.get()
