@@ -254,8 +254,8 @@ other processes. Without it, children are named in a warning and left out.
 The image holds registers, FPU state, memory mappings with their files, the pages the process
 has written, signal state, TLS, threads and open files. v1 (the default) is this project's
 format; v0 is the seed's. --compress stores v1 pages compressed where that pays, with LZ4:
-about as fast as a plain dump, a third to a half of the size (v1 version 0x202, which
-binfmt-img before LZ4 runs refuses; docs/FORMAT.md). --compress-with zstd (implies --compress)
+twice as fast as zstd, a third to a half of the size (v1 version 0x202, which binfmt-img
+before LZ4 runs refuses; docs/FORMAT.md). --compress-with zstd (implies --compress)
 takes zstd instead: slower to write, images a tenth to a sixth smaller (version 0x201).
 --pack: the executable, libraries and mapped data files go into the image too (once each),
 for a restore on a machine that lacks them."""
