@@ -36,23 +36,28 @@ INFLIGHT = 8  # compression tasks waiting to be written, at most (more: the olde
 def nonzero_runs(vaddr: int, data: memoryview,
                  keep_zero: Callable[[int], bool]) -> Iterator[tuple[int, memoryview]]:
     """Split a chunk of pages into runs of pages to store: zero pages are left out, except
-    where `keep_zero` says a reader could not assume zeros (file mappings). Pages are
-    compared as 512 words (a page that is not zero differs early)."""
-    words = data.cast("Q") if data.format == "B" and data.contiguous else None
-    start = None
-    for at in range(0, len(data), PAGE_SIZE):
-        if words is not None:
-            zero = words[at >> 3:(at >> 3) + 512] == _ZERO
-        else:
-            zero = data[at:at + PAGE_SIZE] == bytes(PAGE_SIZE)
-        zero = zero and not keep_zero(vaddr + at)
-        if zero and start is not None:
-            yield vaddr + start, data[start:at]
-            start = None
-        elif not zero and start is None:
-            start = at
-    if start is not None:
-        yield vaddr + start, data[start:]
+    where `keep_zero` says a reader could not assume zeros (file mappings). Only a page whose
+    first word is zero can be a zero page: the first words of all pages are taken in one
+    strided copy, and only those pages compared whole (as 512 words)."""
+    pages = len(data) // PAGE_SIZE
+    if data.format == "B" and data.contiguous:
+        words = data.cast("Q")
+        firsts = words[::512].tolist()
+        zeros = [] if 0 not in firsts else [
+            i for i, word in enumerate(firsts)
+            if not word and words[i * 512:(i + 1) * 512] == _ZERO]
+    else:
+        zeros = [i for i in range(pages)
+                 if data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] == bytes(PAGE_SIZE)]
+    start = 0
+    for page in zeros:
+        if keep_zero(vaddr + page * PAGE_SIZE):
+            continue
+        if page > start:
+            yield vaddr + start * PAGE_SIZE, data[start * PAGE_SIZE:page * PAGE_SIZE]
+        start = page + 1
+    if pages > start:
+        yield vaddr + start * PAGE_SIZE, data[start * PAGE_SIZE:]
 
 
 def _crcs(parts: list[memoryview], start: int) -> list[int]:
