@@ -261,3 +261,18 @@ def test_lldb_compressed_dump_restores(tmp_path: Path) -> None:
     output = restored.stdout + restored.stderr
     assert "exited with status = 0" in restored.stdout, output
     passes(read(before) + read(after), 3)
+
+
+def test_img_pack_keeps_the_codec(tmp_path: Path) -> None:
+    from binfmt_img.cli import img_pack
+
+    image = _with_heap()  # its one file, the executable, is this Python's
+    image.exe_path = sys.executable
+    image.vmas = [vma for vma in image.vmas if not vma.path]
+    path = tmp_path / "l.img"
+    image_file.save(str(path), image, "v1", _chunks(_heap(), 300 * PAGE_SIZE), compress="lz4")
+    packed_path = tmp_path / "packed.img"
+    assert img_pack.main([str(path), "-o", str(packed_path)]) == 0
+    assert _version(packed_path) == v1.VERSION_LZ4
+    image = image_file.load(str(packed_path))
+    assert v1.verify_pages(image) == [] and image.reader.codec == "lz4"
