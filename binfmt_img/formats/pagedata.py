@@ -146,7 +146,9 @@ class _Gather:
 
 
 class _Buffers:
-    """Buffers of one size, reused once given back (from any thread)."""
+    """Buffers of one size, reused once given back (from any thread). Anonymous mappings:
+    a bytearray would be zeroed whole on allocation (25 ms a dump of python's heap), a
+    mapping's pages are zeroed by the kernel as they are first used, if ever."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -156,7 +158,7 @@ class _Buffers:
         try:
             return self.free.get_nowait()
         except queue.Empty:
-            return memoryview(bytearray(self.size))
+            return memoryview(mmap.mmap(-1, self.size))
 
     def put(self, buffer: memoryview) -> None:
         self.free.put(buffer)
