@@ -130,6 +130,12 @@ def test_lz4_run_in_a_0x201_image_refused(tmp_path: Path) -> None:
     struct.pack_into("<I", data, 4, v1.VERSION)
     with pytest.raises(ImageError, match="marked compressed in a version 0x200 image"):
         image_file.parse(memoryview(bytes(data)))
+    struct.pack_into("<I", data, 4, v1.VERSION_LZ4)
+    runs = next(s for s in _sections(data) if s[1] == v1.SECTION_PAGE_RUNS)[2] + 4
+    vaddr, count, offset, crc, _length = v1.RUN_RECORD.unpack_from(data, runs)
+    _set_run(data, 0, [vaddr, count, offset, crc, packed.LZ4_BIT])
+    with pytest.raises(ImageError, match=f"page run {vaddr:#x}: an LZ4 block of 0 bytes"):
+        image_file.parse(memoryview(bytes(data)))
 
 
 def test_lying_block_refused_without_writing_past_its_place() -> None:

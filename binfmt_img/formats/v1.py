@@ -342,6 +342,8 @@ def _read_runs(image: Image, payload: memoryview, section_offset: int,
                 raise ImageError(f"page run {vaddr:#x} marked LZ4 in a version {version:#x} "
                                  "image", at)
             length &= packed.LENGTH_MASK
+            if lz4 and not length:
+                raise ImageError(f"page run {vaddr:#x}: an LZ4 block of 0 bytes", at)
             run = packed.StoredRun(vaddr, pages, offset, crc, length, lz4)
             if length and not 0 < pages <= packed.RUN_PAGES:
                 raise ImageError(f"compressed page run {vaddr:#x} of {pages} pages (at most "
