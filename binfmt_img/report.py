@@ -33,6 +33,16 @@ from binfmt_img.formats.model import (
 from binfmt_img.safeio import open_regular
 
 VERSIONS = {"v0": v0.VERSION, "v1": v1.VERSION}
+
+
+def version(image: Image) -> int:
+    """The version the image's file says (a compressed v1 image's is 0x201 or 0x202)."""
+    source = image.source
+    if image.format == "v1" and source is not None and len(source) >= 8:
+        found = int.from_bytes(source[4:8], "little")
+        if found in v1.VERSIONS:
+            return found
+    return VERSIONS[image.format]
 DISASSEMBLE_COUNT = 8
 AUXV_NAMES = {
     0: "AT_NULL", 3: "AT_PHDR", 4: "AT_PHENT", 5: "AT_PHNUM", 6: "AT_PAGESZ", 7: "AT_BASE",
@@ -205,7 +215,7 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
     regs = image.registers
     result: dict[str, Any] = {
         "format": image.format,
-        "version": VERSIONS[image.format],
+        "version": version(image),
         "registers": {name: regs[name] for name in ALL_REGISTERS if name in regs},
         "segments": {name: selector_name(regs[name]) for name in SEGMENT_REGISTERS
                      if name in regs},
@@ -425,7 +435,7 @@ def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = 
     if image.core_kind is not None:
         what = f"ELF core {CORE_KINDS.get(image.core_kind, image.core_kind)}"
     else:
-        what = f"image format {image.format} (version {VERSIONS[image.format]:#x})"
+        what = f"image format {image.format} (version {version(image):#x})"
     head = (f"{what}, {len(image.vmas)} VMAs, {image.page_count} pages, "
             f"{plural(len(image.threads), 'thread')}")
     lines = [head]

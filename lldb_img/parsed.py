@@ -19,9 +19,10 @@ def _problem(command: type[Command], options: tuple[Option, ...],
     """What argparse would refuse; LLDB checks neither enum values (ours are kept raw, for a
     message naming the choices) nor the argument count."""
     for option in options:
-        if option.choices and values[option.dest] not in option.choices:
+        value = values[option.dest]
+        if option.choices and value is not None and value not in option.choices:
             return (f"argument --{option.long}/-{option.short}: invalid choice: "
-                    f"{values[option.dest]!r} (choose from {', '.join(option.choices)})")
+                    f"{value!r} (choose from {', '.join(option.choices)})")
     required = [name for name, repeat in command.arguments if repeat == "plain"]
     if len(args) < len(required):
         return f"the following arguments are required: {', '.join(required[len(args):])}"
@@ -53,10 +54,10 @@ def _parsed(command: type[Command]) -> type:
         def setup_command_definition(self) -> None:
             parser = self.get_parser()
             for option in options:
-                if option.value:
+                if option.value and not option.choices:
                     parser.add_option(option.short, option.long, option.help, option.default,
                                       dest=option.dest, value_type=lldb.eArgTypePath)
-                elif option.choices:
+                elif option.choices:  # with `value`: None unless given
                     parser.add_option(option.short, option.long, option.help, option.default,
                                       dest=option.dest, value_type=lldb.eArgTypeValue,
                                       enum_values=[[c, c] for c in option.choices])

@@ -363,7 +363,7 @@ def test_lldb_compressed_image(tmp_path: Path) -> None:
     image = tmp_path / "c.img"
     dumped = lldb_batch(f"settings set target.output-path {tmp_path / 'part1'}",
                         "breakpoint set -n checkpoint", "run", "continue",
-                        f"img-dump {image} --compress", "kill", program=binary)
+                        f"img-dump {image} --compress-with zstd", "kill", program=binary)
     assert image.exists(), dumped.stdout + dumped.stderr
     assert struct.unpack_from("<I", image.read_bytes(), 4)[0] == v1.VERSION_COMPRESSED
     restored = lldb_batch(f"settings set target.output-path {tmp_path / 'out'}",

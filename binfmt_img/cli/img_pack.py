@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                   "the files are packed as they are now", file=sys.stderr)
         kept = {p for f in image.packed for p in f.paths}
         image.packed += [f for f in identity.pack(image) if not kept & set(f.paths)]
-        # A compressed image (its pages read through a reader) stays compressed.
-        image_file.save(output, image, "v1", compress=image.reader is not None)
+        # A compressed image (its pages read through a reader) stays so, with its codec.
+        codec = getattr(image.reader, "codec", "zstd") if image.reader is not None else None
+        image_file.save(output, image, "v1", compress=codec)
     except ImageError as error:
         print("img-pack: " + " ".join(str(error).splitlines()), file=sys.stderr)
         return 2

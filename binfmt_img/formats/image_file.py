@@ -163,7 +163,7 @@ def parse(buf: memoryview) -> Image:
         raise ImageError(f"not an image: magic {magic:#010x}, expected {v0.MAGIC:#010x}", 0)
     if version == v0.VERSION:
         image, offsets = v0.read(buf)
-    elif version in (v1.VERSION, v1.VERSION_COMPRESSED):
+    elif version in v1.VERSIONS:
         image, offsets = v1.read(buf)
     else:
         raise ImageError(f"unknown image version {version:#x}", 4)
@@ -227,9 +227,9 @@ def _is_core(path: str) -> bool:
 
 def save(path: str, image: Image, fmt: str = "v1",
          pages: Iterable[tuple[int, memoryview | bytes]] | None = None,
-         compress: bool = False) -> None:
+         compress: bool | str = False) -> None:
     """Write an image to a temporary file beside `path`, then rename it into place;
-    `compress`: v1 page runs as zstd frames where that pays."""
+    `compress`: v1 page runs compressed where that pays, with "lz4" or "zstd" (True)."""
     if fmt not in FORMATS:
         raise ImageError(f"unknown format {fmt!r}; choose v0 or v1")
     if compress and fmt != "v1":

@@ -1,10 +1,12 @@
-"""Compressed page runs of a v1 image (version 0x201, docs/FORMAT.md "Compressed runs").
+"""Compressed page runs of a v1 image (versions 0x201 and 0x202, docs/FORMAT.md "Compressed
+runs" and "LZ4 runs").
 
-A compressed image stores its pages in runs of at most RUN_PAGES pages, each one zstd frame
-(or, where zstd does not pay, the raw pages, page aligned). On load its runs are given offsets
-in a page space (page i of the image at byte i * 4096) and a RunReader as the image's reader:
-restores, img-info and exports read pages through it, whatever the runs' encoding, and the
-compressed ones are decompressed on helper threads a piece at a time.
+A compressed image stores its pages in runs of at most RUN_PAGES pages, each one zstd frame or
+(0x202) one LZ4 block (or, where compression does not pay, the raw pages, page aligned). On
+load its runs are given offsets in a page space (page i of the image at byte i * 4096) and a
+RunReader as the image's reader: restores, img-info and exports read pages through it,
+whatever the runs' encoding, and the compressed ones are decompressed on helper threads a
+piece at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from binfmt_img.errors import ImageError
-from binfmt_img.formats import crc, zstdfast
+from binfmt_img.formats import crc, lz4fast, zstdfast
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
 
 RUN_PAGES = 64  # pages per compressed run: 256 KiB, large enough for zstd, small to seek
@@ -27,18 +29,24 @@ RUN_PAGES = 64  # pages per compressed run: 256 KiB, large enough for zstd, smal
 # perl heaps: a quarter and two fifths of their size, against an eighth and a fifth).
 LEVEL = -7
 RAW_ABOVE = 0.9
+# A run record's `reserved` field: the stored length, its top bit set for an LZ4 block.
+LZ4_BIT = 0x80000000
+LENGTH_MASK = 0x7FFFFFFF
+CODECS = ("lz4", "zstd")  # img-dump --compress-with; the first is plain --compress's
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
 class StoredRun:
-    """A run as the file holds it: `length` > 0 marks a zstd frame of that many bytes."""
+    """A run as the file holds it: `length` > 0 marks a zstd frame of that many bytes, or
+    with `lz4` an LZ4 block."""
 
     vaddr: int
     count: int
     offset: int
     crc: int
     length: int
+    lz4: bool = False
 
     @property
     def compressed(self) -> bool:
@@ -74,6 +82,12 @@ class RunReader:
         self.cache: OrderedDict[int, bytes] = OrderedDict()
         self.lock = threading.Lock()
         self.scratch = _Scratch()
+        self.lz4 = any(run.lz4 for run in stored)
+
+    @property
+    def codec(self) -> str:
+        """The codec to write this image's pages again with (img-pack keeps it)."""
+        return "lz4" if self.lz4 else "zstd"
 
     def runs(self) -> list[PageRun]:
         """The image's runs in the page space (their checks are done on reading)."""
@@ -121,11 +135,14 @@ class RunReader:
         self._checked(i, data)
         if not run.compressed:
             return data
-        return _decompress(data, run.count * PAGE_SIZE, run.vaddr)
+        return _decompress(data, run.count * PAGE_SIZE, run.vaddr, run.lz4)
 
     def bad_runs(self) -> list[PageRun]:
         """The runs whose stored bytes fail their checksum (img-info --verify, restores):
-        read in large pieces, checked on helper threads."""
+        read in large pieces, checked on helper threads. An image of LZ4 blocks on a system
+        without liblz4 is refused here, before a restore changes anything."""
+        if self.lz4 and not lz4fast.AVAILABLE:
+            raise ImageError(f"the image's pages are LZ4 blocks and {lz4fast.MISSING}")
         batches = _batches(self.stored)
         if len(batches) > 1:
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
@@ -197,9 +214,9 @@ class RunReader:
             run = self.stored[k]
             frame = frames[run.offset - first:run.offset - first + run.length]
             out = view[self.starts[k] - offset:self.starts[k] - offset + run.count * PAGE_SIZE]
-            if not zstdfast.has_checksum(frame):
+            if run.lz4 or not zstdfast.has_checksum(frame):
                 self._checked(k, frame)
-                _inflate(frame, out, run.vaddr)
+                _inflate(frame, out, run.vaddr, lz4=run.lz4)
                 continue
             # The frame's own checksum of its output stands for the crc32 of its bytes (as
             # good against a file changed since the check, and cheaper: the frame is larger
@@ -258,10 +275,14 @@ def _ends_inside(offset: int) -> ImageError:
 
 
 def _inflate(frame: memoryview | bytes, out: memoryview, vaddr: int,
-             verify: bool = False) -> None:
+             verify: bool = False, lz4: bool = False) -> None:
     """One run's frame decompressed into `out`, which it must fill exactly. Unless `verify`,
     the caller has checked the frame's crc32: zstd's own checksum of the output would add a
-    pass for nothing (decoding is deterministic)."""
+    pass for nothing (decoding is deterministic). An LZ4 block has no size of its own: it is
+    decoded within `out` and refused unless it fills it."""
+    if lz4:
+        _unblock(frame, out, vaddr)
+        return
     size = len(out)
     try:
         claimed = zstdfast.content_size(frame)
@@ -275,8 +296,38 @@ def _inflate(frame: memoryview | bytes, out: memoryview, vaddr: int,
                          f"{size} expected")
 
 
-def _decompress(frame: bytes, size: int, vaddr: int) -> bytes:
+def _unblock(block: memoryview | bytes, out: memoryview, vaddr: int) -> None:
+    """One run's LZ4 block decoded into `out`: LZ4_decompress_safe never writes past it, so a
+    block that would make more fails as it reaches the end, one that makes less after."""
+    if not lz4fast.AVAILABLE:
+        raise ImageError(f"page run {vaddr:#x} is an LZ4 block and {lz4fast.MISSING}")
+    try:
+        got = lz4fast.decompress_into(block, out)
+    except lz4fast.Lz4Failure as error:
+        raise ImageError(f"page run {vaddr:#x} does not decompress (more than its "
+                         f"{len(out)} bytes, or damaged): {error}") from None
+    if got != len(out):
+        raise ImageError(f"page run {vaddr:#x} decompresses to {got} bytes, "
+                         f"{len(out)} expected")
+
+
+def _decompress(frame: bytes, size: int, vaddr: int, lz4: bool = False) -> bytes:
     """A run's frame decompressed into bytes of its own."""
     out = bytearray(size)
-    _inflate(frame, memoryview(out), vaddr)
+    _inflate(frame, memoryview(out), vaddr, lz4=lz4)
     return bytes(out)
+
+
+def codec_for(requested: str | bool | None) -> tuple[str | None, str | None]:
+    """The codec a dump uses when asked for `requested` ("lz4" or "zstd"; True: img-dump
+    --compress's, lz4; None or False: none), and a note for the user when it is not the one
+    asked for (liblz4 missing: zstd instead)."""
+    if requested is True:
+        requested = CODECS[0]
+    if not requested:
+        return None, None
+    if requested not in CODECS:
+        raise ValueError(f"unknown compression {requested!r}; choose {' or '.join(CODECS)}")
+    if requested == "lz4" and not lz4fast.AVAILABLE:
+        return "zstd", f"{lz4fast.MISSING}: pages compressed with zstd instead (slower)"
+    return requested, None

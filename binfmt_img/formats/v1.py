@@ -51,6 +51,9 @@ VERSION = 0x00000200
 # The same layout, some page runs compressed (binfmt_img.formats.packed): older readers refuse
 # it by its version instead of reading frames as pages.
 VERSION_COMPRESSED = 0x00000201
+# Runs may also be LZ4 blocks (the top bit of a run record's `reserved`): img-dump --compress.
+VERSION_LZ4 = 0x00000202
+VERSIONS = (VERSION, VERSION_COMPRESSED, VERSION_LZ4)
 
 SECTION_MM = 1
 SECTION_VMAS = 2
@@ -176,7 +179,7 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
     if len(buf) < HEADER_SIZE:
         raise ImageError("truncated header", 0)
     header = Header.parse(bytes(buf[:HEADER_SIZE]))
-    if header.version not in (VERSION, VERSION_COMPRESSED):
+    if header.version not in VERSIONS:
         raise ImageError(f"unknown image version {header.version:#x}", 4)
     table_end = HEADER_SIZE + header.section_count * ENTRY_SIZE
     if table_end > len(buf):
@@ -218,8 +221,7 @@ def read(buf: memoryview) -> tuple[Image, dict[str, list[int]]]:
             image.sigactions = [SigAction(s.handler, s.flags, s.restorer, s.mask)
                                 for s in _parse(SignalsSection, payload, entry.offset, what)]
         elif entry.type == SECTION_PAGE_RUNS:
-            _read_runs(image, payload, entry.offset, offsets,
-                       header.version == VERSION_COMPRESSED)
+            _read_runs(image, payload, entry.offset, offsets, header.version)
         elif entry.type == SECTION_PROCESS:
             _read_process(image, _parse(ProcessSection, payload, entry.offset, what))
         elif entry.type == SECTION_CONTENTS:
@@ -320,7 +322,8 @@ def _read_thread(rec) -> Thread:
 
 
 def _read_runs(image: Image, payload: memoryview, section_offset: int,
-               offsets: dict[str, list[int]], compressed: bool = False) -> None:
+               offsets: dict[str, list[int]], version: int = VERSION) -> None:
+    compressed = version != VERSION
     if len(payload) < 4:
         raise ImageError("truncated page runs section", section_offset)
     (count,) = RUN_COUNT.unpack_from(payload, 0)
@@ -334,7 +337,14 @@ def _read_runs(image: Image, payload: memoryview, section_offset: int,
             RUN_RECORD.iter_unpack(payload[4:])):
         at = section_offset + 4 + i * RUN_RECORD.size
         if compressed:
-            run = packed.StoredRun(vaddr, pages, offset, crc, length)
+            lz4 = bool(length & packed.LZ4_BIT)
+            if lz4 and version != VERSION_LZ4:
+                raise ImageError(f"page run {vaddr:#x} marked LZ4 in a version {version:#x} "
+                                 "image", at)
+            length &= packed.LENGTH_MASK
+            if lz4 and not length:
+                raise ImageError(f"page run {vaddr:#x}: an LZ4 block of 0 bytes", at)
+            run = packed.StoredRun(vaddr, pages, offset, crc, length, lz4)
             if length and not 0 < pages <= packed.RUN_PAGES:
                 raise ImageError(f"compressed page run {vaddr:#x} of {pages} pages (at most "
                                  f"{packed.RUN_PAGES})", at)
@@ -392,12 +402,14 @@ def _file_backed(image: Image) -> Callable[[int], bool]:
 
 def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | bytes]],
           write_data: Callable[[int, list[memoryview]], None] | None = None,
-          compress: bool = False) -> None:
+          compress: bool | str = False) -> None:
     """Write `image` as v1 to a seekable file; `pages` gives (vaddr, data) chunks of whole pages.
     `write_data(offset, views)` stores page data (views that follow each other in the file
     from `offset`; page-aligned offsets and lengths) when the caller has a faster way than
-    `out`, such as O_DIRECT. `compress`: runs of pages as zstd frames where that pays
-    (version 0x201, binfmt_img.formats.packed). binfmt_img.formats.pagedata does the pages."""
+    `out`, such as O_DIRECT. `compress`: runs of pages as frames where that pays, "zstd"
+    (or True; version 0x201) or "lz4" (0x202 when a run is an LZ4 block; see
+    binfmt_img.formats.packed). binfmt_img.formats.pagedata does the pages."""
+    codec = "zstd" if compress is True else compress or None
     metadata = [(SECTION_MM, MmSection.build({
         "fields": [image.mm.get(f, 0) for f in MM_FIELDS],
         "exe_path": image.exe_path or "",
@@ -445,8 +457,8 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     if write_data is None:
         write_data = _positioned(out)
     keep_zero = _file_backed(image)
-    if compress:
-        at, runs = pagedata.compressed(pages, keep_zero, at, write_data)
+    if codec:
+        at, runs = pagedata.compressed(pages, keep_zero, at, write_data, codec=codec)
     else:
         at, runs = pagedata.plain(pages, keep_zero, at, write_data)
     run_table = b"".join(RUN_RECORD.pack(*run) for run in runs)
@@ -459,7 +471,11 @@ def write(out: BinaryIO, image: Image, pages: Iterable[tuple[int, memoryview | b
     table = b"".join(SectionEntry.build({"type": t, "crc": c, "offset": o, "length": n})
                      for t, c, o, n in entries)
     out.seek(0)
-    out.write(Header.build({"version": VERSION_COMPRESSED if compress else VERSION,
+    version = VERSION
+    if codec:  # an image of zstd frames (or raw runs only) stays readable by 0x201 readers
+        lz4 = any(run[4] & packed.LZ4_BIT for run in runs)
+        version = VERSION_LZ4 if lz4 else VERSION_COMPRESSED
+    out.write(Header.build({"version": version,
                             "section_count": len(entries), "table_crc": zlib.crc32(table)}))
     out.write(table)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from binfmt_img import state
 from binfmt_img.errors import RestoreError
-from binfmt_img.formats import identity, image_file
+from binfmt_img.formats import identity, image_file, packed
 from binfmt_img.formats.model import (
     MAP_SHARED,
     PAGE_SIZE,
@@ -367,18 +367,22 @@ class DumpPlan:
 
 
 def dump(target: Target, path: str, fmt: str = "v1",
-         progress: Progress | None = None, compress: bool = False,
+         progress: Progress | None = None, compress: bool | str | None = False,
          pack: bool = False) -> DumpReport:
+    """`compress`: "lz4" or "zstd" (True: lz4, img-dump --compress's), packed.codec_for."""
     started = time.monotonic()
     if pack and fmt != "v1":
         raise RestoreError("--pack needs the v1 format")
+    codec, note = packed.codec_for(compress)
     plan = DumpPlan(target, fmt)
+    if note:
+        plan.report.warnings.append(note)
     try:
         with pagemap_session(plan.pid):  # one open pagemap for every mapping's questions
             image = plan.collect()
             if pack:  # the mapped files themselves, into the image (img-dump --pack)
                 image.packed = identity.pack(image, plan.sources)
-            image_file.save(path, image, fmt, plan.pages(progress), compress)
+            image_file.save(path, image, fmt, plan.pages(progress), codec)
     finally:  # a failed or interrupted dump too: the next command finds the stop as it was
         reload_process = getattr(target, "reload_process", None)
         if reload_process is not None:
