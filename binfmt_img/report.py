@@ -22,8 +22,8 @@ from binfmt_img.formats.model import (
     MAP_GROWSDOWN,
     PAGE_SIZE,
     SEGMENT_REGISTERS,
+    BadRun,
     Image,
-    PageRun,
     Signal,
     Thread,
     Vma,
@@ -132,8 +132,9 @@ def pages_per_vma(image: Image) -> list[int]:
     return counts
 
 
-def bad_runs(image: Image) -> list[PageRun] | None:
-    """The page runs whose crc32 does not match (v1); None when the format has no checksums."""
+def bad_runs(image: Image) -> list[BadRun] | None:
+    """The page runs whose crc32 does not match, or whose frames do not decode (v1); None
+    when the format has no checksums."""
     return v1.verify_pages(image) if image.format == "v1" else None
 
 
@@ -209,7 +210,7 @@ def _thread_json(thread: Thread) -> dict[str, Any]:
             "xsave": {"size": len(xsave.data), "features": xsave.features} if xsave else None}
 
 
-def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any]:
+def report_json(image: Image, bad: list[BadRun] | None = None) -> dict[str, Any]:
     """Everything as plain JSON values; `bad` (from bad_runs) adds a "verify" member."""
     state.decode(image)
     regs = image.registers
@@ -252,7 +253,8 @@ def report_json(image: Image, bad: list[PageRun] | None = None) -> dict[str, Any
         result["unknown_states"] = image.unknown_states
     if bad is not None:
         result["verify"] = {"ok": not bad, "bad_runs": [
-            {"vaddr": run.vaddr, "pages": run.count, "offset": run.offset} for run in bad]}
+            {"vaddr": run.vaddr, "pages": run.count, "offset": run.offset,
+             "problem": run.problem} for run in bad]}
     return result
 
 
@@ -419,17 +421,17 @@ def _stop_text(image: Image) -> list[str]:
             f"(tid {image.main.tid}) at rip {image.registers.get('rip', 0):#x}"]
 
 
-def _verify_text(bad: list[PageRun] | None, runs: int) -> list[str]:
+def _verify_text(bad: list[BadRun] | None, runs: int) -> list[str]:
     if bad is None:
         return ["verify: v0 stores no checksums; nothing to check"]
     if not bad:
         return [f"verify: OK, {runs} page runs match their crc32"]
     return [f"verify: {len(bad)} of {runs} page runs are BAD:"] + [
-        f"  {run.vaddr:#x}-{run.end:#x} ({run.count} pages at file offset {run.offset:#x})"
-        for run in bad]
+        f"  {run.vaddr:#x}-{run.end:#x} ({run.count} pages at file offset {run.offset:#x}):"
+        f" {run.problem}" for run in bad]
 
 
-def report_text(image: Image, verify: bool = False, bad: list[PageRun] | None = None) -> str:
+def report_text(image: Image, verify: bool = False, bad: list[BadRun] | None = None) -> str:
     """The human report; with `verify`, page checksums too (pass `bad` if already computed)."""
     state.decode(image)
     if image.core_kind is not None:

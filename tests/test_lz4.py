@@ -156,8 +156,9 @@ def test_lying_block_refused_without_writing_past_its_place() -> None:
 
 
 def test_lying_block_in_an_image(tmp_path: Path) -> None:
-    """A run record whose block makes more pages than the run holds, its crc32 right (so the
-    check before a restore passes it): reading the run refuses it in one line."""
+    """A run record whose block makes more pages than the run holds, its crc32 right: the
+    check before a restore decodes it and names it, and reading the run refuses it in one
+    line."""
     path = _lz4_image(tmp_path)
     data = bytearray(path.read_bytes())
     image = image_file.load(str(path))
@@ -171,7 +172,9 @@ def test_lying_block_in_an_image(tmp_path: Path) -> None:
     lying = tmp_path / "lying.img"
     lying.write_bytes(bytes(data))
     image = image_file.load(str(lying))
-    assert v1.verify_pages(image) == []
+    bad = v1.verify_pages(image)
+    assert [r.vaddr for r in bad] == [run.vaddr]
+    assert bad[0].problem.startswith("does not decompress"), bad[0].problem
     with pytest.raises(ImageError, match=f"page run {run.vaddr:#x} does not decompress"):
         image.page_at(run.vaddr)
     # Cut short: the file ends inside the page data.

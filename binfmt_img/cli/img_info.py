@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(report.report_text(image, verify=args.verify, bad=bad))
     if bad:
-        print(f"img-info: {report.plural(len(bad), 'page run')} failing the checksum",
+        print(f"img-info: {report.plural(len(bad), 'page run')} failing --verify",
               file=sys.stderr)
         return 2
     return 0

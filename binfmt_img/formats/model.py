@@ -193,6 +193,13 @@ class PageRun:
         return self.vaddr + self.count * PAGE_SIZE
 
 
+@dataclass(frozen=True)
+class BadRun(PageRun):
+    """A page run that fails its check (img-info --verify, the check before a restore)."""
+
+    problem: str = "its bytes do not match their crc32"
+
+
 @dataclass
 class Image:
     format: str = "v1"  # "v0" or "v1"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from binfmt_img.errors import ImageError
 from binfmt_img.formats import crc, lz4fast, zstdfast
-from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
+from binfmt_img.formats.model import PAGE_SIZE, BadRun, Image, PageRun
 
 RUN_PAGES = 64  # pages per compressed run: 256 KiB, large enough for zstd, small to seek
 # zstd fast mode -7: on data of many short matches it decodes twice as fast as -1 (a restore
@@ -137,40 +137,64 @@ class RunReader:
             return data
         return _decompress(data, run.count * PAGE_SIZE, run.vaddr, run.lz4)
 
-    def bad_runs(self) -> list[PageRun]:
-        """The runs whose stored bytes fail their checksum (img-info --verify, restores):
-        read in large pieces, checked on helper threads. An image of LZ4 blocks on a system
-        without liblz4 is refused here, before a restore changes anything."""
+    def bad_runs(self) -> list[BadRun]:
+        """The runs whose stored bytes fail their checksum or, compressed, do not decode to
+        exactly their pages (img-info --verify, restores): read in large pieces, checked on
+        helper threads. A frame whose crc32 is right (someone else's image computes it) is
+        decoded here too, or the restore would find it bad only after its first change. An
+        image of LZ4 blocks on a system without liblz4 is refused here, before a restore
+        changes anything."""
         if self.lz4 and not lz4fast.AVAILABLE:
             raise ImageError(f"the image's pages are LZ4 blocks and {lz4fast.MISSING}")
         batches = _batches(self.stored)
         if len(batches) > 1:
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-                bad = [i for found in pool.map(self._bad_in, batches) for i in found]
+                bad = [found for each in pool.map(self._bad_in, batches) for found in each]
         else:
-            bad = [i for batch in batches for i in self._bad_in(batch)]
-        return [PageRun(r.vaddr, r.count, r.offset, PAGE_SIZE, r.crc)
-                for r in (self.stored[i] for i in sorted(bad))]
+            bad = [found for batch in batches for found in self._bad_in(batch)]
+        return [BadRun(r.vaddr, r.count, r.offset, PAGE_SIZE, r.crc, problem)
+                for r, problem in ((self.stored[i], problem) for i, problem in sorted(bad))]
 
-    def _bad_in(self, batch: list[int]) -> list[int]:
+    def _bad_in(self, batch: list[int]) -> list[tuple[int, str]]:
         first = self.stored[batch[0]].offset
         end = max(self.stored[i].offset + self.stored[i].stored_size for i in batch)
         buffer = self.scratch.get("batch", end - first)
         try:
             self._read_exact(first, buffer)
         except ImageError:  # the file ends inside: each run on its own says which
-            return [i for i in batch if self._bad_alone(i)]
-        return [i for i in batch if crc.crc32(buffer[self.stored[i].offset - first:
-                                                      self.stored[i].offset - first
-                                                      + self.stored[i].stored_size])
-                != self.stored[i].crc]
+            found = ((i, self._problem_alone(i)) for i in batch)
+        else:
+            found = ((i, self._problem(i, buffer[self.stored[i].offset - first:
+                                                 self.stored[i].offset - first
+                                                 + self.stored[i].stored_size]))
+                     for i in batch)
+        return [(i, problem) for i, problem in found if problem is not None]
 
-    def _bad_alone(self, i: int) -> bool:
+    def _problem_alone(self, i: int) -> str | None:
         run = self.stored[i]
         try:
-            return crc.crc32(self._bytes(run.offset, run.stored_size)) != run.crc
+            data = self._bytes(run.offset, run.stored_size)
         except ImageError:
-            return True
+            return "it lies past the end of the file"
+        return self._problem(i, data)
+
+    def _problem(self, i: int, stored: memoryview | bytes) -> str | None:
+        """What is wrong with run i's stored bytes, or None: their crc32, or (a frame or
+        block) that they do not decode to exactly the run's pages. Decoded into this thread's
+        scratch buffer of the run's size, which the decoders never write past; a zstd
+        frame's own content checksum checked as well, as a restore checks it."""
+        run = self.stored[i]
+        if crc.crc32(stored) != run.crc:
+            return "its bytes do not match their crc32"
+        if not run.compressed:
+            return None
+        out = self.scratch.get("decoded", run.count * PAGE_SIZE)
+        try:
+            _inflate(stored, out, run.vaddr, lz4=run.lz4,
+                     verify=not run.lz4 and zstdfast.has_checksum(stored))
+        except ImageError as error:
+            return error.what.removeprefix(f"page run {run.vaddr:#x} ")
+        return None
 
     def read_into(self, offset: int, view: memoryview) -> None:
         if offset < 0 or offset + len(view) > self.size:

@@ -35,6 +35,7 @@ from binfmt_img.formats.model import (
     MM_FIELDS,
     PAGE_SIZE,
     AltStack,
+    BadRun,
     FileIdentity,
     Image,
     OpenFile,
@@ -371,8 +372,9 @@ def _read_runs(image: Image, payload: memoryview, section_offset: int,
         image.runs[:] = image.reader.runs()
 
 
-def verify_pages(image: Image) -> list[PageRun]:
-    """The runs whose stored checksum does not match their bytes. A file is read through one
+def verify_pages(image: Image) -> list[BadRun]:
+    """The runs whose stored checksum does not match their bytes, or whose frames do not
+    decode to exactly their pages (packed.RunReader.bad_runs). A file is read through one
     reused buffer: checksumming its mapping would fault in every page, several times slower."""
     if isinstance(image.reader, packed.RunReader):
         return image.reader.bad_runs()
@@ -381,12 +383,13 @@ def verify_pages(image: Image) -> list[PageRun]:
         return []  # a store's checkpoint: its chunks are checked as they are read
     assert image.source is not None
     if image.fd is None:
-        return [run for run in checked if page_crc32(
+        bad = [run for run in checked if page_crc32(
             image.source[run.offset:run.offset + run.count * PAGE_SIZE]) != run.checksum]
-    # The very file the restore will read its pages from, on two threads (formats/checksum).
-    crcs = checksum.file_ranges(image.fd, [(run.offset, run.count * PAGE_SIZE)
-                                           for run in checked])
-    return [run for run, crc in zip(checked, crcs) if crc != run.checksum]
+    else:  # the very file the restore will read its pages from, on two threads
+        crcs = checksum.file_ranges(image.fd, [(run.offset, run.count * PAGE_SIZE)
+                                               for run in checked])
+        bad = [run for run, crc in zip(checked, crcs) if crc != run.checksum]
+    return [BadRun(run.vaddr, run.count, run.offset, run.stride, run.checksum) for run in bad]
 
 
 def _file_backed(image: Image) -> Callable[[int], bool]:

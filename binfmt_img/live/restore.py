@@ -239,15 +239,16 @@ class RestorePlan:
         return result
 
     def _check_pages(self) -> None:
-        """Corruption is reported, not restored: every run's checksum, before any change."""
+        """Corruption is reported, not restored: every run's checksum (and that its frame
+        decodes to exactly its pages), before any change."""
         if self.image.format != "v1":
             return
         bad = v1.verify_pages(self.image)
         if bad:
             run = bad[0]
             raise ImageError(f"page data damaged: {len(bad)} of {len(self.image.runs)} page "
-                             f"runs fail their checksum, the first at {run.vaddr:#x} "
-                             f"({run.count} pages)", run.offset)
+                             f"runs bad, the first at {run.vaddr:#x} ({run.count} pages at "
+                             f"file offset {run.offset:#x}): {run.problem}")
 
     def _check_file_extent(self, vma: Vma, size: int) -> None:
         """Pages stored for a file mapping beyond the file's end cannot be written (the kernel
