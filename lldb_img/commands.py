@@ -446,7 +446,7 @@ handlers, threads and the code at rip."""
         else:
             result.AppendMessage(report.report_text(image, verify=args.verify, bad=bad))
         if bad:
-            result.SetError(f"img-info: {len(bad)} page runs fail their checksum")
+            result.SetError(f"img-info: {report.plural(len(bad), 'page run')} failing --verify")
 
 
 COMMANDS = (ImgRestore, ImgDump, ImgInfo)
