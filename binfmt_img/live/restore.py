@@ -43,6 +43,7 @@ from binfmt_img.live.inject import (
     free_area,
     pack_u64,
 )
+from binfmt_img.live.pagefast import populating
 from binfmt_img.live.pagewrite import PageWriter, Progress, outside
 from binfmt_img.live.procfs import Mapping, parse_auxv, parse_maps, proc_file
 from binfmt_img.live.relocate import content_check
@@ -471,7 +472,9 @@ class RestorePlan:
         holes += [(v.start, v.end) for v in self.image.vmas if v.is_file and v.is_shared]
         fast = self.via == "fast" or (self.via == "auto" and self.local)
         writer = PageWriter(self.target, self.image, self.pid, fast, self.progress)
-        writer.write(outside(self.image, self.image.runs, holes))
+        runs = outside(self.image, self.image.runs, holes)
+        with populating(self.injector, self.image, self.pid, runs if fast else []) as put:
+            writer.write(runs, put)
         self.report.path, self.report.pages = writer.path, writer.pages
         self.report.page_seconds = writer.seconds
 
