@@ -168,9 +168,14 @@ def resume_held(tid: int) -> int:
 def await_held(tid: int, saved: int) -> None:
     """The other half of resume_held: wait until the thread stops at an int3 (or a fault the
     caller sees by where rip is), a SIGSTOP meanwhile dropped; then its mask put back."""
+    interrupted = False
     try:
         while True:
-            status = _wait(tid)
+            try:
+                status = _wait(tid)
+            except KeyboardInterrupt:  # the table ends by itself: not left running unseen
+                interrupted = True
+                continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 raise RestoreError(f"thread {tid} ended while the restorer ran "
                                    f"(wait status {status:#x})")
@@ -183,3 +188,5 @@ def await_held(tid: int, saved: int) -> None:
                 set_sigmask(tid, saved)
         except RestoreError:
             pass  # the thread is gone: nothing to put back
+    if interrupted:
+        raise KeyboardInterrupt

@@ -29,12 +29,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from binfmt_img.formats.model import PAGE_SIZE, PROT_WRITE, Image, PageRun
-from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Batch, Injector
-from binfmt_img.live.procfs import ProcMem
+from binfmt_img.live import syscalls as sc
+from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Batch, Injector, free_area
+from binfmt_img.live.procfs import Mapping, ProcMem
+from binfmt_img.live.restorer import Layout
 
 MADVISE = 28
 MADV_POPULATE_WRITE = 23
 CHUNK = 8 << 20  # bytes per madvise: the writer sees progress at this grain
+MAX_CHUNKS = 256  # the table in the scratch area's data pages (two entries a chunk)
 # Below this much to populate the table's stop costs more than it saves.
 POPULATE_FROM = 64 << 20
 NOTHING = (1 << 64) - PAGE_SIZE  # the progress word before the first chunk is in
@@ -59,26 +62,28 @@ def populate_ranges(image: Image, runs: list[PageRun]) -> list[tuple[int, int]]:
 
 
 def chunks(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(start, size) pieces of at most CHUNK bytes, from the highest address down."""
+    """(start, size) pieces of CHUNK bytes (more for more than MAX_CHUNKS of them, so that
+    the table stays small), from the highest address down."""
+    total = sum(end - start for start, end in ranges)
+    size = max(CHUNK, -(-total // MAX_CHUNKS // PAGE_SIZE) * PAGE_SIZE)
     out = []
     for start, end in sorted(ranges, reverse=True):
         while end > start:
-            low = max(start, end - CHUNK)
+            low = max(start, end - size)
             out.append((low, end - low))
             end = low
     return out
 
 
-def populate_batch(injector: Injector, ranges: list[tuple[int, int]]) -> tuple[Batch, int]:
-    """The table: each chunk's madvise (may fail), then the STORE of its start plus the
-    madvise's result (0, or -errno: an address not page aligned) into the progress word.
-    The word's offset in the batch's data is returned."""
-    batch = Batch(injector)
+def populate_batch(batch: Batch, ranges: list[tuple[int, int]]) -> int:
+    """Queue each chunk's madvise (may fail), then the STORE of its start plus the madvise's
+    result (0, or -errno: an address not page aligned) into the progress word; the word's
+    offset in the batch's data."""
     word = batch.put(struct.pack("<Q", NOTHING), 8)
     for start, size in chunks(ranges):
         done = batch.raw(MADVISE, start, size, MADV_POPULATE_WRITE)
         batch.store(done + start, word)
-    return batch, word.at
+    return word.at
 
 
 class Populated:
@@ -152,27 +157,30 @@ def writer(pid: int, mem: ProcMem, populated: Populated) -> Callable[[int, memor
 
 
 @contextmanager
-def populating(injector: Injector, image: Image, pid: int,
-               runs: list[PageRun]) -> Iterator[Callable[[int, memoryview], None] | None]:
-    """Around the page writes: the inferior populates the runs' memory meanwhile, where the
-    target can let a table run while this thread works (Target.resume_to_trap) and there is
-    enough of it; yields the put() to write with, or None (write as before)."""
+def populating(injector: Injector, image: Image, pid: int, runs: list[PageRun],
+               parked: list[tuple[int, int]]) -> Iterator[Callable[[int, memoryview], None]
+                                                          | None]:
+    """Around the page writes: the inferior frees the `parked` memory (park) and populates
+    the runs' memory meanwhile, where the target can let a table run while this thread works
+    (Target.resume_to_trap) and there is enough of it; yields the put() to write with, or
+    None (write as before, the parked memory freed first)."""
     target = injector.target
     resume = getattr(target, "resume_to_trap", None)
     ranges = populate_ranges(image, runs) if resume is not None else []
     if sum(end - low for low, end in ranges) < POPULATE_FROM:
+        with injector.batch() as batch:
+            unpark(batch, parked)
         yield None
         return
-    batch, word_at = populate_batch(injector, ranges)
-    assert injector.scratch is not None
-    size = batch.size()
-    base = (injector.scratch + DATA_AT if DATA_AT + size <= SCRATCH_SIZE
-            else injector._table_area(size))
-    layout = batch.place(base)
-    injector._data_used = 0  # the data pages may hold the table now
-    injector._start_table(layout, len(batch.entries))
+    batch = Batch(injector)
+    for start, end in parked:
+        batch.raw(sc.MUNMAP, start, end - start)
+    word_at = populate_batch(batch, ranges)
+    layout = _place(injector, batch)
     traps = injector.traps()
     if not resume(traps):
+        with injector.batch() as again:
+            unpark(again, parked)
         yield None
         return
     mem = ProcMem(pid, writable=True)
@@ -181,6 +189,61 @@ def populating(injector: Injector, image: Image, pid: int,
     finally:
         mem.close()
         target.await_trap(traps)
-    # Every entry may fail: the results only mattered to the writer, which read them. A stop
-    # elsewhere than the table's end (a fault) says the inferior is not as expected.
-    injector._table_results(layout, len(batch.entries))
+    # The madvise calls may fail (the writer read their outcome); a stop elsewhere than the
+    # table's end (a fault) raises here, and an unmapping that failed is made again.
+    results = injector._table_results(layout, len(batch.entries))
+    if any(sc.is_error(r) for r in results[:len(parked)]):
+        with injector.batch() as again:
+            unpark(again, parked)
+
+
+def _place(injector: Injector, batch: Batch) -> Layout:
+    """The table written into the scratch data pages or the table area, and the selected
+    thread's registers set to run it."""
+    assert injector.scratch is not None
+    size = batch.size()
+    base = (injector.scratch + DATA_AT if DATA_AT + size <= SCRATCH_SIZE
+            else injector._table_area(size))
+    layout = batch.place(base)
+    injector._data_used = 0  # the data pages may hold the table now
+    injector._start_table(layout, len(batch.entries))
+    return layout
+
+
+# ---- the old memory freed beside the page writes ----
+
+PARK_FROM = 32 << 20  # a live mapping this large is moved aside, not unmapped, at first
+PMD = 2 << 20
+
+
+def parkable(live: list[Mapping]) -> list[Mapping]:
+    """The inferior's large private anonymous mappings (the memory a process replaced by the
+    restore held): their pages are freed by the inferior while the debugger writes."""
+    return [m for m in live if not m.path and m.perms[3] == "p" and m.inode == 0
+            and m.end - m.start >= PARK_FROM]
+
+
+def park(batch: Batch, mappings: list[Mapping], taken: list[tuple[int, int]]) -> list[
+        tuple[int, int]]:
+    """Queue mremap calls that move `mappings` out of the way, into one free area (each as
+    aligned to 2 MiB as it was, so that the kernel moves whole page tables); the area, to be
+    kept by the unmapping and freed later (unpark). A move that fails leaves the mapping
+    where it was, for the unmapping to free there."""
+    if not mappings:
+        return []
+    size = sum(m.end - m.start + PMD for m in mappings)
+    base = free_area(taken, size)
+    at, out = base, []
+    for m in mappings:
+        at += (m.start - at) % PMD
+        batch.raw(sc.MREMAP, m.start, m.end - m.start, m.end - m.start,
+                  sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, at)
+        out.append((at, at + m.end - m.start))
+        at += m.end - m.start
+    return [(base, base + size)]
+
+
+def unpark(batch: Batch, parked: list[tuple[int, int]]) -> None:
+    for start, end in parked:
+        batch.call(sc.MUNMAP, start, end - start, step="unmapping the replaced memory",
+                   address=start)
