@@ -180,3 +180,45 @@ def test_an_interrupted_populated_restore_says_so(tmp_path: Path) -> None:
     assert "RESULT img-restore: interrupted; the process started for the restore was " \
            "half-restored and is killed" in text, text
     assert "PID 0" in text, text
+
+
+def _files(**changed: str) -> dict[str, str]:
+    files = {
+        "/proc/sys/vm/overcommit_memory": "0\n",
+        "/proc/7/limits": "Limit                     Soft Limit           Hard Limit    Units\n"
+                          "Max address space         unlimited            unlimited     bytes\n",
+        "/proc/meminfo": "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n",
+        "/proc/7/cgroup": "4:memory:/jobs/one\n1:cpu:/\n0::/user/app\n",
+        "/sys/fs/cgroup/memory/jobs/one/memory.limit_in_bytes": "9223372036854771712\n",
+        "/sys/fs/cgroup/memory/jobs/one/memory.usage_in_bytes": "1000\n",
+        "/sys/fs/cgroup/user/app/memory.max": "max\n",
+        "/sys/fs/cgroup/user/app/memory.current": "1000\n",
+        "/sys/fs/cgroup/user/memory.max": "max\n",
+        "/sys/fs/cgroup/user/memory.current": "1000\n",
+    }
+    files.update({k.replace("__", "/"): v for k, v in changed.items()})
+    return files
+
+
+@pytest.mark.parametrize(("changed", "room"), [
+    ({}, True),
+    ({"__proc__sys__vm__overcommit_memory": "2\n"}, False),
+    ({"__proc__7__limits": "Max address space         4294967296  unlimited  bytes\n"}, False),
+    ({"__proc__meminfo": "MemAvailable:   1000000 kB\n"}, False),
+    ({"__sys__fs__cgroup__user__memory.max": str(3 << 29)}, False),  # a parent's limit
+    ({"__sys__fs__cgroup__memory__jobs__one__memory.limit_in_bytes": str(5 << 30)}, True),
+    ({"__sys__fs__cgroup__memory__jobs__one__memory.limit_in_bytes": str(3 << 29)}, False),
+])
+def test_the_old_memory_stays_only_with_room_for_both(monkeypatch: pytest.MonkeyPatch,
+                                                     changed: dict[str, str],
+                                                     room: bool) -> None:
+    """Strict overcommit, an address space limit, a tight memory cgroup (v1 or v2, any
+    level) or machine: the replaced memory is unmapped first, as before."""
+    files = _files(**changed)
+
+    def read(path: str) -> str:
+        if path not in files:
+            raise FileNotFoundError(path)
+        return files[path]
+    monkeypatch.setattr(pagefast, "_read", read)
+    assert pagefast.room_to_park(7, 1 << 30) is room

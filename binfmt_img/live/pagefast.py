@@ -30,6 +30,7 @@ import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import PAGE_SIZE, PROT_WRITE, Image, PageRun
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Batch, Injector, free_area
@@ -180,12 +181,13 @@ def populating(injector: Injector, image: Image, pid: int, runs: list[PageRun],
     word_at = populate_batch(batch, ranges)
     layout = _place(injector, batch)
     traps = injector.traps()
+    mem = ProcMem(pid, writable=True)
     if not resume(traps):
+        mem.close()
         with injector.batch() as again:
             unpark(again, parked)
         yield None
         return
-    mem = ProcMem(pid, writable=True)
     try:
         yield writer(pid, mem, Populated(mem, layout.data + word_at))
     finally:
@@ -225,16 +227,20 @@ def parkable(live: list[Mapping]) -> list[Mapping]:
             and m.end - m.start >= PARK_FROM]
 
 
-def park(batch: Batch, mappings: list[Mapping], taken: list[tuple[int, int]]) -> list[
-        tuple[int, int]]:
+def park(batch: Batch, pid: int, mappings: list[Mapping],
+         taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Queue mremap calls that move `mappings` out of the way, into one free area (each as
     aligned to 2 MiB as it was, so that the kernel moves whole page tables); the area, to be
     kept by the unmapping and freed later (unpark). A move that fails leaves the mapping
-    where it was, for the unmapping to free there."""
-    if not mappings:
-        return []
+    where it was, for the unmapping to free there. Nothing is moved where holding the old
+    memory while the new is made could fail a restore that freeing it first would not."""
     size = sum(m.end - m.start + PMD for m in mappings)
-    base = free_area(taken, size)
+    if not mappings or not room_to_park(pid, size):
+        return []
+    try:
+        base = free_area(taken, size)
+    except RestoreError:
+        return []
     at, out = base, []
     for m in mappings:
         at += (m.start - at) % PMD
@@ -249,3 +255,54 @@ def unpark(batch: Batch, parked: list[tuple[int, int]]) -> None:
     for start, end in parked:
         batch.call(sc.MUNMAP, start, end - start, step="unmapping the replaced memory",
                    address=start)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def room_to_park(pid: int, size: int) -> bool:
+    """Whether `size` bytes of old memory may stay while the new is mapped and written: not
+    under strict overcommit (both would be committed at once), a limit on the inferior's
+    address space, or a memory cgroup (or a machine) with less than that to spare."""
+    try:
+        if _read("/proc/sys/vm/overcommit_memory").strip() == "2":
+            return False
+        limit = next(line for line in _read(f"/proc/{pid}/limits").splitlines()
+                     if line.startswith("Max address space"))
+        if limit.split()[3] != "unlimited":
+            return False
+        meminfo = dict(line.split(":", 1) for line in _read("/proc/meminfo").splitlines())
+        if int(meminfo["MemAvailable"].split()[0]) * 1024 < 2 * size:
+            return False
+        for group in _read(f"/proc/{pid}/cgroup").splitlines():
+            _, controllers, path = group.split(":", 2)
+            if controllers == "":  # cgroup v2
+                files = ("/sys/fs/cgroup", "memory.max", "memory.current")
+            elif "memory" in controllers.split(","):  # v1
+                files = ("/sys/fs/cgroup/memory", "memory.limit_in_bytes",
+                         "memory.usage_in_bytes")
+            else:
+                continue
+            if not _cgroup_room(path, files, 2 * size):
+                return False
+    except (OSError, StopIteration, KeyError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _cgroup_room(path: str, files: tuple[str, str, str], size: int) -> bool:
+    """Each level of a memory cgroup, up to the root, has `size` bytes under its limit."""
+    root, limit_name, used_name = files
+    while True:
+        where = root + path.rstrip("/")
+        try:
+            limit, used = _read(f"{where}/{limit_name}").strip(), _read(f"{where}/{used_name}")
+        except FileNotFoundError:
+            limit, used = "max", "0"
+        if limit != "max" and int(limit) - int(used) < size:
+            return False
+        if path.strip("/") == "":
+            return True
+        path = path.rstrip("/").rsplit("/", 1)[0] or "/"

@@ -392,7 +392,8 @@ class RestorePlan:
             if self._fast() and getattr(self.target, "resume_to_trap", None) is not None:
                 taken = keep + [(v.start, v.end) for v in self.image.vmas] + [
                     (m.start, m.end) for m in self.live]
-                self.parked = pagefast.park(batch, pagefast.parkable(self.live), taken)
+                self.parked = pagefast.park(batch, self.pid, pagefast.parkable(self.live),
+                                            taken)
                 keep = sorted(keep + self.parked)
             for start, end in keep + [(top, top)]:
                 if start > cursor:
