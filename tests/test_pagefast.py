@@ -54,12 +54,15 @@ def test_chunks_go_down_from_the_top_and_stay_few() -> None:
 class _Word:
     def __init__(self, value: int) -> None:
         self.value = value
+        self.reads = 0
 
     def read(self, _addr: int, _size: int) -> bytes:
+        self.reads += 1
         return struct.pack("<Q", self.value)
 
 
-def test_the_writer_trusts_only_page_aligned_progress() -> None:
+def test_the_writer_trusts_only_page_aligned_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pagefast, "READ_EVERY", 1)
     word = _Word(pagefast.NOTHING)
     seen = pagefast.Populated(word, 0x1000)  # type: ignore[arg-type]
     assert not seen.covers(0x400000)
@@ -69,6 +72,15 @@ def test_the_writer_trusts_only_page_aligned_progress() -> None:
     assert not seen.covers(0x600000) and seen.failed
     word.value = 0
     assert not seen.covers(0x900000)  # never again
+
+
+def test_the_progress_is_read_every_third_piece_until_they_meet() -> None:
+    word = _Word(0x800000)
+    seen = pagefast.Populated(word, 0x1000)  # type: ignore[arg-type]
+    answers = [seen.covers(0x100000 * i) for i in range(1, 11)]
+    assert answers == [False] * 7 + [True] * 3  # read at 1 (too low), 4 and 7: then sure
+    assert word.reads == 3
+    assert seen.covers(0x900000) and word.reads == 3  # above what it read: no read
 
 
 def test_vm_write_writes_and_stops_short_at_a_read_only_page() -> None:
