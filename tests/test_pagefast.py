@@ -20,6 +20,8 @@ from test_untrusted import CHANGE_MID_RESTORE, INTERRUPTED_RESTORE
 
 from binfmt_img.formats.model import PAGE_SIZE, PROT_READ, PROT_WRITE, Image, PageRun, Vma
 from binfmt_img.live import pagefast
+from binfmt_img.live.inject import Batch, Injector
+from binfmt_img.live.procfs import Mapping
 
 gdb_missing = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 MIB = 72  # above POPULATE_FROM and PARK_FROM: the real thresholds, no patching
@@ -234,3 +236,28 @@ def test_the_old_memory_stays_only_with_room_for_both(monkeypatch: pytest.Monkey
         return files[path]
     monkeypatch.setattr(pagefast, "_read", read)
     assert pagefast.room_to_park(7, 1 << 30) is room
+
+
+class _Resumable:
+    def resume_to_trap(self, traps: tuple[int, ...] = ()) -> bool:
+        return True
+
+
+def test_old_memory_moved_aside_only_for_a_populated_restore(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pagefast, "room_to_park", lambda _pid, _size: True)
+    live = [Mapping(0x10000000, 0x10000000 + (64 << 20), "rw-p", 0, "00:00", 0, ""),
+            Mapping(0x30000000, 0x30000000 + (64 << 20), "rw-s", 0, "00:01", 9, "/memfd:x"),
+            Mapping(0x50000000, 0x50000000 + (1 << 20), "rw-p", 0, "00:00", 0, "")]
+    batch = Batch(Injector(_Resumable()))  # type: ignore[arg-type]
+    small = Image(vmas=[_vma(0x10000, 4)], runs=[PageRun(0x10000, 4, 0)])
+    assert pagefast.park(batch, small, 7, live, []) == [] and len(batch) == 0
+    pages = (128 << 20) // PAGE_SIZE
+    big = Image(vmas=[_vma(0x400000000, pages)], runs=[PageRun(0x400000000, pages, 0)])
+    area = pagefast.park(batch, big, 7, live, [(0x7F0000000000, 0x7F0004000000)])
+    assert len(area) == 1 and len(batch) == 1  # the one large private anonymous mapping
+    start, end = area[0]
+    assert end - start >= 64 << 20 and not any(s < end and start < e for s, e in [
+        (m.start, m.end) for m in live] + [(0x400000000, 0x408000000)])
+    args = batch.entries[0].args
+    assert args[0] == 0x10000000 and args[4] % pagefast.PMD == 0x10000000 % pagefast.PMD

@@ -235,16 +235,22 @@ def parkable(live: list[Mapping]) -> list[Mapping]:
             and m.end - m.start >= PARK_FROM]
 
 
-def park(batch: Batch, pid: int, mappings: list[Mapping],
-         taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Queue mremap calls that move `mappings` out of the way, into one free area (each as
-    aligned to 2 MiB as it was, so that the kernel moves whole page tables); the area, to be
-    kept by the unmapping and freed later (unpark). A move that fails leaves the mapping
-    where it was, for the unmapping to free there. Nothing is moved where holding the old
-    memory while the new is made could fail a restore that freeing it first would not."""
+def park(batch: Batch, image: Image, pid: int, live: list[Mapping],
+         keep: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Queue mremap calls that move the live process's large private anonymous mappings
+    out of the way (when the page writes will populate: the table that does frees them),
+    into one free area clear of `keep`, the live mappings and the image's, each as aligned
+    to 2 MiB as it was (the kernel then moves whole page tables); the area, to be kept by
+    the unmapping and freed later (unpark). A move that fails leaves the mapping where it
+    was, for the unmapping to free there. Nothing is moved where holding the old memory
+    while the new is made could fail a restore that freeing it first would not."""
+    mappings = parkable(live)
     size = sum(m.end - m.start + PMD for m in mappings)
-    if not mappings or not room_to_park(pid, size):
+    if (not mappings or getattr(batch.injector.target, "resume_to_trap", None) is None
+            or sum(e - s for s, e in populate_ranges(image, image.runs)) < POPULATE_FROM
+            or not room_to_park(pid, size)):
         return []
+    taken = keep + [(v.start, v.end) for v in image.vmas] + [(m.start, m.end) for m in live]
     try:
         base = free_area(taken, size)
     except RestoreError:

@@ -389,11 +389,8 @@ class RestorePlan:
         top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
         cursor = 0
         with self.injector.joined_batch() as batch:
-            if self._fast() and getattr(self.target, "resume_to_trap", None) is not None:
-                taken = keep + [(v.start, v.end) for v in self.image.vmas] + [
-                    (m.start, m.end) for m in self.live]
-                self.parked = pagefast.park(batch, self.pid, pagefast.parkable(self.live),
-                                            taken)
+            if self._fast():  # the replaced process's memory freed beside the page writes
+                self.parked = pagefast.park(batch, self.image, self.pid, self.live, keep)
                 keep = sorted(keep + self.parked)
             for start, end in keep + [(top, top)]:
                 if start > cursor:
