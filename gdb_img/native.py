@@ -149,3 +149,44 @@ def run_threads_to_trap(tids: list[int]) -> None:
                           signal.SIGFPE) or status >> 16:
                 break  # at its trap, or a fault the caller sees by where rip is
             _ptrace(PTRACE_CONT, tid, None, None if number == signal.SIGSTOP else number)
+
+
+def resume_held(tid: int) -> int:
+    """Resume thread `tid` alone with every signal held back (a table that must not meet the
+    image's handlers, its memory half written) and return at once; await_held(tid, mask)
+    with the returned mask waits for its trap."""
+    saved = get_sigmask(tid)
+    set_sigmask(tid, _ALL_BLOCKED)
+    try:
+        _ptrace(PTRACE_CONT, tid, None, None)
+    except RestoreError:
+        set_sigmask(tid, saved)
+        raise
+    return saved
+
+
+def await_held(tid: int, saved: int) -> None:
+    """The other half of resume_held: wait until the thread stops at an int3 (or a fault the
+    caller sees by where rip is), a SIGSTOP meanwhile dropped; then its mask put back."""
+    interrupted = False
+    try:
+        while True:
+            try:
+                status = _wait(tid)
+            except KeyboardInterrupt:  # the table ends by itself: not left running unseen
+                interrupted = True
+                continue
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise RestoreError(f"thread {tid} ended while the restorer ran "
+                                   f"(wait status {status:#x})")
+            if os.WSTOPSIG(status) != signal.SIGSTOP or status >> 16:
+                break
+            _ptrace(PTRACE_CONT, tid, None, None)
+    finally:
+        try:
+            if get_sigmask(tid) == _ALL_BLOCKED:
+                set_sigmask(tid, saved)
+        except RestoreError:
+            pass  # the thread is gone: nothing to put back
+    if interrupted:
+        raise KeyboardInterrupt

@@ -128,6 +128,7 @@ class GdbTarget:
         self._stop = self._read_stop()  # (tid, siginfo) of the stop GDB reported last
         self._changed = False  # before_changes ran: a restore, not a dump
         self._gdb_resumed = False  # GDB itself stepped or ran the inferior
+        self._held = (0, 0)  # (tid, its signal mask) of a table running meanwhile
 
     def _read_stop(self) -> tuple[int, bytes] | None:
         tid = self._native_tid() if self.inferior.pid else None
@@ -341,6 +342,23 @@ class GdbTarget:
             self._stale = True
             return
         self._continue_to(traps)
+
+    def resume_to_trap(self, traps: tuple[int, ...] = ()) -> bool:
+        """The selected thread runs its table (signals held back) while the caller goes on;
+        await_trap waits for it. False (nothing done) for a remote inferior."""
+        tid = self._native_tid()
+        if tid is None:
+            return False
+        self._held = (tid, native.resume_held(tid))
+        self._stale = True
+        return True
+
+    def await_trap(self, traps: tuple[int, ...] = ()) -> None:
+        tid, saved = self._held
+        native.await_held(tid, saved)
+        regs = native.get_regs(tid)
+        if regs["rip"] - 1 in traps:  # on the int3, as a debugger's breakpoint stop is
+            native.set_regs(tid, {**regs, "rip": regs["rip"] - 1})
 
     def _continue_to(self, traps: tuple[int, ...]) -> None:
         self._sync()

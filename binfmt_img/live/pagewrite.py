@@ -74,7 +74,10 @@ class PageWriter:
     def path(self) -> str:
         return "fast (/proc/PID/mem)" if self.fast else "debugger"
 
-    def write(self, runs: list[PageRun]) -> None:
+    def write(self, runs: list[PageRun],
+              put: Callable[[int, memoryview], None] | None = None) -> None:
+        """`put(vaddr, data)`: how the fast path writes (binfmt_img/live/pagefast), else
+        /proc/PID/mem."""
         size = WRITE_PIECE if self.fast else DEBUGGER_PIECE
         if self.image.reader is not None:
             runs = joined(runs)
@@ -83,10 +86,10 @@ class PageWriter:
         started = time.monotonic()
         mem = ProcMem(self.pid, writable=True) if self.fast else None
         try:
-            if mem is not None:
-                put = mem.write
-            else:
+            if mem is None:
                 put = self.target.write_memory
+            elif put is None:
+                put = mem.write
             if self.image.fd is not None or self.image.reader is not None:
                 self._staged(todo, put)
             else:

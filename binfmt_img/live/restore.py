@@ -31,6 +31,7 @@ from binfmt_img.formats.model import (
     last_stored_page,
 )
 from binfmt_img.formats.validate import check_restorable
+from binfmt_img.live import pagefast
 from binfmt_img.live import syscalls as sc
 from binfmt_img.live.files import check_open_files, restore_open_files
 from binfmt_img.live.inject import (
@@ -146,6 +147,8 @@ class RestorePlan:
         # Shared memory this process already holds, inherited from its restored parent (a
         # process tree, binfmt_img/tree): kept mapped, so that it stays shared.
         self.keep_mapped: list[tuple[int, int]] = []
+        # The replaced process's large memory, moved aside to be freed beside the page writes.
+        self.parked: list[tuple[int, int]] = []
 
     # ---- checks: nothing in the inferior changes here ----
     def check(self) -> None:
@@ -387,6 +390,9 @@ class RestorePlan:
         top = max([USER_TOP] + [m.end for m in self.live if m.start < VSYSCALL_START])
         cursor = 0
         with self.injector.joined_batch() as batch:
+            if self._fast():  # the replaced process's memory freed beside the page writes
+                self.parked = pagefast.park(batch, self.image, self.pid, self.live, keep)
+                keep = sorted(keep + self.parked)
             for start, end in keep + [(top, top)]:
                 if start > cursor:
                     batch.call(sc.MUNMAP, cursor, start - cursor,
@@ -470,11 +476,17 @@ class RestorePlan:
         # A restore never writes a file: a shared file mapping's pages are the file's own
         # (validation refuses an image that stores some; this keeps it so whatever the image).
         holes += [(v.start, v.end) for v in self.image.vmas if v.is_file and v.is_shared]
-        fast = self.via == "fast" or (self.via == "auto" and self.local)
+        fast = self._fast()
         writer = PageWriter(self.target, self.image, self.pid, fast, self.progress)
-        writer.write(outside(self.image, self.image.runs, holes))
+        runs = outside(self.image, self.image.runs, holes)
+        with pagefast.populating(self.injector, self.image, self.pid, runs if fast else [],
+                                 self.parked) as put:
+            writer.write(runs, put)
         self.report.path, self.report.pages = writer.path, writer.pages
         self.report.page_seconds = writer.seconds
+
+    def _fast(self) -> bool:
+        return self.via == "fast" or (self.via == "auto" and self.local)
 
     def _set_mm(self) -> None:
         """PR_SET_MM_MAP with the image's fields, auxv and (where it differs) executable: the

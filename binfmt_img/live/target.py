@@ -90,6 +90,16 @@ class Target(Protocol):
         `tids` together, the others staying stopped, until each has stopped at one of the
         int3s `traps` (or for a signal); returns the number of resumes it took."""
 
+    def resume_to_trap(self, traps: tuple[int, ...] = ()) -> bool:
+        """Optional, with await_trap (binfmt_img/live/pagefast.py). Resume the selected
+        thread alone, every signal held back, and return at once, the thread running
+        meanwhile (its table populates memory while the caller writes pages); False when the
+        target cannot (nothing was done)."""
+
+    def await_trap(self, traps: tuple[int, ...] = ()) -> None:
+        """After resume_to_trap: wait until the thread stops at one of `traps` (rip then on
+        the int3) or for a fault, its signal mask as before."""
+
 
 # Every stop any CountingTarget asked for in this process (scripts/bench reads it from LLDB,
 # whose commands keep no report).
@@ -142,4 +152,11 @@ def counting(target: Target) -> CountingTarget:
             TOTAL["stops"] += resumes
             return resumes
         counted.run_threads_to_trap = run_threads_to_trap  # type: ignore[attr-defined]
+    inner_await = getattr(target, "await_trap", None)
+    if inner_await is not None:
+        def await_trap(traps: tuple[int, ...] = ()) -> None:
+            counted.stops += 1
+            TOTAL["stops"] += 1
+            inner_await(traps)
+        counted.await_trap = await_trap  # type: ignore[attr-defined]
     return counted
