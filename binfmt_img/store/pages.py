@@ -208,7 +208,7 @@ class PageReader:
 
     def __init__(self, directory: str, index: PageIndex, ids: list[int]) -> None:
         self.directory, self.index, self.ids = directory, index, ids
-        self.cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self.cache: OrderedDict[tuple[int, int, int, int], bytes | bytearray] = OrderedDict()
         self.lock = threading.Lock()
         self.files: dict[int, int] = {}
         self.scratch = threading.local()
@@ -291,7 +291,9 @@ class PageReader:
         """Consecutive slots of one chunk into `out`: decompressed in place when they are
         the whole chunk, else taken from the chunk decompressed on its own (and kept)."""
         where = span[0]
-        key = (where.pack, where.offset)
+        # The whole location: two records naming one offset with another length or flags
+        # (a damaged index) are not served each other's pages.
+        key = (where.pack, where.offset, where.length, where.flags)
         with self.lock:
             data = self.cache.get(key)
             if data is not None:
@@ -300,8 +302,7 @@ class PageReader:
             _into(stored, where, out)
             return
         if data is None:
-            data = _whole_pages(bytes(decompress(stored, where.flags,
-                                                 CHUNK_PAGES * PAGE_SIZE)), where)
+            data = _whole_pages(_decoded(stored, where), where)
             with self.lock:
                 self.cache[key] = data
                 if len(self.cache) > 4 * CHUNK_PAGES:
@@ -336,7 +337,21 @@ def _into(stored: memoryview, where: Location, out: memoryview) -> None:
                          f"{len(out)} expected")
 
 
-def _whole_pages(data: bytes, where: Location) -> bytes:
+def _decoded(stored: memoryview, where: Location) -> bytes | bytearray:
+    """A whole chunk, at most CHUNK_PAGES pages of it, decoded as _into and the check before a
+    restore (binfmt_img.store.check) decode it: every frame of the chunk, its checksum too."""
+    if not where.flags & FLAG_ZSTD:
+        return bytes(stored[:CHUNK_PAGES * PAGE_SIZE])
+    out = bytearray(CHUNK_PAGES * PAGE_SIZE)
+    try:
+        got = zstdfast.decompress_into(stored, memoryview(out))
+    except zstdfast.ZstdFailure as error:
+        raise ImageError(f"a compressed chunk does not decompress: {error}") from None
+    del out[got:]
+    return out
+
+
+def _whole_pages(data: bytes | bytearray, where: Location) -> bytes | bytearray:
     if len(data) % PAGE_SIZE:
         raise ImageError(f"a chunk of pack {where.pack} holds {len(data)} bytes, not "
                          "whole pages")
