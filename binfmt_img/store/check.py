@@ -57,12 +57,20 @@ class CheckedReader(PageReader):
                  runs: list[PageRun]) -> None:
         super().__init__(directory, index, ids)
         self.label, self.runs = label, runs
+        self.chunks: list[tuple[Key, list[Use]]] | None = None
+
+    def open_packs(self) -> None:
+        """The packs the checkpoint's chunks lie in, opened (found from its chunks, which the
+        check then reads: not page by page)."""
+        self.chunks = _chunks(self)
+        for pack in sorted({key[0] for key, _ in self.chunks}):
+            self._fd(pack)
 
     def bad_runs(self) -> list[BadRun]:
         """The stretches of the checkpoint's pages that would not come back exactly: their
         chunk lies outside its pack, does not decode to whole pages holding their slots, or
         a page's bytes do not match its hash. Empty: all good (img-info --verify's answer)."""
-        chunks = _chunks(self)
+        chunks = self.chunks if self.chunks is not None else _chunks(self)
         sizes = {pack: os.fstat(self._fd(pack)).st_size for pack in {k[0] for k, _ in chunks}}
         batches = list(_batches(chunks))
         scratch = _Scratch()

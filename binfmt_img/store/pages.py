@@ -3,6 +3,7 @@ and the page reader a restore takes its pages from (docs/STORE.md)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import threading
@@ -89,10 +90,13 @@ class PageIndex:
         whole = len(data) - len(data) % INDEX_RECORD.size  # a torn last append is ignored
         # The records stay packed (36 bytes a page, not a Python tuple): unpacked when used.
         self.data = bytearray(memoryview(data)[:whole])
-        self.by_hash: dict[bytes, int] = {}
-        for number, (digest, pack) in enumerate(HASH_AND_PACK.iter_unpack(self.data)):
-            if pack in packs:
-                self.by_hash[digest] = number
+        self.packs = packs
+
+    @functools.cached_property
+    def by_hash(self) -> dict[bytes, int]:
+        """Made when first asked (a writer): a restore reads by id only."""
+        return {digest: number for number, (digest, pack)
+                in enumerate(HASH_AND_PACK.iter_unpack(self.data)) if pack in self.packs}
 
     @property
     def count(self) -> int:
