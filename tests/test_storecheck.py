@@ -2,8 +2,8 @@
 export (binfmt_img.store.check): every page used, read from its chunk and hashed, against the
 xxh3-128 of the page index. A raw chunk has no checksum of its own (without the check a
 flipped byte is restored silently); a damaged zstd chunk would be found only half way through
-the restore. Synthetic stores for each kind of damage, then in real GDB a running program that
-refused restores leave running to its end."""
+the restore. Synthetic stores for each kind of damage, then in real GDB and LLDB a running
+program that refused restores leave running to its end."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cprogs import compile_program
 from gdbmi import Gdb, GdbError
+from lldb_helpers import lldb_batch, lldb_missing, read
 from synthetic import make_image, page
 
 from binfmt_img.errors import ImageError
@@ -23,6 +24,8 @@ from binfmt_img.store import Store
 from binfmt_img.store import pages as store_pages
 
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+_NO_LLDB = lldb_missing()
+needs_lldb = pytest.mark.skipif(_NO_LLDB is not None, reason=_NO_LLDB or "")
 TEXT_AT, NOISE_AT = 0x600000, 0x7F0000000000
 
 
@@ -265,3 +268,31 @@ def test_gdb_refuses_a_damaged_store_before_any_change(tmp_path: Path) -> None:
     finally:
         gdb.close()
     assert (tmp_path / "again").read_text() == expected
+
+
+@needs_lldb
+def test_lldb_refuses_a_damaged_store_before_any_change(tmp_path: Path) -> None:
+    """The same in LLDB: both refusals, then the program runs to its end with its output (the
+    restores go through HandleCommand: a failed command would end the batch)."""
+    binary = compile_program("store_check", tmp_path)
+    expected = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+    good = tmp_path / "good"
+    taken = lldb_batch(f"settings set target.output-path {tmp_path / 'first'}",
+                       "breakpoint set -n checkpoint", "run",
+                       f"img-checkpoint --store {good}", "kill", program=binary)
+    assert "error:" not in taken.stdout + taken.stderr, taken.stdout + taken.stderr
+    damaged = {zstd: _damaged_copy(good, tmp_path / ("zstd" if zstd else "raw"), zstd)
+               for zstd in (False, True)}
+    out = tmp_path / "out"
+    restores = [f"script lldb.debugger.HandleCommand('img-restore 1 --store "
+                f"{tmp_path / name}')" for name in ("raw", "zstd")]
+    done = lldb_batch(f"settings set target.output-path {out}", "breakpoint set -n checkpoint",
+                      "run", *restores, "continue", program=binary)
+    said = done.stdout + done.stderr
+    for address, offset, pack in damaged.values():
+        assert f"checkpoint 1: page {address:#x} is damaged: the chunk at offset {offset:#x} " \
+               f"of {pack} " in said, said
+    assert said.count("the inferior was not changed") == 2, said
+    assert "exited with status = 0" in done.stdout, said
+    assert read(out) == expected
