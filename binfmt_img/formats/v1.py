@@ -376,11 +376,12 @@ def verify_pages(image: Image) -> list[BadRun]:
     """The runs whose stored checksum does not match their bytes, or whose frames do not
     decode to exactly their pages (packed.RunReader.bad_runs). A file is read through one
     reused buffer: checksumming its mapping would fault in every page, several times slower."""
-    if isinstance(image.reader, packed.RunReader):
-        return image.reader.bad_runs()
+    bad_runs = getattr(image.reader, "bad_runs", None)  # a RunReader, a store's reader
+    if bad_runs is not None:
+        return bad_runs()
     checked = [run for run in image.runs if run.checksum is not None]
     if not checked:
-        return []  # a store's checkpoint: its chunks are checked as they are read
+        return []
     assert image.source is not None
     if image.fd is None:
         bad = [run for run in checked if page_crc32(

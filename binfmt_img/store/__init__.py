@@ -57,10 +57,10 @@ from binfmt_img.formats import image_file, v1
 from binfmt_img.formats.model import PAGE_SIZE, Image, PageRun
 from binfmt_img.formats.validate import validate
 from binfmt_img.store import files as packed_files
+from binfmt_img.store.check import CheckedReader
 from binfmt_img.store.pages import (
     PackWriter,
     PageIndex,
-    PageReader,
     compress,
     decompress,
     pack_path,
@@ -264,7 +264,7 @@ class Store:
         runs, ids = _parse_map(page_map, entry.label)
         image.runs = runs
         image.source = None
-        image.reader = PageReader(self.path, self.index(), ids)
+        image.reader = CheckedReader(self.path, self.index(), ids, entry.label, runs)
         # Every pack opened now: a missing one is refused before a process is started for
         # the restore, and a prune meanwhile (another debugger) cannot take them away.
         image.reader.open_packs()
@@ -317,6 +317,7 @@ class Store:
         """One checkpoint as a single v1 image file, its pages compressed unless told."""
         entry = self.resolve(ref)
         image = self.load(entry.number)
+        image.reader.check_pages()  # a damaged page is refused, not given a new checksum
         image_file.save(path, image, "v1", image_chunks(image), compress)
         return entry
 

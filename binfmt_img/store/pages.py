@@ -3,6 +3,7 @@ and the page reader a restore takes its pages from (docs/STORE.md)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import threading
@@ -89,10 +90,13 @@ class PageIndex:
         whole = len(data) - len(data) % INDEX_RECORD.size  # a torn last append is ignored
         # The records stay packed (36 bytes a page, not a Python tuple): unpacked when used.
         self.data = bytearray(memoryview(data)[:whole])
-        self.by_hash: dict[bytes, int] = {}
-        for number, (digest, pack) in enumerate(HASH_AND_PACK.iter_unpack(self.data)):
-            if pack in packs:
-                self.by_hash[digest] = number
+        self.packs = packs
+
+    @functools.cached_property
+    def by_hash(self) -> dict[bytes, int]:
+        """Made when first asked (a writer): a restore reads by id only."""
+        return {digest: number for number, (digest, pack)
+                in enumerate(HASH_AND_PACK.iter_unpack(self.data)) if pack in self.packs}
 
     @property
     def count(self) -> int:
@@ -208,7 +212,7 @@ class PageReader:
 
     def __init__(self, directory: str, index: PageIndex, ids: list[int]) -> None:
         self.directory, self.index, self.ids = directory, index, ids
-        self.cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self.cache: OrderedDict[tuple[int, int, int, int], bytes | bytearray] = OrderedDict()
         self.lock = threading.Lock()
         self.files: dict[int, int] = {}
         self.scratch = threading.local()
@@ -291,7 +295,9 @@ class PageReader:
         """Consecutive slots of one chunk into `out`: decompressed in place when they are
         the whole chunk, else taken from the chunk decompressed on its own (and kept)."""
         where = span[0]
-        key = (where.pack, where.offset)
+        # The whole location: two records naming one offset with another length or flags
+        # (a damaged index) are not served each other's pages.
+        key = (where.pack, where.offset, where.length, where.flags)
         with self.lock:
             data = self.cache.get(key)
             if data is not None:
@@ -300,8 +306,7 @@ class PageReader:
             _into(stored, where, out)
             return
         if data is None:
-            data = _whole_pages(bytes(decompress(stored, where.flags,
-                                                 CHUNK_PAGES * PAGE_SIZE)), where)
+            data = _whole_pages(_decoded(stored, where), where)
             with self.lock:
                 self.cache[key] = data
                 if len(self.cache) > 4 * CHUNK_PAGES:
@@ -336,7 +341,21 @@ def _into(stored: memoryview, where: Location, out: memoryview) -> None:
                          f"{len(out)} expected")
 
 
-def _whole_pages(data: bytes, where: Location) -> bytes:
+def _decoded(stored: memoryview, where: Location) -> bytes | bytearray:
+    """A whole chunk, at most CHUNK_PAGES pages of it, decoded as _into and the check before a
+    restore (binfmt_img.store.check) decode it: every frame of the chunk, its checksum too."""
+    if not where.flags & FLAG_ZSTD:
+        return bytes(stored[:CHUNK_PAGES * PAGE_SIZE])
+    out = bytearray(CHUNK_PAGES * PAGE_SIZE)
+    try:
+        got = zstdfast.decompress_into(stored, memoryview(out))
+    except zstdfast.ZstdFailure as error:
+        raise ImageError(f"a compressed chunk does not decompress: {error}") from None
+    del out[got:]
+    return out
+
+
+def _whole_pages(data: bytes | bytearray, where: Location) -> bytes | bytearray:
     if len(data) % PAGE_SIZE:
         raise ImageError(f"a chunk of pack {where.pack} holds {len(data)} bytes, not "
                          "whole pages")
