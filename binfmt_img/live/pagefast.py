@@ -24,8 +24,6 @@ with every signal held back (the image's handlers are in place by then, its memo
 from __future__ import annotations
 
 import bisect
-import ctypes
-import ctypes.util
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from contextlib import contextmanager
 from binfmt_img.errors import RestoreError
 from binfmt_img.formats.model import PAGE_SIZE, PROT_WRITE, Image, PageRun
 from binfmt_img.live import syscalls as sc
+from binfmt_img.live import vmread
 from binfmt_img.live.inject import DATA_AT, SCRATCH_SIZE, Batch, Injector, free_area
 from binfmt_img.live.procfs import Mapping, ProcMem
 from binfmt_img.live.restorer import Layout
@@ -117,43 +116,8 @@ class Populated:
         return vaddr >= self.low
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-def _libc_call() -> Callable[..., int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.process_vm_writev
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
-                     ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong]
-    call.restype = ctypes.c_ssize_t
-    return call  # type: ignore[no-any-return]
-
-
-_WRITEV = _libc_call()
-
-
-def vm_write(pid: int, addr: int, view: memoryview) -> int:
-    """process_vm_writev of `view` to `addr`: the bytes written (short where a page refuses
-    it: a mapping without PROT_WRITE, which /proc/PID/mem writes by force), 0 when none."""
-    if _WRITEV is None or not len(view):
-        return 0
-    try:
-        base = ctypes.addressof(ctypes.c_char.from_buffer(view))
-    except (TypeError, ValueError):  # read-only or not contiguous
-        return 0
-    done = 0
-    while done < len(view):
-        local = _Iovec(base + done, len(view) - done)
-        remote = _Iovec(addr + done, len(view) - done)
-        got = _WRITEV(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if got <= 0:
-            break
-        done += got
-    return done
+# process_vm_writev (a module name, so that a test can stand in for it).
+vm_write = vmread.write_from
 
 
 def writer(pid: int, mem: ProcMem, populated: Populated) -> Callable[[int, memoryview], None]:
