@@ -35,6 +35,10 @@ from binfmt_img.safeio import open_regular
 VERSIONS = {"v0": v0.VERSION, "v1": v1.VERSION}
 
 
+# What a compressed v1 version's runs may hold (docs/FORMAT.md).
+CODEC_NOTES = {0x201: ": pages compressed with zstd", 0x202: ": pages compressed with LZ4"}
+
+
 def version(image: Image) -> int:
     """The version the image's file says (a compressed v1 image's is 0x201 or 0x202)."""
     source = image.source
@@ -421,11 +425,12 @@ def _stop_text(image: Image) -> list[str]:
             f"(tid {image.main.tid}) at rip {image.registers.get('rip', 0):#x}"]
 
 
-def _verify_text(bad: list[BadRun] | None, runs: int) -> list[str]:
+def _verify_text(bad: list[BadRun] | None, runs: int, compressed: bool) -> list[str]:
     if bad is None:
         return ["verify: v0 stores no checksums; nothing to check"]
     if not bad:
-        return [f"verify: OK, {runs} page runs match their crc32"]
+        decoded = ", compressed ones decode to their pages" if compressed else ""
+        return [f"verify: OK, {runs} page runs match their crc32{decoded}"]
     return [f"verify: {len(bad)} of {runs} page runs are BAD:"] + [
         f"  {run.vaddr:#x}-{run.end:#x} ({run.count} pages at file offset {run.offset:#x}):"
         f" {run.problem}" for run in bad]
@@ -437,7 +442,8 @@ def report_text(image: Image, verify: bool = False, bad: list[BadRun] | None = N
     if image.core_kind is not None:
         what = f"ELF core {CORE_KINDS.get(image.core_kind, image.core_kind)}"
     else:
-        what = f"image format {image.format} (version {version(image):#x})"
+        found = version(image)
+        what = f"image format {image.format} (version {found:#x}{CODEC_NOTES.get(found, '')})"
     head = (f"{what}, {len(image.vmas)} VMAs, {image.page_count} pages, "
             f"{plural(len(image.threads), 'thread')}")
     lines = [head]
@@ -445,7 +451,8 @@ def report_text(image: Image, verify: bool = False, bad: list[BadRun] | None = N
                  _files_text, identity.describe, _states_text, _code_text):
         lines += part(image)
     if verify:
-        lines += _verify_text(bad if bad is not None else bad_runs(image), len(image.runs))
+        lines += _verify_text(bad if bad is not None else bad_runs(image), len(image.runs),
+                              version(image) in CODEC_NOTES)
     return "\n".join(lines)
 
 

@@ -390,7 +390,9 @@ The process is left as it was and can be continued."""
         Option("c", "compress", "Store v1 pages compressed where that pays, with LZ4: twice "
                "as fast as zstd, a third to a half of the size (v1 version 0x202)."),
         Option("C", "compress-with", "Compress with this codec (implies --compress): zstd "
-               "is slower to write, its images a little smaller (version 0x201).",
+               "is slower to write, its images smaller (a tenth to a sixth on python and perl "
+               "heaps, several times on data LZ4 finds few repeats in), version 0x201, which "
+               "readers from before LZ4 runs read too. Without liblz4, zstd is used.",
                packed.CODECS, value=True),
         Option("k", "pack", "Put the executable, libraries and mapped data files in the "
                "image too, for a restore where they are missing or different."),
