@@ -104,11 +104,17 @@ def single_step(tid: int) -> None:
             if os.WSTOPSIG(status) != signal.SIGSTOP or status >> 16:
                 return  # the step's SIGTRAP, or a fault the caller will notice
     finally:
-        try:
-            if get_sigmask(tid) == _ALL_BLOCKED:
-                set_sigmask(tid, saved)
-        except RestoreError:
-            pass  # the thread is gone: nothing to put back
+        _unblock(tid, saved)
+
+
+def _unblock(tid: int, saved: int) -> None:
+    """Put back the mask a held step or table replaced (unless the thread changed it since:
+    a restore's own table sets the image's), if the thread still exists."""
+    try:
+        if get_sigmask(tid) == _ALL_BLOCKED:
+            set_sigmask(tid, saved)
+    except RestoreError:
+        pass  # the thread is gone: nothing to put back
 
 
 def run_to_trap(tid: int) -> None:
@@ -183,10 +189,6 @@ def await_held(tid: int, saved: int) -> None:
                 break
             _ptrace(PTRACE_CONT, tid, None, None)
     finally:
-        try:
-            if get_sigmask(tid) == _ALL_BLOCKED:
-                set_sigmask(tid, saved)
-        except RestoreError:
-            pass  # the thread is gone: nothing to put back
+        _unblock(tid, saved)
     if interrupted:
         raise KeyboardInterrupt
